@@ -1,0 +1,1 @@
+"""Django system checks for keyrotation (registered in ``KeyRotationConfig.ready``)."""

@@ -1,0 +1,115 @@
+"""The ``KEYROTATION`` setting, read lazily: one accessor per key, with its default.
+
+Modules never read ``django.conf.settings`` themselves; they call these functions, so that
+``override_settings`` in tests and late configuration both work.
+
+Example::
+
+    KEYROTATION = {
+        "KEK": {"BACKEND": "local", "KEYS": [os.environ["KEYROTATION_MASTER_KEY"]]},
+        "CACHE_SECONDS": 60,
+    }
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from .exceptions import ConfigurationError
+
+KNOWN_KEYS = frozenset(
+    {
+        "KEK",
+        "CACHE_SECONDS",
+        "BLIND_INDEX_BYTES",
+        "DEFAULT_KEYRING",
+        "INDEX_VERSION_COLUMNS",
+        "BATCH_SIZE",
+        "MASK_IN_CHANGELIST",
+    }
+)
+
+
+def _root() -> dict[str, Any]:
+    value = getattr(settings, "KEYROTATION", {})
+    if not isinstance(value, dict):
+        raise ConfigurationError(
+            f"settings.KEYROTATION must be a dict, got {type(value).__name__}"
+        )
+    return value
+
+
+def _get(key: str, default: Any) -> Any:
+    return _root().get(key, default)
+
+
+def kek() -> dict[str, Any]:
+    """``KEYROTATION["KEK"]``: the key-encryption-key backend and its options.
+
+    ``{"BACKEND": "local", "KEYS": ["<base64 32 bytes>", ...]}`` (first wraps, all unwrap) or
+    ``{"BACKEND": "vault", "URL": ..., "TOKEN": ..., "MOUNT": "transit", "KEY_NAME": ...}``.
+    """
+    value = _get("KEK", None)
+    if value is None:
+        raise ConfigurationError(
+            'KEYROTATION["KEK"] is not set; e.g. {"BACKEND": "local", "KEYS": [<base64 key>]} '
+            "(generate one with `python -m keyrotation.kek.local`)"
+        )
+    if not isinstance(value, dict) or "BACKEND" not in value:
+        raise ConfigurationError('KEYROTATION["KEK"] must be a dict with a "BACKEND" key')
+    return value
+
+
+def cache_seconds() -> float:
+    """``KEYROTATION["CACHE_SECONDS"]`` (default 60): how long a process trusts its keyring cache.
+
+    A new active version reaches every process within this time; a ciphertext naming a version
+    the cache does not know triggers an immediate reload regardless.
+    """
+    value = _get("CACHE_SECONDS", 60)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ConfigurationError('KEYROTATION["CACHE_SECONDS"] must be a number >= 0')
+    return float(value)
+
+
+def blind_index_bytes() -> int:
+    """``KEYROTATION["BLIND_INDEX_BYTES"]`` (default 16): default blind-index length in bytes."""
+    value = _get("BLIND_INDEX_BYTES", 16)
+    if not isinstance(value, int) or isinstance(value, bool) or not 4 <= value <= 32:
+        raise ConfigurationError('KEYROTATION["BLIND_INDEX_BYTES"] must be an int from 4 to 32')
+    return value
+
+
+def default_keyring() -> str:
+    """``KEYROTATION["DEFAULT_KEYRING"]`` (default ``"default"``)."""
+    value = _get("DEFAULT_KEYRING", "default")
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError('KEYROTATION["DEFAULT_KEYRING"] must be a non-empty string')
+    return value
+
+
+def index_version_columns() -> bool:
+    """``KEYROTATION["INDEX_VERSION_COLUMNS"]`` (default ``False``): add a database index on
+    every ``<field>_key_version`` column. See docs/formats.md for the measured trade-off."""
+    return bool(_get("INDEX_VERSION_COLUMNS", False))
+
+
+def batch_size() -> int:
+    """``KEYROTATION["BATCH_SIZE"]`` (default 2000): rows per re-encryption batch."""
+    value = _get("BATCH_SIZE", 2000)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError('KEYROTATION["BATCH_SIZE"] must be a positive int')
+    return value
+
+
+def mask_in_changelist() -> bool:
+    """``KEYROTATION["MASK_IN_CHANGELIST"]`` (default ``False``): show encrypted fields masked in
+    admin change lists."""
+    return bool(_get("MASK_IN_CHANGELIST", False))
+
+
+def unknown_keys() -> set[str]:
+    """Keys of ``KEYROTATION`` that this version does not know (reported by a system check)."""
+    return set(_root()) - KNOWN_KEYS

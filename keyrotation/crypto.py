@@ -1,0 +1,167 @@
+"""The crypto core: stored byte formats, AES-256-GCM, HKDF subkeys and HMAC blind indexes.
+
+No Django here. Everything is a pure function of its arguments; randomness enters only through
+``os.urandom`` in :func:`encrypt`, and the private twin :func:`_encrypt_from_parts` takes the nonce
+as an argument so known-answer vectors (``tests/vectors/``) can pin every byte.
+
+Encrypted value (format 0x01, see docs/formats.md)::
+
+    0x01 | key version (uint32 big-endian) | nonce (12 bytes) | AES-256-GCM ciphertext + 16-byte tag
+    AAD = 0x01 | key version bytes | label (UTF-8, "app_label.ModelName.field_name")
+
+Per-field subkey::
+
+    HKDF-SHA256(ikm = DEK (32 bytes), salt = none, info = purpose | 0x00 | label, length = 32)
+
+Blind index::
+
+    HMAC-SHA256(index subkey, normalised value bytes)[:length]
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+from hashlib import sha256
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+FORMAT_V1 = 0x01
+KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+MAX_VERSION = 2**32 - 1
+PURPOSES = ("encrypt", "index")
+
+_HEADER = struct.Struct(">BI")
+HEADER_BYTES = _HEADER.size  # 5
+MIN_TOKEN_BYTES = HEADER_BYTES + NONCE_BYTES + TAG_BYTES  # an empty plaintext
+
+
+class InvalidToken(Exception):
+    """One opaque error for every way a token can fail to decrypt (no detail by design)."""
+
+
+def _check_key(key: bytes, name: str = "key") -> None:
+    if not isinstance(key, (bytes, bytearray)):
+        raise TypeError(f"{name} must be bytes, got {type(key).__name__}")
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"{name} must be {KEY_BYTES} bytes, got {len(key)}")
+
+
+def _check_version(version: int) -> None:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise TypeError(f"version must be an int, got {type(version).__name__}")
+    if not 1 <= version <= MAX_VERSION:
+        raise ValueError(f"version must be between 1 and {MAX_VERSION}, got {version}")
+
+
+def _check_label(label: str) -> bytes:
+    if not isinstance(label, str):
+        raise TypeError(f"label must be str, got {type(label).__name__}")
+    if not label:
+        raise ValueError("label must not be empty")
+    return label.encode("utf-8")
+
+
+def derive_subkey(dek: bytes, purpose: str, label: str) -> bytes:
+    """Derive the 32-byte key of one column from a data key.
+
+    Args:
+        dek: the unwrapped data key (32 bytes).
+        purpose: ``"encrypt"`` or ``"index"``.
+        label: the column label, ``"app_label.ModelName.field_name"``.
+
+    Returns:
+        32 bytes, different for every (dek, purpose, label).
+    """
+    _check_key(dek, "dek")
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    info = purpose.encode("ascii") + b"\x00" + _check_label(label)
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(dek)
+
+
+def _aad(version: int, label_bytes: bytes) -> bytes:
+    return _HEADER.pack(FORMAT_V1, version) + label_bytes
+
+
+def encrypt(subkey: bytes, version: int, label: str, plaintext: bytes) -> bytes:
+    """Encrypt ``plaintext`` for column ``label`` under key ``version`` (format 0x01)."""
+    return _encrypt_from_parts(subkey, version, label, plaintext, os.urandom(NONCE_BYTES))
+
+
+def _encrypt_from_parts(
+    subkey: bytes, version: int, label: str, plaintext: bytes, nonce: bytes
+) -> bytes:
+    _check_key(subkey, "subkey")
+    _check_version(version)
+    label_bytes = _check_label(label)
+    if not isinstance(plaintext, (bytes, bytearray)):
+        raise TypeError(f"plaintext must be bytes, got {type(plaintext).__name__}")
+    if not isinstance(nonce, (bytes, bytearray)) or len(nonce) != NONCE_BYTES:
+        raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
+    header = _HEADER.pack(FORMAT_V1, version)
+    sealed = AESGCM(bytes(subkey)).encrypt(bytes(nonce), bytes(plaintext), _aad(version, label_bytes))
+    return header + bytes(nonce) + sealed
+
+
+def token_version(token: bytes) -> int:
+    """Return the key version named in a token's header.
+
+    Raises:
+        InvalidToken: not bytes, too short, or an unknown format byte.
+    """
+    if not isinstance(token, (bytes, bytearray, memoryview)):
+        raise InvalidToken
+    token = bytes(token)
+    if len(token) < MIN_TOKEN_BYTES:
+        raise InvalidToken
+    fmt, version = _HEADER.unpack_from(token)
+    if fmt != FORMAT_V1 or version == 0:
+        raise InvalidToken
+    return version
+
+
+def decrypt(subkey: bytes, label: str, token: bytes) -> bytes:
+    """Authenticate and decrypt a format-0x01 token written for column ``label``.
+
+    The subkey must belong to the version in the token's header (see :func:`token_version`).
+
+    Raises:
+        InvalidToken: for every failure: truncation, tampering, wrong key, wrong column.
+    """
+    _check_key(subkey, "subkey")
+    label_bytes = _check_label(label)
+    version = token_version(token)
+    token = bytes(token)
+    nonce = token[HEADER_BYTES : HEADER_BYTES + NONCE_BYTES]
+    try:
+        return AESGCM(bytes(subkey)).decrypt(
+            nonce, token[HEADER_BYTES + NONCE_BYTES :], _aad(version, label_bytes)
+        )
+    except InvalidTag:
+        raise InvalidToken from None
+
+
+def blind_index(subkey: bytes, value: bytes, length: int) -> bytes:
+    """HMAC-SHA256 of a normalised value under an index subkey, truncated to ``length`` bytes."""
+    _check_key(subkey, "subkey")
+    if not isinstance(value, (bytes, bytearray)):
+        raise TypeError(f"value must be bytes, got {type(value).__name__}")
+    if not isinstance(length, int) or not 4 <= length <= 32:
+        raise ValueError(f"length must be an int from 4 to 32, got {length!r}")
+    return hmac.new(bytes(subkey), bytes(value), sha256).digest()[:length]
+
+
+def fingerprint(key: bytes) -> str:
+    """A short public identifier of a key (first 8 bytes of HMAC-SHA256(key, label), hex).
+
+    Safe to log and to store: it reveals nothing usable about the key.
+    """
+    _check_key(key)
+    return hmac.new(bytes(key), b"keyrotation key fingerprint", sha256).hexdigest()[:16]

@@ -1,0 +1,76 @@
+"""Exceptions raised by keyrotation.
+
+Every message names *where* something failed (keyring, purpose, key version, and for stored
+values the model, field and primary key) and never carries plaintext, ciphertext or key bytes.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class KeyRotationError(Exception):
+    """Base class of every error keyrotation raises on purpose."""
+
+
+class ConfigurationError(KeyRotationError, ImproperlyConfigured):
+    """The ``KEYROTATION`` setting, or a field declaration, is not usable."""
+
+
+class DecryptionError(KeyRotationError):
+    """A stored value could not be authenticated or decrypted.
+
+    Deliberately opaque about *why* (wrong key, tampering, truncation, a value copied from another
+    column all look the same), but precise about *where*: the context arguments name the column,
+    the row and the key version so that an operator can find the value.
+    """
+
+    def __init__(
+        self,
+        message: str = "Decryption failed",
+        *,
+        label: str | None = None,
+        pk: object = None,
+        version: int | None = None,
+    ) -> None:
+        self.label = label
+        self.pk = pk
+        self.version = version
+        parts = [message]
+        if label is not None:
+            parts.append(f"field={label}")
+        if pk is not None:
+            parts.append(f"pk={pk!r}")
+        if version is not None:
+            parts.append(f"key version={version}")
+        super().__init__(" ".join(parts) if len(parts) == 1 else f"{parts[0]} ({', '.join(parts[1:])})")
+
+
+class KeyringError(KeyRotationError):
+    """Base of the errors about a key (keyring, purpose, version)."""
+
+    def __init__(self, message: str, *, keyring: str, purpose: str, version: int | None = None):
+        self.keyring = keyring
+        self.purpose = purpose
+        self.version = version
+        where = f"keyring={keyring!r} purpose={purpose!r}"
+        if version is not None:
+            where += f" version={version}"
+        super().__init__(f"{message} [{where}]")
+
+
+class UnknownKeyVersion(KeyringError):
+    """A ciphertext or a command named a key version the keyring does not have."""
+
+
+class KeyStateError(KeyringError):
+    """A key is in the wrong lifecycle state for what was asked (e.g. decrypt with a retired key)."""
+
+
+class NoActiveKey(KeyringError):
+    """A keyring has no active key for the purpose: run ``manage.py rotatekeys --init``."""
+
+
+class KEKUnavailable(KeyRotationError):
+    """The key-encryption key could not be reached or refused to unwrap (Vault down, sealed, bad token,
+    wrong master key). Carries the backend description, never key material."""

@@ -1,0 +1,89 @@
+"""Settings for the test suite.
+
+The database is chosen by the environment:
+
+* ``DATABASE_URL=postgres://user:pass@host:port/name`` runs on that PostgreSQL (``make test``
+  starts a throwaway cluster and sets it);
+* otherwise SQLite in memory.
+"""
+
+import base64
+import os
+from urllib.parse import unquote, urlparse
+
+SECRET_KEY = "tests-not-secret"  # noqa: S105
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "America/Chicago"  # a non-UTC zone on purpose: catches naive/aware slips
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+def _database_from_url(url: str) -> dict:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"DATABASE_URL scheme must be postgres://, got {parsed.scheme!r}")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parsed.path.lstrip("/") or "postgres",
+        "USER": unquote(parsed.username or ""),
+        "PASSWORD": unquote(parsed.password or ""),
+        "HOST": parsed.hostname or "127.0.0.1",
+        "PORT": str(parsed.port or 5432),
+        "TEST": {"NAME": "test_keyrotation"},
+    }
+
+
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": _database_from_url(os.environ["DATABASE_URL"])}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("KEYROTATION_TEST_SQLITE", ":memory:"),
+            "TEST": {"NAME": os.environ.get("KEYROTATION_TEST_SQLITE") or None},
+        }
+    }
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "keyrotation",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+STATIC_URL = "/static/"
+
+# A fixed test master key (never use a key from a repository in production).
+TEST_MASTER_KEY = base64.b64encode(b"\x11" * 32).decode()
+KEYROTATION = {
+    "KEK": {"BACKEND": "local", "KEYS": [TEST_MASTER_KEY]},
+    "CACHE_SECONDS": 60,
+}
