@@ -35,9 +35,7 @@ KNOWN_KEYS = frozenset(
 def _root() -> dict[str, Any]:
     value = getattr(settings, "KEYROTATION", {})
     if not isinstance(value, dict):
-        raise ConfigurationError(
-            f"settings.KEYROTATION must be a dict, got {type(value).__name__}"
-        )
+        raise ConfigurationError(f"settings.KEYROTATION must be a dict, got {type(value).__name__}")
     return value
 
 

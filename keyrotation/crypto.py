@@ -95,9 +95,7 @@ def encrypt(subkey: bytes, version: int, label: str, plaintext: bytes) -> bytes:
     return _encrypt_from_parts(subkey, version, label, plaintext, os.urandom(NONCE_BYTES))
 
 
-def _encrypt_from_parts(
-    subkey: bytes, version: int, label: str, plaintext: bytes, nonce: bytes
-) -> bytes:
+def _encrypt_from_parts(subkey: bytes, version: int, label: str, plaintext: bytes, nonce: bytes) -> bytes:
     _check_key(subkey, "subkey")
     _check_version(version)
     label_bytes = _check_label(label)

@@ -1,0 +1,248 @@
+"""Keyrings: the versions of one (keyring, purpose), unwrapped lazily and cached in process.
+
+Cost model (why this is safe at scale): a keyring is *listed* from the database at most once per
+``CACHE_SECONDS`` (one small query), and a data key is *unwrapped* by the KEK once per process and
+version, the first time a value under that version is read or written. Reading a million rows
+under two versions costs two KEK calls. Unwrapped keys and per-column subkeys stay in this
+process's memory only and never appear in ``repr()``.
+
+A ciphertext naming a version the cache does not know (another process just rotated) makes the
+keyring reload once, immediately, instead of waiting for the TTL.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import conf, crypto
+from .exceptions import DecryptionError, KeyStateError, NoActiveKey, UnknownKeyVersion
+from .kek import KEKBackend, context_for, load_backend
+
+DECRYPTABLE = frozenset({"active", "decrypt_only"})
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """A listed DataKey row; ``wrapped`` is ciphertext under the KEK (not secret on its own)."""
+
+    version: int
+    state: str
+    wrapped: bytes | None = field(repr=False)
+
+
+class _Unwrapped:
+    """Process-wide cache of unwrapped data keys, keyed by their wrapped bytes.
+
+    Keyed by the wrapped bytes so that a rewrap, a destroy or a reload never serves a stale key,
+    while a plain TTL reload costs no KEK call.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str, int, bytes], bytes] = {}
+        self._lock = threading.Lock()
+        self._backend: KEKBackend | None = None
+
+    def backend(self) -> KEKBackend:
+        with self._lock:
+            if self._backend is None:
+                self._backend = load_backend()
+            return self._backend
+
+    def get(self, keyring: str, purpose: str, kv: KeyVersion) -> bytes:
+        assert kv.wrapped is not None
+        cache_key = (keyring, purpose, kv.version, kv.wrapped)
+        dek = self._keys.get(cache_key)
+        if dek is None:
+            dek = self.backend().unwrap(kv.wrapped, context_for(keyring, purpose, kv.version))
+            with self._lock:
+                self._keys[cache_key] = dek
+        return dek
+
+    def clear(self) -> None:
+        with self._lock:
+            self._keys.clear()
+            self._backend = None
+
+    def __repr__(self) -> str:
+        return f"<unwrapped key cache: {len(self._keys)} keys>"
+
+
+_UNWRAPPED = _Unwrapped()
+
+
+class Keyring:
+    """The versions of one keyring for one purpose, as listed at ``loaded_at``."""
+
+    def __init__(self, name: str, purpose: str, versions: list[KeyVersion], loaded_at: float):
+        self.name = name
+        self.purpose = purpose
+        self.loaded_at = loaded_at
+        self._versions = {kv.version: kv for kv in versions}
+        active = [kv.version for kv in versions if kv.state == "active"]
+        self._active = active[0] if active else None
+        self._subkeys: dict[tuple[int, str], bytes] = {}
+
+    def __repr__(self) -> str:
+        states = ", ".join(f"v{v}={kv.state}" for v, kv in sorted(self._versions.items()))
+        return f"<Keyring {self.name}/{self.purpose}: {states or 'empty'}>"
+
+    @property
+    def versions(self) -> dict[int, str]:
+        """``{version: state}``."""
+        return {v: kv.state for v, kv in self._versions.items()}
+
+    @property
+    def active_version(self) -> int:
+        if self._active is None:
+            raise NoActiveKey(
+                "no active key; run `manage.py rotatekeys --init`",
+                keyring=self.name,
+                purpose=self.purpose,
+            )
+        return self._active
+
+    def decryptable_versions(self) -> list[int]:
+        """Versions that may open values, newest first (active first)."""
+        return sorted((v for v, kv in self._versions.items() if kv.state in DECRYPTABLE), reverse=True)
+
+    def knows(self, version: int) -> bool:
+        return version in self._versions
+
+    def subkey(self, version: int, label: str) -> bytes:
+        """The per-column key of ``version`` (checked for state: only active/decrypt-only)."""
+        cached = self._subkeys.get((version, label))
+        if cached is not None:
+            return cached
+        kv = self._versions.get(version)
+        if kv is None:
+            raise UnknownKeyVersion(
+                "unknown key version", keyring=self.name, purpose=self.purpose, version=version
+            )
+        if kv.state not in DECRYPTABLE:
+            raise KeyStateError(
+                f"key version is {kv.state} and may not be used",
+                keyring=self.name,
+                purpose=self.purpose,
+                version=version,
+            )
+        dek = _UNWRAPPED.get(self.name, self.purpose, kv)
+        sub = crypto.derive_subkey(dek, self.purpose, label)
+        self._subkeys[(version, label)] = sub
+        return sub
+
+    # -- encrypt purpose -------------------------------------------------------------------
+
+    def encrypt(self, label: str, plaintext: bytes) -> tuple[bytes, int]:
+        """Encrypt under the active version; return (token, version)."""
+        version = self.active_version
+        return crypto.encrypt(self.subkey(version, label), version, label, plaintext), version
+
+    def decrypt(self, label: str, token: bytes, version: int) -> bytes:
+        """Open a token whose header names ``version`` (already known to this keyring)."""
+        try:
+            return crypto.decrypt(self.subkey(version, label), label, token)
+        except crypto.InvalidToken:
+            raise DecryptionError(label=label, version=version) from None
+
+    # -- index purpose ---------------------------------------------------------------------
+
+    def index(self, label: str, value: bytes, length: int) -> tuple[bytes, int]:
+        """Blind index of ``value`` under the active version; return (digest, version)."""
+        version = self.active_version
+        return crypto.blind_index(self.subkey(version, label), value, length), version
+
+    def indexes(self, label: str, value: bytes, length: int) -> dict[int, bytes]:
+        """Blind index of ``value`` under every decryptable version (for lookups mid-rotation)."""
+        return {
+            v: crypto.blind_index(self.subkey(v, label), value, length) for v in self.decryptable_versions()
+        }
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self._rings: dict[tuple[str, str], Keyring] = {}
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times a keyring was listed from the database
+
+    def get(self, name: str, purpose: str, *, max_age: float | None = None) -> Keyring:
+        ttl = conf.cache_seconds() if max_age is None else max_age
+        ring = self._rings.get((name, purpose))
+        now = time.monotonic()
+        if ring is None or now - ring.loaded_at >= ttl:
+            ring = self._load(name, purpose, now)
+        return ring
+
+    def _load(self, name: str, purpose: str, now: float) -> Keyring:
+        from .models import DataKey
+
+        rows = DataKey.objects.filter(keyring=name, purpose=purpose).values_list(
+            "version", "state", "wrapped_key"
+        )
+        versions = [KeyVersion(v, s, bytes(w) if w is not None else None) for v, s, w in rows]
+        ring = Keyring(name, purpose, versions, now)
+        with self._lock:
+            self._rings[(name, purpose)] = ring
+            self.loads += 1
+        return ring
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rings.clear()
+
+
+_CACHE = _Cache()
+
+
+def get_keyring(name: str, purpose: str) -> Keyring:
+    """The cached keyring ``name`` for ``purpose`` (``"encrypt"`` or ``"index"``)."""
+    return _CACHE.get(name, purpose)
+
+
+def keyring_for_version(name: str, purpose: str, version: int) -> Keyring:
+    """The keyring, reloaded once right away if it does not know ``version`` yet."""
+    ring = _CACHE.get(name, purpose)
+    if not ring.knows(version):
+        ring = _CACHE.get(name, purpose, max_age=0)
+    return ring
+
+
+def encrypt(name: str, label: str, plaintext: bytes) -> tuple[bytes, int]:
+    """Encrypt ``plaintext`` for column ``label`` with keyring ``name``; return (token, version)."""
+    return get_keyring(name, "encrypt").encrypt(label, plaintext)
+
+
+def decrypt(name: str, label: str, token: bytes, *, pk: object = None) -> bytes:
+    """Decrypt a stored token for column ``label``.
+
+    Raises:
+        DecryptionError: the token does not open (naming label, pk and version, nothing else).
+        UnknownKeyVersion, KeyStateError: the version does not exist or is retired/destroyed.
+        KEKUnavailable: the data key could not be unwrapped.
+    """
+    try:
+        version = crypto.token_version(token)
+    except crypto.InvalidToken:
+        raise DecryptionError("Malformed encrypted value", label=label, pk=pk) from None
+    ring = keyring_for_version(name, "encrypt", version)
+    try:
+        return ring.decrypt(label, token, version)
+    except DecryptionError:
+        raise DecryptionError(label=label, pk=pk, version=version) from None
+
+
+def clear_cache() -> None:
+    """Forget every cached keyring and unwrapped key (tests; after a KEK change)."""
+    _CACHE.clear()
+    _UNWRAPPED.clear()
+
+
+def invalidate() -> None:
+    """Forget listed keyrings (not unwrapped keys): the next use lists them again."""
+    _CACHE.clear()
+
+
+def kek_backend() -> KEKBackend:
+    """The process's KEK backend instance (shared with the keyring cache)."""
+    return _UNWRAPPED.backend()
