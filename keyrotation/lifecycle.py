@@ -1,0 +1,291 @@
+"""The key lifecycle: generate, activate, roll back, retire, destroy, rewrap.
+
+Every function runs in one transaction that locks the keyring's rows, changes state, and writes
+its ``KeyRotationAudit`` row, so the audit trail can never disagree with the keys. Processes see
+the change within ``CACHE_SECONDS`` (at once for a version they meet in a ciphertext).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from . import audit, census, conf, crypto, keyring
+from .exceptions import KeyStateError, NoActiveKey, UnknownKeyVersion
+from .kek import context_for
+from .models import DataKey, KeyState
+
+ACTIVE, DECRYPT_ONLY, RETIRED, DESTROYED = (
+    KeyState.ACTIVE,
+    KeyState.DECRYPT_ONLY,
+    KeyState.RETIRED,
+    KeyState.DESTROYED,
+)
+
+# (from, to) -> why the edge exists. Anything not listed is refused.
+TRANSITIONS: dict[tuple[str | None, str], str] = {
+    (None, ACTIVE): "a new version is generated and takes new writes",
+    (ACTIVE, DECRYPT_ONLY): "superseded by a newer active version, or rolled back",
+    (DECRYPT_ONLY, ACTIVE): "rollback: the previous version takes new writes again",
+    (DECRYPT_ONLY, RETIRED): "the census proves no row references it",
+    (RETIRED, DECRYPT_ONLY): "disaster recovery: rows under it were restored from a backup",
+    (RETIRED, DESTROYED): "crypto-shredding: the wrapped key material is erased for good",
+}
+DECRYPTABLE_STATES = (ACTIVE, DECRYPT_ONLY)
+
+
+def check_transition(key: DataKey | None, to: str, keyring_name: str, purpose: str) -> None:
+    """Raise KeyStateError unless ``key`` may move to ``to`` (see TRANSITIONS)."""
+    frm = key.state if key is not None else None
+    if (frm, to) not in TRANSITIONS:
+        allowed = sorted(t for f, t in TRANSITIONS if f == frm)
+        raise KeyStateError(
+            f"cannot move a key from {frm or 'nothing'} to {to} (allowed: {', '.join(allowed) or 'none'})",
+            keyring=keyring_name,
+            purpose=purpose,
+            version=key.version if key is not None else None,
+        )
+
+
+def _locked(keyring_name: str, purpose: str) -> list[DataKey]:
+    return list(
+        DataKey.objects.select_for_update().filter(keyring=keyring_name, purpose=purpose).order_by("version")
+    )
+
+
+def _after_commit() -> None:
+    transaction.on_commit(keyring.invalidate)
+
+
+def _new_key(keyring_name: str, purpose: str, version: int) -> DataKey:
+    backend = keyring.kek_backend()
+    wrapped, kek_id = backend.wrap(os.urandom(crypto.KEY_BYTES), context_for(keyring_name, purpose, version))
+    now = timezone.now()
+    return DataKey.objects.create(
+        keyring=keyring_name,
+        purpose=purpose,
+        version=version,
+        state=ACTIVE,
+        wrapped_key=wrapped,
+        kek_id=kek_id,
+        activated_at=now,
+    )
+
+
+def init(
+    keyring_name: str | None = None, *, purposes=crypto.PURPOSES, actor: str | None = None
+) -> list[DataKey]:
+    """Create version 1 of each purpose that has no key yet; return the keys created."""
+    keyring_name = keyring_name or conf.default_keyring()
+    created = []
+    with transaction.atomic():
+        for purpose in purposes:
+            if _locked(keyring_name, purpose):
+                continue
+            key = _new_key(keyring_name, purpose, 1)
+            audit.record("key_generated", actor=actor, keyring=keyring_name, purpose=purpose, to_version=1)
+            created.append(key)
+        _after_commit()
+    return created
+
+
+def rotate(keyring_name: str | None = None, purpose: str = "encrypt", *, actor: str | None = None) -> DataKey:
+    """Generate a new version and make it active; the previous active becomes decrypt-only."""
+    keyring_name = keyring_name or conf.default_keyring()
+    with transaction.atomic():
+        keys = _locked(keyring_name, purpose)
+        if not keys:
+            raise NoActiveKey(
+                "keyring has no keys; run `rotatekeys --init` first", keyring=keyring_name, purpose=purpose
+            )
+        current = next((k for k in keys if k.state == ACTIVE), None)
+        if current is not None:
+            _set_state(current, DECRYPT_ONLY)
+        key = _new_key(keyring_name, purpose, keys[-1].version + 1)
+        audit.record(
+            "key_rotated",
+            actor=actor,
+            keyring=keyring_name,
+            purpose=purpose,
+            from_version=current.version if current else None,
+            to_version=key.version,
+        )
+        _after_commit()
+    return key
+
+
+def _set_state(key: DataKey, to: str) -> None:
+    check_transition(key, to, key.keyring, key.purpose)
+    now = timezone.now()
+    if key.state == ACTIVE:
+        key.deactivated_at = now
+    if to == ACTIVE:
+        key.activated_at = now
+    elif to == RETIRED:
+        key.retired_at = now
+    elif to == DESTROYED:
+        key.destroyed_at = now
+        key.wrapped_key = None
+    key.state = to
+    key.save()
+
+
+def _find(keys: list[DataKey], version: int, keyring_name: str, purpose: str) -> DataKey:
+    for key in keys:
+        if key.version == version:
+            return key
+    raise UnknownKeyVersion("no such key version", keyring=keyring_name, purpose=purpose, version=version)
+
+
+def rollback(
+    keyring_name: str | None = None, purpose: str = "encrypt", *, actor: str | None = None
+) -> DataKey:
+    """Re-activate the newest decrypt-only version below the active one.
+
+    Rows written under the abandoned version stay readable (it becomes decrypt-only); run
+    ``reencrypt`` to move them back.
+    """
+    keyring_name = keyring_name or conf.default_keyring()
+    with transaction.atomic():
+        keys = _locked(keyring_name, purpose)
+        current = next((k for k in keys if k.state == ACTIVE), None)
+        if current is None:
+            raise NoActiveKey("nothing to roll back from", keyring=keyring_name, purpose=purpose)
+        previous = [k for k in keys if k.state == DECRYPT_ONLY and k.version < current.version]
+        if not previous:
+            raise KeyStateError(
+                "no decrypt-only version older than the active one to roll back to",
+                keyring=keyring_name,
+                purpose=purpose,
+                version=current.version,
+            )
+        target = previous[-1]
+        _set_state(current, DECRYPT_ONLY)
+        _set_state(target, ACTIVE)
+        audit.record(
+            "key_rolled_back",
+            actor=actor,
+            keyring=keyring_name,
+            purpose=purpose,
+            from_version=current.version,
+            to_version=target.version,
+        )
+        _after_commit()
+    return target
+
+
+def retire(keyring_name: str | None, purpose: str, version: int, *, actor: str | None = None) -> DataKey:
+    """Retire a decrypt-only version once the census proves no row references it.
+
+    Refused while (a) any registered column holds a row under ``version``, or (b) the version
+    stopped being active less than ``CACHE_SECONDS`` ago: another process may still believe it is
+    active and write with it, after the census has counted.
+    """
+    keyring_name = keyring_name or conf.default_keyring()
+    with transaction.atomic():
+        key = _find(_locked(keyring_name, purpose), version, keyring_name, purpose)
+        check_transition(key, RETIRED, keyring_name, purpose)
+        grace = timedelta(seconds=conf.cache_seconds())
+        if key.deactivated_at and timezone.now() < key.deactivated_at + grace:
+            wait = (key.deactivated_at + grace - timezone.now()).total_seconds()
+            raise KeyStateError(
+                f"stopped being active less than CACHE_SECONDS ago; processes may still write with it "
+                f"(retry in {wait:.0f}s, then re-run the census)",
+                keyring=keyring_name,
+                purpose=purpose,
+                version=version,
+            )
+        evidence = census.references(keyring_name, purpose, version)
+        stale = {label: n for label, n in evidence.items() if n}
+        if stale:
+            audit.record(
+                "key_retire_refused",
+                status="refused",
+                actor=actor,
+                keyring=keyring_name,
+                purpose=purpose,
+                from_version=version,
+                details={"census": evidence},
+            )
+            raise KeyStateError(
+                "still referenced by "
+                + ", ".join(f"{n} row(s) of {label}" for label, n in stale.items())
+                + "; run `manage.py reencrypt` first",
+                keyring=keyring_name,
+                purpose=purpose,
+                version=version,
+            )
+        _set_state(key, RETIRED)
+        audit.record(
+            "key_retired",
+            actor=actor,
+            keyring=keyring_name,
+            purpose=purpose,
+            from_version=version,
+            rows_processed=0,
+            details={"census": evidence},
+        )
+        _after_commit()
+    return key
+
+
+def restore(keyring_name: str | None, purpose: str, version: int, *, actor: str | None = None) -> DataKey:
+    """Disaster recovery: make a retired (not destroyed) version decrypt-only again."""
+    keyring_name = keyring_name or conf.default_keyring()
+    with transaction.atomic():
+        key = _find(_locked(keyring_name, purpose), version, keyring_name, purpose)
+        _set_state(key, DECRYPT_ONLY)
+        audit.record("key_restored", actor=actor, keyring=keyring_name, purpose=purpose, to_version=version)
+        _after_commit()
+    return key
+
+
+def destroy(keyring_name: str | None, purpose: str, version: int, *, actor: str | None = None) -> DataKey:
+    """Erase the wrapped material of a retired version (irreversible crypto-shredding)."""
+    keyring_name = keyring_name or conf.default_keyring()
+    with transaction.atomic():
+        key = _find(_locked(keyring_name, purpose), version, keyring_name, purpose)
+        _set_state(key, DESTROYED)
+        audit.record(
+            "key_destroyed", actor=actor, keyring=keyring_name, purpose=purpose, from_version=version
+        )
+        _after_commit()
+    return key
+
+
+def rewrap(*, actor: str | None = None) -> int:
+    """Re-wrap every stored data key under the current KEK version; return how many.
+
+    No row of user data is touched. On Vault the data keys never leave Transit in the clear.
+    Each key is re-wrapped with its own identity as context, so a failure part-way leaves every
+    key wrapped either by the old or by the new KEK version, both still unwrappable.
+    """
+    backend = keyring.kek_backend()
+    with transaction.atomic():
+        keys = list(DataKey.objects.select_for_update().exclude(wrapped_key=None).order_by("pk"))
+        before = sorted({k.kek_id for k in keys})
+        for key in keys:
+            ctx = context_for(key.keyring, key.purpose, key.version)
+            key.wrapped_key, key.kek_id = backend.rewrap(bytes(key.wrapped_key), ctx)
+            key.save(update_fields=["wrapped_key", "kek_id"])
+        audit.record(
+            "kek_rewrapped",
+            actor=actor,
+            rows_processed=len(keys),
+            details={"kek_before": before, "kek_after": backend.current_id(), "backend": backend.describe()},
+        )
+        transaction.on_commit(keyring.clear_cache)
+    return len(keys)
+
+
+def keys(keyring_name: str | None = None, purpose: str | None = None) -> list[DataKey]:
+    """The DataKey rows (for listing), ordered by keyring, purpose, version."""
+    qs = DataKey.objects.order_by("keyring", "purpose", "version")
+    if keyring_name:
+        qs = qs.filter(keyring=keyring_name)
+    if purpose:
+        qs = qs.filter(purpose=purpose)
+    return list(qs)

@@ -1,0 +1,156 @@
+"""``manage.py rotatekeys``: create, rotate, roll back, retire, destroy and re-wrap data keys.
+
+A thin shell over :mod:`keyrotation.lifecycle`. Every refusal is a clear message and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from ... import crypto, lifecycle
+from ...exceptions import KeyRotationError
+from ...keyring import kek_backend
+
+
+class Command(BaseCommand):
+    help = (
+        "Manage data keys. Without an action flag: generate a new version of each purpose (or of "
+        "--purpose) and make it active; the previous version stays readable (decrypt-only) until "
+        "`reencrypt` has moved every row and it is retired."
+    )
+
+    def add_arguments(self, parser):
+        action = parser.add_mutually_exclusive_group()
+        action.add_argument(
+            "--init", action="store_true", help="Create version 1 of each purpose if missing."
+        )
+        action.add_argument(
+            "--rollback",
+            action="store_true",
+            help="Re-activate the previous version; the current one becomes decrypt-only.",
+        )
+        action.add_argument(
+            "--retire",
+            type=int,
+            metavar="N",
+            help="Retire version N: refused while the census finds any row under it.",
+        )
+        action.add_argument(
+            "--restore",
+            type=int,
+            metavar="N",
+            help="Disaster recovery: make retired version N decrypt-only again.",
+        )
+        action.add_argument(
+            "--destroy",
+            type=int,
+            metavar="N",
+            help="Erase the wrapped material of retired version N (irreversible).",
+        )
+        action.add_argument(
+            "--rewrap",
+            action="store_true",
+            help="Re-wrap every data key under the current KEK version. No user data is touched.",
+        )
+        action.add_argument(
+            "--list", action="store_true", help="List key versions, states and KEK ids (never key bytes)."
+        )
+        parser.add_argument(
+            "--rotate-kek",
+            action="store_true",
+            help="With --rewrap on Vault/OpenBao: rotate the Transit key first, then re-wrap.",
+        )
+        parser.add_argument(
+            "--keyring", default=None, help="Keyring name (default: the DEFAULT_KEYRING setting)."
+        )
+        parser.add_argument(
+            "--purpose",
+            choices=crypto.PURPOSES,
+            default=None,
+            help=(
+                "encrypt or index (default: both for --init and rotation; "
+                "required for --retire, --destroy, --restore and --rollback)."
+            ),
+        )
+        parser.add_argument(
+            "--actor", default=None, help="Who is acting, for the audit trail (default: the OS user)."
+        )
+        parser.add_argument("--json", action="store_true", help="Print a JSON document instead of text.")
+
+    def handle(self, *args, **opts):
+        try:
+            result = self._dispatch(opts)
+        except KeyRotationError as exc:
+            raise CommandError(str(exc)) from None
+        if opts["json"]:
+            self.stdout.write(json.dumps(result, indent=2, default=str))
+        else:
+            for line in result.get("lines", []):
+                self.stdout.write(line)
+
+    def _purposes(self, opts):
+        return (opts["purpose"],) if opts["purpose"] else crypto.PURPOSES
+
+    def _need_purpose(self, opts, flag):
+        if not opts["purpose"]:
+            raise CommandError(f"{flag} needs --purpose encrypt or --purpose index")
+        return opts["purpose"]
+
+    def _dispatch(self, opts):
+        ring, actor = opts["keyring"], opts["actor"]
+        if opts["list"]:
+            rows = [_key_dict(k) for k in lifecycle.keys(ring, opts["purpose"])]
+            lines = [
+                f"{r['keyring']:<16} {r['purpose']:<8} v{r['version']:<4} {r['state']:<13} {r['kek_id']}"
+                for r in rows
+            ] or ["no keys; run `manage.py rotatekeys --init`"]
+            return {"keys": rows, "lines": lines}
+        if opts["init"]:
+            created = lifecycle.init(ring, purposes=self._purposes(opts), actor=actor)
+            lines = [f"created {k}" for k in created] or ["keys already exist; nothing to do"]
+            return {"created": [_key_dict(k) for k in created], "lines": lines}
+        if opts["rollback"]:
+            key = lifecycle.rollback(ring, self._need_purpose(opts, "--rollback"), actor=actor)
+            return {"active": _key_dict(key), "lines": [f"rolled back: {key} is active again"]}
+        for flag, fn, verb in (
+            ("retire", lifecycle.retire, "retired"),
+            ("restore", lifecycle.restore, "restored"),
+            ("destroy", lifecycle.destroy, "destroyed"),
+        ):
+            if opts[flag] is not None:
+                key = fn(ring, self._need_purpose(opts, f"--{flag}"), opts[flag], actor=actor)
+                return {verb: _key_dict(key), "lines": [f"{verb} {key}"]}
+        if opts["rewrap"]:
+            backend = kek_backend()
+            if opts["rotate_kek"]:
+                backend.rotate()
+            count = lifecycle.rewrap(actor=actor)
+            return {
+                "rewrapped": count,
+                "kek": backend.current_id(),
+                "lines": [f"re-wrapped {count} data key(s) under {backend.current_id()}"],
+            }
+        if opts["rotate_kek"]:
+            raise CommandError("--rotate-kek goes with --rewrap")
+        rotated = [lifecycle.rotate(ring, p, actor=actor) for p in self._purposes(opts)]
+        return {
+            "rotated": [_key_dict(k) for k in rotated],
+            "lines": [f"new active key {k}" for k in rotated]
+            + ["run `manage.py reencrypt` to move existing rows to the new version"],
+        }
+
+
+def _key_dict(key):
+    return {
+        "keyring": key.keyring,
+        "purpose": key.purpose,
+        "version": key.version,
+        "state": key.state,
+        "kek_id": key.kek_id,
+        "created_at": key.created_at,
+        "activated_at": key.activated_at,
+        "retired_at": key.retired_at,
+        "destroyed_at": key.destroyed_at,
+    }
