@@ -1,0 +1,100 @@
+"""The crypto core against the known-answer vectors, plus its input checks."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from keyrotation import crypto
+
+VECTORS = Path(__file__).parent / "vectors"
+
+
+def load(name):
+    return json.loads((VECTORS / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("v", load("encrypt"), ids=lambda v: f"{v['label']}-v{v['version']}")
+def test_encrypt_vectors(v):
+    dek = bytes.fromhex(v["dek"])
+    subkey = crypto.derive_subkey(dek, "encrypt", v["label"])
+    assert subkey.hex() == v["subkey"]
+    token = crypto._encrypt_from_parts(
+        subkey, v["version"], v["label"], bytes.fromhex(v["plaintext"]), bytes.fromhex(v["nonce"])
+    )
+    assert token.hex() == v["token"]
+    assert crypto.token_version(token) == v["version"]
+    assert crypto.decrypt(subkey, v["label"], bytes.fromhex(v["token"])).hex() == v["plaintext"]
+
+
+@pytest.mark.parametrize("v", load("blind_index"), ids=lambda v: v["label"])
+def test_blind_index_vectors(v):
+    subkey = crypto.derive_subkey(bytes.fromhex(v["dek"]), "index", v["label"])
+    assert subkey.hex() == v["subkey"]
+    assert crypto.blind_index(subkey, bytes.fromhex(v["value"]), v["length"]).hex() == v["index"]
+
+
+@pytest.mark.parametrize("v", load("invalid"), ids=lambda v: v["why"])
+def test_invalid_vectors(v):
+    subkey = crypto.derive_subkey(bytes.fromhex(v["dek"]), "encrypt", v["label"])
+    with pytest.raises(crypto.InvalidToken) as info:
+        crypto.decrypt(subkey, v["label"], bytes.fromhex(v["token"]))
+    assert str(info.value) == ""  # opaque: no detail, no bytes
+
+
+def test_random_nonces_differ():
+    key = bytes(32)
+    assert crypto.encrypt(key, 1, "a.B.c", b"x") != crypto.encrypt(key, 1, "a.B.c", b"x")
+
+
+def test_subkeys_are_separated_by_purpose_and_label():
+    dek = bytes(range(32))
+    keys = {
+        crypto.derive_subkey(dek, p, label) for p in crypto.PURPOSES for label in ("a.B.c", "a.B.d", "a.C.c")
+    }
+    assert len(keys) == 6
+
+
+@given(st.binary(max_size=2048), st.integers(1, crypto.MAX_VERSION))
+def test_roundtrip_property(plaintext, version):
+    key = bytes(range(32))
+    token = crypto.encrypt(key, version, "app.Model.field", plaintext)
+    assert len(token) == crypto.MIN_TOKEN_BYTES + len(plaintext)
+    assert crypto.token_version(token) == version
+    assert crypto.decrypt(key, "app.Model.field", token) == plaintext
+
+
+@given(st.binary(max_size=200))
+def test_decoder_only_raises_invalid_token(garbage):
+    with pytest.raises(crypto.InvalidToken):
+        crypto.decrypt(bytes(32), "app.Model.field", garbage)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: crypto.derive_subkey(b"short", "encrypt", "a.B.c"), ValueError, "dek must be 32 bytes"),
+        (lambda: crypto.derive_subkey("x" * 32, "encrypt", "a.B.c"), TypeError, "dek must be bytes"),
+        (lambda: crypto.derive_subkey(bytes(32), "sign", "a.B.c"), ValueError, "purpose must be one of"),
+        (lambda: crypto.derive_subkey(bytes(32), "encrypt", ""), ValueError, "label must not be empty"),
+        (lambda: crypto.encrypt(bytes(32), 0, "a.B.c", b""), ValueError, "version must be between"),
+        (lambda: crypto.encrypt(bytes(32), 2**32, "a.B.c", b""), ValueError, "version must be between"),
+        (lambda: crypto.encrypt(bytes(32), True, "a.B.c", b""), TypeError, "version must be an int"),
+        (lambda: crypto.encrypt(bytes(32), 1, "a.B.c", "text"), TypeError, "plaintext must be bytes"),
+        (lambda: crypto._encrypt_from_parts(bytes(32), 1, "a.B.c", b"", b"x"), ValueError, "nonce must be"),
+        (lambda: crypto.blind_index(bytes(32), b"v", 3), ValueError, "length must be an int from 4 to 32"),
+        (lambda: crypto.blind_index(bytes(32), "v", 8), TypeError, "value must be bytes"),
+    ],
+)
+def test_misuse_is_precise(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_fingerprint_is_stable_and_not_the_key():
+    key = bytes(range(32))
+    assert crypto.fingerprint(key) == crypto.fingerprint(key)
+    assert len(crypto.fingerprint(key)) == 16
+    assert key.hex()[:16] not in crypto.fingerprint(key)
