@@ -237,6 +237,13 @@ def restore(keyring_name: str | None, purpose: str, version: int, *, actor: str 
     keyring_name = keyring_name or conf.default_keyring()
     with transaction.atomic():
         key = _find(_locked(keyring_name, purpose), version, keyring_name, purpose)
+        if key.state != RETIRED:
+            raise KeyStateError(
+                f"only a retired key can be restored, this one is {key.state}",
+                keyring=keyring_name,
+                purpose=purpose,
+                version=version,
+            )
         _set_state(key, DECRYPT_ONLY)
         audit.record("key_restored", actor=actor, keyring=keyring_name, purpose=purpose, to_version=version)
         _after_commit()

@@ -85,5 +85,5 @@ STATIC_URL = "/static/"
 TEST_MASTER_KEY = base64.b64encode(b"\x11" * 32).decode()
 KEYROTATION = {
     "KEK": {"BACKEND": "local", "KEYS": [TEST_MASTER_KEY]},
-    "CACHE_SECONDS": 60,
+    "CACHE_SECONDS": float(os.environ.get("KEYROTATION_TEST_CACHE_SECONDS", "60")),
 }

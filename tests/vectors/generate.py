@@ -28,13 +28,17 @@ def subkey(dek: bytes, purpose: str, label: str) -> bytes:
 
 def token(dek: bytes, label: str, version: int, nonce: bytes, plaintext: bytes) -> bytes:
     header = struct.pack(">BI", 1, version)
-    return header + nonce + AESGCM(subkey(dek, "encrypt", label)).encrypt(nonce, plaintext, header + label.encode())
+    return (
+        header
+        + nonce
+        + AESGCM(subkey(dek, "encrypt", label)).encrypt(nonce, plaintext, header + label.encode())
+    )
 
 
 def main() -> None:
     deks = [bytes(range(32)), bytes.fromhex("ff" * 32), hashlib.sha256(b"keyrotation vector dek").digest()]
     cases = [
-        (0, "people.Person.email", 1, "alice@example.com".encode()),
+        (0, "people.Person.email", 1, b"alice@example.com"),
         (0, "people.Person.email", 2, b""),
         (1, "people.Person.notes", 4294967295, "ünïcödé ✓ 𝄞".encode()),
         (2, "app.Model.f", 7, b"\x00" * 100),

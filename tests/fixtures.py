@@ -1,0 +1,27 @@
+"""Key fixtures shared by the suite (loaded from conftest.py)."""
+
+import base64
+import os
+
+import pytest
+
+from keyrotation import keyring, lifecycle
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keyring_cache():
+    """Every test starts and ends with an empty in-process key cache."""
+    keyring.clear_cache()
+    yield
+    keyring.clear_cache()
+
+
+@pytest.fixture
+def keys(db):
+    """An initialised default keyring (v1 active for both purposes)."""
+    return lifecycle.init("default", actor="test")
+
+
+@pytest.fixture
+def master_key():
+    return base64.b64encode(os.urandom(32)).decode()

@@ -1,0 +1,137 @@
+"""Key lifecycle: the transition table, each operation and its audit row."""
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.test import override_settings
+
+from keyrotation import keyring, lifecycle
+from keyrotation.exceptions import KeyStateError, NoActiveKey, UnknownKeyVersion
+from keyrotation.models import DataKey, KeyRotationAudit
+
+pytestmark = pytest.mark.django_db
+
+NO_GRACE = override_settings(
+    KEYROTATION={
+        "KEK": {"BACKEND": "local", "KEYS": ["ERERERERERERERERERERERERERERERERERERERERERE="]},
+        "CACHE_SECONDS": 0,
+    }
+)
+
+
+def states(purpose="encrypt"):
+    return {k.version: k.state for k in DataKey.objects.filter(keyring="default", purpose=purpose)}
+
+
+def test_init_creates_v1_of_each_purpose_once(keys):
+    assert {(k.purpose, k.version, k.state) for k in keys} == {
+        ("encrypt", 1, "active"),
+        ("index", 1, "active"),
+    }
+    assert lifecycle.init("default") == []
+    assert KeyRotationAudit.objects.filter(action="key_generated").count() == 2
+
+
+def test_rotate_demotes_previous_and_audits(keys):
+    key = lifecycle.rotate("default", "encrypt", actor="alice")
+    assert key.version == 2
+    assert states() == {1: "decrypt_only", 2: "active"}
+    assert states("index") == {1: "active"}
+    entry = KeyRotationAudit.objects.get(action="key_rotated")
+    assert (entry.actor, entry.from_version, entry.to_version) == ("alice", 1, 2)
+
+
+def test_rotate_without_init_is_refused(db):
+    with pytest.raises(NoActiveKey, match="rotatekeys --init"):
+        lifecycle.rotate("default", "encrypt")
+
+
+def test_rollback_restores_previous_active(keys):
+    lifecycle.rotate("default", "encrypt")
+    lifecycle.rotate("default", "encrypt")
+    assert lifecycle.rollback("default", "encrypt").version == 2
+    assert states() == {1: "decrypt_only", 2: "active", 3: "decrypt_only"}
+    assert keyring.get_keyring("default", "encrypt").active_version == 2
+
+
+def test_rollback_with_nothing_older_is_refused(keys):
+    with pytest.raises(KeyStateError, match="no decrypt-only version"):
+        lifecycle.rollback("default", "encrypt")
+
+
+def test_database_enforces_one_active_key(keys):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        DataKey.objects.create(keyring="default", purpose="encrypt", version=9, state="active", kek_id="x")
+
+
+def test_retire_refused_within_cache_window(keys):
+    lifecycle.rotate("default", "encrypt")
+    with pytest.raises(KeyStateError, match="less than CACHE_SECONDS ago"):
+        lifecycle.retire("default", "encrypt", 1)
+
+
+@NO_GRACE
+def test_retire_then_destroy(keys):
+    lifecycle.rotate("default", "encrypt")
+    lifecycle.retire("default", "encrypt", 1, actor="bob")
+    assert states()[1] == "retired"
+    entry = KeyRotationAudit.objects.get(action="key_retired")
+    assert entry.details == {"census": {}}
+    lifecycle.destroy("default", "encrypt", 1)
+    key = DataKey.objects.get(keyring="default", purpose="encrypt", version=1)
+    assert key.state == "destroyed" and key.wrapped_key is None and key.destroyed_at
+
+
+@NO_GRACE
+def test_restore_a_retired_key(keys):
+    lifecycle.rotate("default", "encrypt")
+    lifecycle.retire("default", "encrypt", 1)
+    lifecycle.restore("default", "encrypt", 1)
+    assert states()[1] == "decrypt_only"
+
+
+@pytest.mark.parametrize(
+    ("operation", "message"),
+    [
+        (lambda: lifecycle.retire("default", "encrypt", 1), "from active to retired"),
+        (lambda: lifecycle.destroy("default", "encrypt", 1), "from active to destroyed"),
+        (lambda: lifecycle.restore("default", "encrypt", 1), "only a retired key can be restored"),
+        (lambda: lifecycle.retire("default", "encrypt", 7), "no such key version"),
+    ],
+)
+def test_illegal_transitions_are_refused_and_change_nothing(keys, operation, message):
+    before = KeyRotationAudit.objects.count()
+    with pytest.raises((KeyStateError, UnknownKeyVersion), match=message):
+        operation()
+    assert states() == {1: "active"}
+    assert KeyRotationAudit.objects.count() == before
+
+
+def test_error_names_keyring_purpose_version(keys):
+    with pytest.raises(KeyStateError) as info:
+        lifecycle.destroy("default", "encrypt", 1)
+    assert "keyring='default' purpose='encrypt' version=1" in str(info.value)
+
+
+def test_every_edge_has_a_reason():
+    assert all(reason for reason in lifecycle.TRANSITIONS.values())
+    assert ("destroyed", "retired") not in lifecycle.TRANSITIONS
+
+
+def test_rewrap_under_new_master_key_leaves_keys_usable(keys, master_key, settings):
+    ring = keyring.get_keyring("default", "encrypt")
+    token, version = ring.encrypt("a.B.c", b"secret")
+    old_ids = set(DataKey.objects.values_list("kek_id", flat=True))
+    old_key = settings.KEYROTATION["KEK"]["KEYS"][0]
+    settings.KEYROTATION = {
+        **settings.KEYROTATION,
+        "KEK": {"BACKEND": "local", "KEYS": [master_key, old_key]},
+    }
+    keyring.clear_cache()
+    assert lifecycle.rewrap(actor="ops") == 2
+    new_ids = set(DataKey.objects.values_list("kek_id", flat=True))
+    assert new_ids.isdisjoint(old_ids) and len(new_ids) == 1
+    # The old master key can now be dropped entirely.
+    settings.KEYROTATION = {**settings.KEYROTATION, "KEK": {"BACKEND": "local", "KEYS": [master_key]}}
+    keyring.clear_cache()
+    assert keyring.decrypt("default", "a.B.c", token) == b"secret"
+    assert KeyRotationAudit.objects.get(action="kek_rewrapped").rows_processed == 2
