@@ -150,7 +150,7 @@ def test_second_process_sees_new_version(settings):
             time.sleep(0.1)
         lifecycle.rotate("default", "encrypt")  # v3: the child has never seen it
         keyring.invalidate()
-        token, version = keyring.encrypt("default", LABEL, b"fresh")
+        token, version = keyring.encrypt("default", "a.B.c", b"fresh")
         assert version == 3
         plaintext_hex, elapsed_ms = ask(f"decrypt {token.hex()}")
         assert bytes.fromhex(plaintext_hex) == b"fresh"
@@ -158,3 +158,4 @@ def test_second_process_sees_new_version(settings):
     finally:
         child.stdin.close()
         child.wait(10)
+        child.stdout.close()
