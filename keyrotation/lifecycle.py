@@ -81,6 +81,9 @@ def init(
     """Create version 1 of each purpose that has no key yet; return the keys created."""
     keyring_name = keyring_name or conf.default_keyring()
     created = []
+    ensure_key = getattr(keyring.kek_backend(), "ensure_key", None)
+    if ensure_key is not None:  # Vault: create the derived Transit key on first use
+        ensure_key()
     with transaction.atomic():
         for purpose in purposes:
             if _locked(keyring_name, purpose):

@@ -1,0 +1,131 @@
+"""The Vault/OpenBao Transit KEK, against a real OpenBao server (no mocks)."""
+
+import uuid
+
+import hvac
+import pytest
+
+from keyrotation import keyring, lifecycle
+from keyrotation.exceptions import KEKUnavailable
+from keyrotation.kek import context_for, load_backend
+from keyrotation.kek.vault import VaultTransitKEK
+from keyrotation.models import DataKey
+
+pytestmark = pytest.mark.vault
+CTX = context_for("default", "encrypt", 1)
+
+
+@pytest.fixture
+def vault_options(vault):
+    return {
+        "BACKEND": "vault",
+        "URL": vault.addr,
+        "TOKEN": vault.token,
+        "KEY_NAME": f"kr-{uuid.uuid4().hex[:8]}",
+    }
+
+
+@pytest.fixture
+def vault_settings(settings, vault_options):
+    settings.KEYROTATION = {**settings.KEYROTATION, "KEK": vault_options}
+    keyring.clear_cache()
+    return vault_options
+
+
+def test_wrap_unwrap_rewrap_roundtrip(vault_options):
+    kek = load_backend(vault_options)
+    assert kek.ensure_key() is True and kek.ensure_key() is False
+    kek.check()
+    wrapped, kek_id = kek.wrap(b"k" * 32, CTX)
+    assert wrapped.startswith(b"vault:v1:") and kek_id.endswith(":v1")
+    assert kek.unwrap(wrapped, CTX) == b"k" * 32
+    assert kek.rotate().endswith(":v2")
+    rewrapped, new_id = kek.rewrap(wrapped, CTX)
+    assert rewrapped.startswith(b"vault:v2:") and new_id.endswith(":v2")
+    assert kek.unwrap(rewrapped, CTX) == b"k" * 32
+
+
+def test_wrapped_key_is_bound_to_its_identity(vault_options):
+    kek = load_backend(vault_options)
+    kek.ensure_key()
+    wrapped, _ = kek.wrap(b"k" * 32, CTX)
+    with pytest.raises(KEKUnavailable, match="request rejected"):
+        kek.unwrap(wrapped, context_for("default", "encrypt", 2))
+
+
+def test_non_derived_key_fails_the_check(vault, vault_options):
+    vault.client.secrets.transit.create_key(name=vault_options["KEY_NAME"])
+    with pytest.raises(KEKUnavailable, match="not a derived key"):
+        load_backend(vault_options).check()
+
+
+def test_revoked_token_is_a_clear_error_without_the_token(vault, vault_options):
+    kek = load_backend(vault_options)
+    kek.ensure_key()
+    wrapped, _ = kek.wrap(b"k" * 32, CTX)
+    child = vault.client.auth.token.create(policies=["root"], ttl="1h")["auth"]["client_token"]
+    revoked = VaultTransitKEK({**vault_options, "TOKEN": child})
+    vault.client.auth.token.revoke(child)
+    with pytest.raises(KEKUnavailable) as info:
+        revoked.unwrap(wrapped, CTX)
+    assert "permission denied" in str(info.value)
+    assert child not in str(info.value) and vault.token not in str(info.value)
+
+
+def test_unreachable_vault(vault_options):
+    from tests.servers import free_port
+
+    kek = VaultTransitKEK({**vault_options, "URL": f"http://127.0.0.1:{free_port()}", "TIMEOUT": 2})
+    with pytest.raises(KEKUnavailable, match="cannot connect"):
+        kek.wrap(b"k" * 32, CTX)
+
+
+@pytest.mark.django_db
+def test_rewrap_command_path_keeps_data_readable(vault_settings):
+    lifecycle.init("default")
+    token, _ = keyring.encrypt("default", "a.B.c", b"payload")
+    kek = keyring.kek_backend()
+    kek.rotate()
+    assert lifecycle.rewrap() == 2
+    assert set(DataKey.objects.values_list("kek_id", flat=True)) == {kek.current_id()}
+    assert all(
+        bytes(w).startswith(b"vault:v2:") for w in DataKey.objects.values_list("wrapped_key", flat=True)
+    )
+    keyring.clear_cache()
+    assert keyring.decrypt("default", "a.B.c", token) == b"payload"
+
+
+@pytest.mark.django_db
+def test_transit_calls_grow_with_versions_not_rows(vault_settings):
+    """Reading 10,000 values under two key versions costs one unwrap per version."""
+    lifecycle.init("default", purposes=("encrypt",))
+    old = [keyring.encrypt("default", "a.B.c", b"v1-%d" % i)[0] for i in range(5000)]
+    lifecycle.rotate("default", "encrypt")
+    keyring.invalidate()
+    new = [keyring.encrypt("default", "a.B.c", b"v2-%d" % i)[0] for i in range(5000)]
+    keyring.clear_cache()
+    kek = keyring.kek_backend()
+    assert kek.requests == 0
+    for i, token in enumerate(old):
+        assert keyring.decrypt("default", "a.B.c", token) == b"v1-%d" % i
+    for i, token in enumerate(new):
+        assert keyring.decrypt("default", "a.B.c", token) == b"v2-%d" % i
+    assert kek.requests == 2
+
+
+def test_sealed_vault_then_unsealed(openbao_server):
+    options = {
+        "BACKEND": "vault",
+        "URL": openbao_server.addr,
+        "TOKEN": openbao_server.token,
+        "KEY_NAME": "sealtest",
+        "TIMEOUT": 5,
+    }
+    kek = load_backend(options)
+    kek.ensure_key()
+    wrapped, _ = kek.wrap(b"k" * 32, CTX)
+    hvac.Client(url=openbao_server.addr, token=openbao_server.token).sys.seal()
+    with pytest.raises(KEKUnavailable, match="sealed or unavailable"):
+        kek.unwrap(wrapped, CTX)
+    openbao_server.restart()  # static auto-unseal: comes back unsealed with the same data
+    assert load_backend(options).unwrap(wrapped, CTX) == b"k" * 32
