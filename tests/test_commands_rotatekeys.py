@@ -1,0 +1,110 @@
+"""``manage.py rotatekeys``: every action, JSON output, refusals with non-zero exit."""
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from keyrotation.models import DataKey, KeyRotationAudit
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args):
+    out = StringIO()
+    call_command("rotatekeys", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_init_rotate_list_json():
+    assert "created default/encrypt v1" in run("--init", "--actor", "carol")
+    assert "keys already exist" in run("--init")
+    out = run("--purpose", "encrypt")
+    assert "new active key default/encrypt v2 (active)" in out and "reencrypt" in out
+    listed = json.loads(run("--list", "--json"))["keys"]
+    assert [(k["purpose"], k["version"], k["state"]) for k in listed] == [
+        ("encrypt", 1, "decrypt_only"),
+        ("encrypt", 2, "active"),
+        ("index", 1, "active"),
+    ]
+    assert all("wrapped" not in k for k in listed)
+    assert KeyRotationAudit.objects.filter(actor="carol").count() == 2
+
+
+def test_list_never_prints_key_bytes():
+    run("--init")
+    out = run("--list") + run("--list", "--json")
+    for wrapped in DataKey.objects.values_list("wrapped_key", flat=True):
+        assert bytes(wrapped).hex() not in out
+        assert str(bytes(wrapped)) not in out
+
+
+def test_rotation_of_both_purposes_by_default():
+    run("--init")
+    data = json.loads(run("--json"))
+    assert sorted((k["purpose"], k["version"]) for k in data["rotated"]) == [("encrypt", 2), ("index", 2)]
+
+
+def test_rollback_and_refusals():
+    run("--init")
+    with pytest.raises(CommandError, match="--rollback needs --purpose"):
+        run("--rollback")
+    with pytest.raises(CommandError, match="no decrypt-only version"):
+        run("--rollback", "--purpose", "encrypt")
+    run("--purpose", "encrypt")
+    assert "default/encrypt v1 (active) is active again" in run("--rollback", "--purpose", "encrypt")
+
+
+def test_retire_refused_for_active_and_for_recent_keys():
+    run("--init")
+    with pytest.raises(CommandError, match="from active to retired"):
+        run("--retire", "1", "--purpose", "encrypt")
+    run("--purpose", "encrypt")
+    with pytest.raises(CommandError, match="CACHE_SECONDS"):
+        run("--retire", "1", "--purpose", "encrypt")
+    with pytest.raises(CommandError, match="only a retired key can be restored"):
+        run("--restore", "1", "--purpose", "encrypt")
+
+
+def test_destroy_only_after_retire(settings):
+    settings.KEYROTATION = {**settings.KEYROTATION, "CACHE_SECONDS": 0}
+    run("--init")
+    run("--purpose", "encrypt")
+    with pytest.raises(CommandError, match="from decrypt_only to destroyed"):
+        run("--destroy", "1", "--purpose", "encrypt")
+    assert "retired default/encrypt v1" in run("--retire", "1", "--purpose", "encrypt")
+    assert "destroyed default/encrypt v1" in run("--destroy", "1", "--purpose", "encrypt")
+
+
+def test_rewrap_and_rotate_kek_flag_rules():
+    run("--init")
+    assert "re-wrapped 2 data key(s) under local:" in run("--rewrap")
+    with pytest.raises(CommandError, match="--rotate-kek goes with --rewrap"):
+        run("--rotate-kek")
+    with pytest.raises(CommandError, match="rotated by configuration"):
+        run("--rewrap", "--rotate-kek")
+
+
+def test_exit_code_is_non_zero_on_refusal(tmp_path):
+    import subprocess
+    import sys
+
+    # call_command raises; the real CLI turns that into exit status 1 with the message on stderr.
+    proc = subprocess.run(
+        [sys.executable, "-m", "django", "rotatekeys", "--rollback", "--settings=tests.settings"],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": "."},
+    )
+    assert proc.returncode == 1
+    assert "--rollback needs --purpose" in proc.stderr
+
+
+def test_help_explains_every_flag():
+    from keyrotation.management.commands.rotatekeys import Command
+
+    parser = Command().create_parser("manage.py", "rotatekeys")
+    for action in parser._actions:
+        if action.option_strings and action.dest not in {"help", "version"}:
+            assert action.help, action.option_strings
