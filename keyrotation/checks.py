@@ -1,1 +1,78 @@
-"""Django system checks for keyrotation (registered in ``KeyRotationConfig.ready``)."""
+"""Django system checks for keyrotation (registered in ``KeyRotationConfig.ready``).
+
+* ``keyrotation.E001``: ``KEYROTATION`` (or its ``KEK``) is malformed; W001: unknown keys in it.
+* ``keyrotation.E002`` (``check --deploy``): the KEK cannot be reached or used.
+* ``keyrotation.E003`` (``check --database default``, run by ``migrate``): a keyring used by a
+  registered field has no active key; run ``rotatekeys --init``.
+"""
+
+from __future__ import annotations
+
+from django.core.checks import Error, Tags, Warning, register
+from django.db import DatabaseError
+
+from . import conf, registry
+from .exceptions import ConfigurationError, KEKUnavailable
+
+
+@register("keyrotation")
+def check_settings(app_configs=None, **kwargs):
+    errors = []
+    try:
+        conf.kek()
+        conf.cache_seconds()
+        conf.blind_index_bytes()
+        conf.default_keyring()
+        conf.batch_size()
+        from .kek import load_backend
+
+        if conf.kek()["BACKEND"] == "local":
+            load_backend()  # validates the master keys without any I/O
+    except ConfigurationError as exc:
+        errors.append(Error(str(exc), id="keyrotation.E001", hint="See docs/settings.md."))
+        return errors
+    unknown = conf.unknown_keys()
+    if unknown:
+        errors.append(
+            Warning(
+                f"Unknown KEYROTATION keys: {', '.join(sorted(unknown))}",
+                hint=f"Known keys: {', '.join(sorted(conf.KNOWN_KEYS))}",
+                id="keyrotation.W001",
+            )
+        )
+    return errors
+
+
+@register("keyrotation", deploy=True)
+def check_kek_reachable(app_configs=None, **kwargs):
+    from .kek import load_backend
+
+    try:
+        backend = load_backend()
+        backend.check()
+    except (ConfigurationError, KEKUnavailable) as exc:
+        return [Error(f"KEK not usable: {exc}", id="keyrotation.E002")]
+    return []
+
+
+@register(Tags.database)
+def check_keys_initialised(app_configs=None, databases=None, **kwargs):
+    if not databases:
+        return []
+    from .models import DataKey
+
+    needed = {(col.keyring, col.purpose) for col in registry.columns()}
+    if not needed:
+        return []
+    try:
+        active = set(DataKey.objects.filter(state="active").values_list("keyring", "purpose"))
+    except DatabaseError:  # tables not migrated yet: migrate will create them
+        return []
+    return [
+        Error(
+            f"keyring {keyring!r} has no active {purpose} key",
+            hint=f"Run `manage.py rotatekeys --init --keyring {keyring}`.",
+            id="keyrotation.E003",
+        )
+        for keyring, purpose in sorted(needed - active)
+    ]
