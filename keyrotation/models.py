@@ -89,3 +89,97 @@ class KeyRotationAudit(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.action} {self.keyring}/{self.purpose} ({self.status})"
+
+
+class RunStatus(models.TextChoices):
+    RUNNING = "running", "running"
+    PAUSED = "paused", "paused"
+    INTERRUPTED = "interrupted", "interrupted (resumable)"
+    FINISHED = "finished", "finished"
+    ABORTED = "aborted", "aborted"
+    FAILED = "failed", "failed"
+    SUPERSEDED = "superseded", "superseded by a newer key version"
+
+
+class ReencryptionRun(models.Model):
+    """One re-encryption of a set of models towards fixed target key versions.
+
+    Any number of processes on any number of hosts join the open run for the same scope and
+    share its chunks. ``status`` follows ``engine.state.RUN_TRANSITIONS``.
+    """
+
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.RUNNING)
+    scope = models.CharField(
+        max_length=255, help_text="Which models/fields this run covers ('*' = every registered column)."
+    )
+    targets = models.JSONField(default=dict, help_text='Target versions, e.g. {"default/encrypt": 2}.')
+    options = models.JSONField(default=dict, blank=True)
+    actor = models.CharField(max_length=150, blank=True)
+    rows_total = models.BigIntegerField(default=0, help_text="Rows pending when the run was planned.")
+    rows_done = models.BigIntegerField(default=0)
+    rows_failed = models.BigIntegerField(default=0)
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="Why it failed: model, field, pk, version; never values.")
+
+    class Meta:
+        ordering = ["-id"]
+        permissions = [("control_reencryptionrun", "Can pause, resume and abort re-encryption runs")]
+
+    def __str__(self) -> str:
+        return f"run #{self.pk} {self.scope} ({self.status})"
+
+
+class ChunkStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    RUNNING = "running", "running"
+    DONE = "done", "done"
+
+
+class ReencryptionChunk(models.Model):
+    """A primary-key range of one model, claimed by one worker at a time.
+
+    ``cursor`` is the last primary key committed; it moves in the same transaction as each batch,
+    so a killed worker's chunk resumes exactly after the last committed row.
+    """
+
+    run = models.ForeignKey(ReencryptionRun, on_delete=models.CASCADE, related_name="chunks")
+    model = models.CharField(max_length=200, help_text="app_label.ModelName")
+    lo = models.JSONField(help_text="Exclusive lower bound of the primary key (null: unbounded).", null=True)
+    hi = models.JSONField(help_text="Inclusive upper bound of the primary key (null: unbounded).", null=True)
+    cursor = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=ChunkStatus.choices, default=ChunkStatus.PENDING)
+    worker = models.CharField(max_length=255, blank=True)
+    rows_done = models.BigIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["run", "status"], name="keyrotation_chunk_run_status")]
+
+    def __str__(self) -> str:
+        return f"{self.model} ({self.lo}, {self.hi}] {self.status}"
+
+
+class QuarantinedValue(models.Model):
+    """A stored value that failed to decrypt during a run with ``--on-error=quarantine``.
+
+    Records where it is (model, field, pk, key version) and why in words; never the value.
+    """
+
+    run = models.ForeignKey(ReencryptionRun, on_delete=models.CASCADE, related_name="quarantined")
+    label = models.CharField(max_length=255)
+    pk_value = models.CharField("primary key", max_length=255)
+    key_version = models.PositiveIntegerField(null=True, blank=True)
+    reason = models.CharField(max_length=255)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "label", "pk_value"], name="keyrotation_quarantine_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} pk={self.pk_value} v{self.key_version}: {self.reason}"
