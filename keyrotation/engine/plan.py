@@ -1,0 +1,178 @@
+"""What a run has to do: per model, which columns, towards which key versions, how many rows.
+
+A model is processed in one pass that rewrites all its encrypted and blind-index columns
+together, so a row is rewritten once per run (one new tuple, one WAL record on PostgreSQL), not
+once per column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from django.apps import apps
+from django.db import models
+from django.db.models import Q
+
+from .. import census, keyring, registry
+from ..exceptions import KeyRotationError
+
+
+@dataclass(frozen=True)
+class EncColumn:
+    label: str
+    column: str  # database column
+    version_column: str
+    keyring: str
+    target: int
+
+
+@dataclass(frozen=True)
+class IdxColumn:
+    label: str
+    column: str
+    version_column: str
+    keyring: str
+    target: int
+    length: int
+    source: EncColumn
+    index_input: Callable[[bytes], bytes] = field(repr=False, compare=False)
+
+
+@dataclass
+class ModelPlan:
+    model: type[models.Model]
+    enc: list[EncColumn]
+    idx: list[IdxColumn]
+
+    @property
+    def label(self) -> str:
+        return self.model._meta.label
+
+    @property
+    def table(self) -> str:
+        return self.model._meta.db_table
+
+    @property
+    def pk_column(self) -> str:
+        return self.model._meta.pk.column
+
+    def pending_q(self) -> Q:
+        """Rows with any column not on its target version (NULL versions: no value, no work)."""
+        q = Q()
+        for col in [*self.enc, *self.idx]:
+            attname = _attname(self.model, col.version_column)
+            q |= Q(**{f"{attname}__lt": col.target}) | Q(**{f"{attname}__gt": col.target})
+        for col in self.idx:
+            # A value with no index yet (adoption, or a field added later) is pending too.
+            q |= Q(**{f"{_attname(self.model, col.version_column)}__isnull": True}) & Q(
+                **{f"{_attname(self.model, col.source.version_column)}__isnull": False}
+            )
+        return q
+
+    def pending(self, using: str | None = None) -> int:
+        return self.model._base_manager.using(using).filter(self.pending_q()).count()
+
+    def targets(self) -> dict[str, int]:
+        return {col.label: col.target for col in [*self.enc, *self.idx]}
+
+
+def _attname(model: type[models.Model], column: str) -> str:
+    for f in model._meta.concrete_fields:
+        if f.column == column:
+            return f.attname
+    raise KeyRotationError(f"{model._meta.label} has no column {column!r}")
+
+
+def _select(columns: Iterable[registry.Column], scope: list[str] | None) -> list[registry.Column]:
+    if not scope:
+        return list(columns)
+    chosen = []
+    for col in columns:
+        if col.model_label.lower() in scope or col.label.lower() in scope:
+            chosen.append(col)
+    return chosen
+
+
+def build(scope: list[str] | None = None) -> list[ModelPlan]:
+    """Plans for the registered columns in ``scope`` (``app.Model`` or ``app.Model.field``).
+
+    Raises:
+        KeyRotationError: a scope entry names no registered model or column.
+    """
+    scope = [s.lower() for s in scope] if scope else None
+    cols = _select(registry.columns(), scope)
+    if scope:
+        known = {c.model_label.lower() for c in cols} | {c.label.lower() for c in cols}
+        missing = [s for s in scope if s not in known]
+        if missing:
+            raise KeyRotationError(
+                f"no encrypted or indexed column matches {', '.join(missing)}; expected "
+                f"'app_label.Model' or 'app_label.Model.field' (see `rotation_status`)"
+            )
+    by_model: dict[type[models.Model], ModelPlan] = {}
+    for col in cols:
+        model = apps.get_model(col.model_label)
+        plan = by_model.setdefault(model, ModelPlan(model, [], []))
+        f = model._meta.get_field(col.field_name)
+        version_col = model._meta.get_field(col.version_attname).column
+        target = keyring.get_keyring(col.keyring, col.purpose).active_version
+        if col.purpose == "encrypt":
+            plan.enc.append(EncColumn(col.label, f.column, version_col, col.keyring, target))
+    for col in cols:
+        if col.purpose != "index":
+            continue
+        model = apps.get_model(col.model_label)
+        plan = by_model[model]
+        f = model._meta.get_field(col.field_name)
+        source_field = model._meta.get_field(f.source)
+        source_label = registry.label_for(model, source_field.name)
+        source = next((e for e in plan.enc if e.label == source_label), None)
+        if source is None:  # the source column itself is out of scope: still read to index
+            reg = registry.get(source_label)
+            source = EncColumn(
+                source_label,
+                source_field.column,
+                model._meta.get_field(reg.version_attname).column,
+                reg.keyring,
+                keyring.get_keyring(reg.keyring, "encrypt").active_version,
+            )
+        plan.idx.append(
+            IdxColumn(
+                col.label,
+                f.column,
+                model._meta.get_field(col.version_attname).column,
+                col.keyring,
+                keyring.get_keyring(col.keyring, "index").active_version,
+                f.index_bytes,
+                source,
+                f.index_input_from_plaintext,
+            )
+        )
+    return list(by_model.values())
+
+
+def census_rows(using: str | None = None) -> list[dict]:
+    """Per registered column: rows per key version, the active version and percent on it."""
+    out = []
+    for col in registry.columns():
+        counts = census.counts(col, using=using)
+        ring = keyring.get_keyring(col.keyring, col.purpose)
+        active = ring.active_version
+        with_value = sum(n for v, n in counts.items() if v is not None)
+        on_active = counts.get(active, 0)
+        out.append(
+            {
+                "label": col.label,
+                "model": col.model_label,
+                "purpose": col.purpose,
+                "keyring": col.keyring,
+                "active_version": active,
+                "versions": {str(v): n for v, n in counts.items() if v is not None},
+                "empty": counts.get(None, 0),
+                "rows": with_value,
+                "on_active": on_active,
+                "percent_active": 100.0 if with_value == 0 else round(100.0 * on_active / with_value, 2),
+            }
+        )
+    return out

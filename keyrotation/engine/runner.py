@@ -1,0 +1,256 @@
+"""The worker loop: claim a chunk → (select → transform → write → persist) per batch → sweep.
+
+Each batch is one transaction: the rows it claims, the values it writes and the chunk cursor it
+advances commit together, so ``kill -9`` at any instant loses nothing: the rerun continues at
+the last committed cursor, and a row written twice is impossible because every write is guarded
+by the row's old key versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
+
+from .. import signals
+from ..exceptions import KEKUnavailable, KeyRotationError
+from ..models import QuarantinedValue, ReencryptionRun, RunStatus
+from . import runs, sql
+from .plan import ModelPlan
+from .throttle import Throttle
+from .transform import BatchTransformer, RowFailure, RowFailureError
+
+logger = logging.getLogger("keyrotation.engine")
+TRANSIENT = (OperationalError, InterfaceError, KEKUnavailable)
+
+
+class RunFailed(KeyRotationError):
+    """The run stopped on a value it cannot open (``on_error="stop"``) or ran out of retries."""
+
+
+@dataclass
+class Options:
+    batch_size: int = 2000
+    rate: float | None = None
+    target_batch_ms: float | None = None
+    max_duration: float | None = None
+    on_error: str = "stop"  # or "quarantine"
+    stale_after: float = 60.0
+    retries: int = 8
+    backoff_max: float = 30.0
+    poll_seconds: float = 1.0
+    actor: str | None = None
+    using: str = "default"
+    on_batch: Callable[[dict], None] | None = field(default=None, repr=False)
+
+
+@dataclass
+class WorkResult:
+    rows_done: int = 0
+    rows_failed: int = 0
+    stopped: str = ""  # "", "deadline", "paused-deadline", "aborted", "superseded", "failed"
+
+
+class _Worker:
+    def __init__(self, run: ReencryptionRun, plans: list[ModelPlan], opts: Options):
+        self.run = run
+        self.plans = {p.label: p for p in plans}
+        self.opts = opts
+        self.throttle = Throttle(opts.batch_size, opts.rate, opts.target_batch_ms)
+        self.deadline = time.monotonic() + opts.max_duration if opts.max_duration else None
+        self.result = WorkResult()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _wait_while_paused(self) -> str:
+        """Return the run status once it is not paused (or 'deadline')."""
+        while True:
+            status = runs.current_status(self.run.pk, using=self.opts.using)
+            if status != RunStatus.PAUSED:
+                return status
+            if self._past_deadline():
+                return "deadline"
+            time.sleep(self.opts.poll_seconds)
+
+    def _retrying(self, what: str, fn):
+        """Run ``fn``; on a lost connection or KEK outage, back off and try again."""
+        delay = 0.5
+        for attempt in range(self.opts.retries + 1):
+            try:
+                return fn()
+            except TRANSIENT as exc:
+                if attempt == self.opts.retries:
+                    raise
+                logger.warning(
+                    "run #%s: %s failed (%s); retry %d/%d in %.1fs",
+                    self.run.pk,
+                    what,
+                    type(exc).__name__,
+                    attempt + 1,
+                    self.opts.retries,
+                    delay,
+                )
+                connections[self.opts.using].close()
+                time.sleep(delay)
+                delay = min(self.opts.backoff_max, delay * 2)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- one batch -------------------------------------------------------------------------
+
+    def _batch(self, plan: ModelPlan, lo, hi, *, skip_locked: bool, chunk=None) -> tuple[int, object, int]:
+        """One transaction. Returns (rows seen, last pk seen or None, rows written)."""
+        using = self.opts.using
+        with transaction.atomic(using=using):
+            if not skip_locked and connections[using].vendor == "postgresql":
+                with connections[using].cursor() as cur:
+                    cur.execute("SET LOCAL lock_timeout = '10s'")
+            rows = sql.select_batch(
+                plan, using, lo, hi, self.throttle.batch_size, lock=True, skip=skip_locked
+            )
+            if not rows:
+                return 0, None, 0
+            transformer = BatchTransformer(plan)
+            new, guards, failures = [], [], []
+            for row in rows:
+                try:
+                    n, g = transformer.transform(row)
+                except RowFailureError as exc:
+                    if self.opts.on_error != "quarantine":
+                        raise RunFailed(str(exc)) from None
+                    failures.append(exc.failure)
+                    continue
+                new.append(n)
+                guards.append(g)
+            written = sql.write_batch(plan, using, new, guards)
+            last = rows[-1][0]
+            if chunk is not None:
+                runs.persist_batch(chunk, last, written, using=using)
+            if failures:
+                self._quarantine(failures)
+        return len(rows), last, written
+
+    def _quarantine(self, failures: list[RowFailure]) -> None:
+        QuarantinedValue.objects.using(self.opts.using).bulk_create(
+            [
+                QuarantinedValue(
+                    run=self.run, label=f.label, pk_value=str(f.pk), key_version=f.version, reason=f.reason
+                )
+                for f in failures
+            ],
+            ignore_conflicts=True,
+        )
+        self.result.rows_failed += len(failures)
+        for f in failures:
+            logger.error("run #%s: quarantined %s", self.run.pk, f)
+
+    def _after(self, plan, seen, written, seconds) -> None:
+        self.result.rows_done += written
+        self.throttle.after_batch(seen, seconds)
+        payload = {"run_id": self.run.pk, "model": plan.label, "rows": written, "seconds": seconds}
+        signals.batch_completed.send(sender=ReencryptionRun, **payload)
+        if self.opts.on_batch:
+            self.opts.on_batch(payload)
+
+    # -- chunks and sweep ------------------------------------------------------------------
+
+    def _process_chunk(self, chunk) -> str:
+        plan = self.plans[chunk.model]
+        cursor = chunk.cursor if chunk.cursor is not None else chunk.lo
+        while True:
+            status = self._wait_while_paused()
+            if status != RunStatus.RUNNING:
+                return status
+            if self._past_deadline():
+                return "deadline"
+            start = time.monotonic()
+            seen, last, written = self._retrying(
+                f"batch of {plan.label}",
+                lambda cursor=cursor: self._batch(plan, cursor, chunk.hi, skip_locked=True, chunk=chunk),
+            )
+            if not seen:
+                runs.finish_chunk(chunk, using=self.opts.using)
+                return "done"
+            cursor = last
+            self._after(plan, seen, written, time.monotonic() - start)
+
+    def _sweep(self) -> None:
+        """Re-check every row, waiting for row locks this time (rows skipped while locked by
+        the application, rows written meanwhile by a process with a stale keyring cache)."""
+        for plan in self.plans.values():
+            for _pass in range(3):
+                cursor, written_total = None, 0
+                while True:
+                    start = time.monotonic()
+                    seen, last, written = self._retrying(
+                        f"sweep of {plan.label}",
+                        lambda cursor=cursor, plan=plan: self._batch(plan, cursor, None, skip_locked=False),
+                    )
+                    if not seen:
+                        break
+                    cursor = last
+                    written_total += written
+                    self._after(plan, seen, written, time.monotonic() - start)
+                remaining = plan.pending(using=self.opts.using)
+                quarantined = QuarantinedValue.objects.using(self.opts.using).filter(
+                    run=self.run, label__startswith=plan.label + "."
+                )
+                if remaining <= quarantined.values("pk_value").distinct().count():
+                    break
+
+    def work(self) -> WorkResult:
+        using = self.opts.using
+        while True:
+            status = self._wait_while_paused()
+            if status != RunStatus.RUNNING:
+                self.result.stopped = status
+                return self.result
+            chunk = self._retrying(
+                "claim", lambda: runs.claim_chunk(self.run.pk, stale_after=self.opts.stale_after, using=using)
+            )
+            if chunk is None:
+                break
+            try:
+                outcome = self._process_chunk(chunk)
+            except BaseException:
+                runs.release_chunk(chunk, using=using) if _db_alive(using) else None
+                raise
+            if outcome != "done":
+                runs.release_chunk(chunk, using=using)
+                self.result.stopped = outcome
+                return self.result
+        if runs.progress(self.run, using=using)["running"]:
+            return self.result  # another worker is still busy; the last one sweeps
+        self._sweep()
+        ReencryptionRun.objects.using(using).filter(pk=self.run.pk).update(
+            rows_failed=QuarantinedValue.objects.using(using).filter(run=self.run).count()
+        )
+        try:
+            runs.set_status(self.run.pk, RunStatus.FINISHED, actor=self.opts.actor, using=using)
+        except KeyRotationError:
+            pass  # another worker finished it first, or an operator aborted it
+        return self.result
+
+
+def _db_alive(using: str) -> bool:
+    try:
+        connections[using].ensure_connection()
+        return connections[using].is_usable()
+    except DatabaseError:
+        return False
+
+
+def work(run: ReencryptionRun, plans: list[ModelPlan], opts: Options) -> WorkResult:
+    """Process chunks of ``run`` in this process until none is left (then sweep and finish),
+    the deadline passes, or an operator pauses past the deadline / aborts."""
+    worker = _Worker(run, plans, opts)
+    try:
+        return worker.work()
+    except RunFailed as exc:
+        runs.set_status(run.pk, RunStatus.FAILED, actor=opts.actor, error=str(exc), using=opts.using)
+        raise

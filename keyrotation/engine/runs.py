@@ -1,0 +1,238 @@
+"""Runs and chunks in the database: open or join a run, plan its chunks, claim them, control it.
+
+Work is shared through the database only: a chunk is claimed with ``SELECT … FOR UPDATE SKIP
+LOCKED`` and marked with the claiming worker, so any number of processes on any number of hosts
+can run ``reencrypt`` against the same database without overlap. A chunk whose worker died is
+reclaimed when its heartbeat is older than ``stale_after`` seconds, or at once when its worker is
+a dead process on this host.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import Count, Max, Min, Q, Sum
+from django.utils import timezone
+
+from .. import audit
+from ..exceptions import KeyRotationError
+from ..models import ChunkStatus, ReencryptionChunk, ReencryptionRun, RunStatus
+from .plan import ModelPlan
+
+# (from, to) -> why. Anything else is refused by ``set_status``.
+RUN_TRANSITIONS: dict[tuple[str, str], str] = {
+    ("running", "paused"): "an operator paused it (CLI or admin)",
+    ("paused", "running"): "an operator resumed it",
+    ("running", "interrupted"): "every worker stopped (max duration, signal, error) with work left",
+    ("paused", "interrupted"): "workers stopped while paused",
+    ("interrupted", "running"): "a worker joined it again",
+    ("running", "finished"): "the final sweep found no row left",
+    ("running", "aborted"): "an operator aborted it",
+    ("paused", "aborted"): "an operator aborted it",
+    ("interrupted", "aborted"): "an operator aborted it",
+    ("running", "failed"): "a value could not be decrypted (or retries ran out)",
+    ("running", "superseded"): "the active key changed; a new run takes over",
+    ("paused", "superseded"): "the active key changed; a new run takes over",
+    ("interrupted", "superseded"): "the active key changed; a new run takes over",
+}
+OPEN_STATUSES = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.INTERRUPTED)
+CHUNK_PK_SPAN = 50_000
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def set_status(
+    run_id: int, to: str, *, actor: str | None = None, error: str = "", using=None
+) -> ReencryptionRun:
+    """Move a run to ``to`` if the transition table allows it, with its audit row."""
+    with transaction.atomic(using=using):
+        run = ReencryptionRun.objects.using(using).select_for_update().get(pk=run_id)
+        if run.status == to:
+            return run
+        if (run.status, to) not in RUN_TRANSITIONS:
+            raise KeyRotationError(f"run #{run_id} is {run.status}; it cannot become {to}")
+        run.status = to
+        fields = ["status"]
+        if to in (RunStatus.FINISHED, RunStatus.ABORTED, RunStatus.FAILED, RunStatus.SUPERSEDED):
+            run.finished_at = timezone.now()
+            fields.append("finished_at")
+        if error:
+            run.error = error[:2000]
+            fields.append("error")
+        run.save(update_fields=fields)
+        totals = progress(run, using=using)
+        audit.record(
+            f"run_{to}",
+            actor=actor,
+            status="failed" if to == RunStatus.FAILED else "ok",
+            rows_processed=totals["rows_done"],
+            rows_failed=run.rows_failed,
+            details={"run": run.pk, "scope": run.scope, "targets": run.targets},
+            using=using,
+        )
+    return run
+
+
+def scope_key(scope: list[str] | None) -> str:
+    return ",".join(sorted(s.lower() for s in scope)) if scope else "*"
+
+
+def targets_of(plans: list[ModelPlan]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in plans:
+        out.update(p.targets())
+    return out
+
+
+def open_run(plans, scope, *, actor=None, options=None, chunk_span=CHUNK_PK_SPAN, using=None):
+    """Join the open run of this scope with the same targets, or plan a new one.
+
+    An open run with other targets (the active key changed since) is superseded.
+    Returns (run, joined).
+    """
+    key, targets = scope_key(scope), targets_of(plans)
+    with transaction.atomic(using=using):
+        open_runs = list(
+            ReencryptionRun.objects.using(using)
+            .select_for_update()
+            .filter(scope=key, status__in=OPEN_STATUSES)
+            .order_by("id")
+        )
+        for run in open_runs:
+            if run.targets == targets:
+                if run.status == RunStatus.INTERRUPTED:
+                    run = set_status(run.pk, RunStatus.RUNNING, actor=actor, using=using)
+                return run, True
+            set_status(run.pk, RunStatus.SUPERSEDED, actor=actor, using=using)
+        run = ReencryptionRun.objects.using(using).create(
+            scope=key, targets=targets, options=options or {}, actor=actor or audit.default_actor()
+        )
+        chunks, total = [], 0
+        for plan in plans:
+            pk = plan.model._meta.pk
+            agg = (
+                plan.model._base_manager.using(using)
+                .filter(plan.pending_q())
+                .aggregate(lo=Min("pk"), hi=Max("pk"), n=Count("pk"))
+            )
+            total += agg["n"]
+            integer_pk = pk.get_internal_type() in {
+                "AutoField",
+                "BigAutoField",
+                "SmallAutoField",
+                "IntegerField",
+                "BigIntegerField",
+                "PositiveIntegerField",
+                "PositiveBigIntegerField",
+            }
+            if agg["n"] and integer_pk:
+                lo = agg["lo"] - 1
+                while lo < agg["hi"]:
+                    hi = min(lo + chunk_span, agg["hi"])
+                    chunks.append(ReencryptionChunk(run=run, model=plan.label, lo=lo, hi=hi))
+                    lo = hi
+            elif agg["n"]:
+                chunks.append(ReencryptionChunk(run=run, model=plan.label, lo=None, hi=None))
+        ReencryptionChunk.objects.using(using).bulk_create(chunks)
+        run.rows_total = total
+        run.save(update_fields=["rows_total"])
+        audit.record(
+            "run_started",
+            actor=actor,
+            rows_processed=0,
+            details={"run": run.pk, "scope": key, "targets": targets, "rows_pending": total},
+            using=using,
+        )
+    return run, False
+
+
+def _dead_local_worker(worker: str) -> bool:
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def claim_chunk(run_id: int, *, stale_after: float = 60.0, using=None) -> ReencryptionChunk | None:
+    """Claim the next pending chunk (or one abandoned by a dead worker); None when none is left."""
+    me = worker_id()
+    stale = timezone.now() - timedelta(seconds=stale_after)
+    with transaction.atomic(using=using):
+        qs = ReencryptionChunk.objects.using(using).filter(run_id=run_id)
+        candidates = qs.filter(
+            Q(status=ChunkStatus.PENDING) | Q(status=ChunkStatus.RUNNING, heartbeat_at__lt=stale)
+        )
+        chunk = candidates.select_for_update(skip_locked=True).order_by("id").first()
+        if chunk is None:
+            for running in qs.filter(status=ChunkStatus.RUNNING).select_for_update(skip_locked=True):
+                if _dead_local_worker(running.worker):
+                    chunk = running
+                    break
+        if chunk is None:
+            return None
+        chunk.status = ChunkStatus.RUNNING
+        chunk.worker = me
+        chunk.heartbeat_at = timezone.now()
+        chunk.save(update_fields=["status", "worker", "heartbeat_at"])
+    return chunk
+
+
+def release_chunk(chunk: ReencryptionChunk, using=None) -> None:
+    """Give a chunk back (graceful stop): another worker or a rerun continues at its cursor."""
+    ReencryptionChunk.objects.using(using).filter(pk=chunk.pk, worker=worker_id()).update(
+        status=ChunkStatus.PENDING, worker=""
+    )
+
+
+def persist_batch(chunk: ReencryptionChunk, cursor, rows: int, using=None) -> None:
+    """Record a batch's progress; call inside the batch's transaction."""
+    ReencryptionChunk.objects.using(using).filter(pk=chunk.pk).update(
+        cursor=cursor, rows_done=chunk.rows_done + rows, heartbeat_at=timezone.now()
+    )
+    chunk.cursor = cursor
+    chunk.rows_done += rows
+
+
+def finish_chunk(chunk: ReencryptionChunk, using=None) -> None:
+    ReencryptionChunk.objects.using(using).filter(pk=chunk.pk).update(
+        status=ChunkStatus.DONE, heartbeat_at=timezone.now()
+    )
+
+
+def progress(run: ReencryptionRun, using=None) -> dict:
+    """Totals derived from the chunks (never stored twice, so never out of step)."""
+    agg = (
+        ReencryptionChunk.objects.using(using)
+        .filter(run=run)
+        .aggregate(
+            rows_done=Sum("rows_done"),
+            heartbeat=Max("heartbeat_at"),
+            chunks=Count("id"),
+            done=Count("id", filter=Q(status=ChunkStatus.DONE)),
+            running=Count("id", filter=Q(status=ChunkStatus.RUNNING)),
+        )
+    )
+    agg["rows_done"] = agg["rows_done"] or 0
+    return agg
+
+
+def current_status(run_id: int, using=None) -> str:
+    return ReencryptionRun.objects.using(using).values_list("status", flat=True).get(pk=run_id)
+
+
+def latest_run(scope: list[str] | None = None, using=None) -> ReencryptionRun | None:
+    qs = ReencryptionRun.objects.using(using)
+    if scope is not None:
+        qs = qs.filter(scope=scope_key(scope))
+    return qs.order_by("-id").first()
