@@ -30,6 +30,7 @@ __all__ = [
     "abort",
     "dry_run",
     "pause",
+    "pending",
     "reencrypt",
     "resume",
     "status",
@@ -211,6 +212,12 @@ def dry_run(models: list[str] | None = None, *, sample: int = 500, using: str = 
         "estimated_crypto_seconds": round(seconds_total, 2),
         "kek_unwraps": unwraps,
     }
+
+
+def pending(models: list[str] | None = None, *, using: str = "default") -> int:
+    """Rows of ``models`` with any column not on its active key version."""
+    keyring.invalidate()
+    return sum(p.pending(using=using) for p in _plan.build(models))
 
 
 def _in_scope(label: str, plans) -> bool:

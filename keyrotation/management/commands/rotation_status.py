@@ -1,0 +1,67 @@
+"""``manage.py rotation_status``: the key census and the state of the latest run."""
+
+from __future__ import annotations
+
+import sys
+
+from django.core.management.base import BaseCommand
+
+from ... import engine, reporting
+
+
+class Command(BaseCommand):
+    help = (
+        "Show, for every encrypted field and blind index, how many rows each key version holds and "
+        "the percent on the active version, plus the latest re-encryption run (state, heartbeat, "
+        "rate, ETA). Exit codes for cron and alerting: see --fail-if-incomplete / --fail-if-version."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true", help="Print a JSON document.")
+        parser.add_argument(
+            "--fail-if-incomplete",
+            action="store_true",
+            help="Exit 2 if any column has rows not on its active key version.",
+        )
+        parser.add_argument(
+            "--fail-if-version",
+            type=int,
+            metavar="N",
+            help="Exit 2 if any row of any column (or of --purpose) still uses key version N.",
+        )
+        parser.add_argument(
+            "--purpose", choices=["encrypt", "index"], help="Limit --fail-if-version to this purpose."
+        )
+
+    def handle(self, *args, **o):
+        data = engine.status()
+        cols = data["columns"]
+        incomplete = [c["label"] for c in cols if c["on_active"] != c["rows"]]
+        stale = [
+            c["label"]
+            for c in cols
+            if o["fail_if_version"] is not None
+            and c["versions"].get(str(o["fail_if_version"]))
+            and (o["purpose"] is None or c["purpose"] == o["purpose"])
+        ]
+        data["incomplete"] = incomplete
+        if o["json"]:
+            self.stdout.write(reporting.dumps(data))
+        else:
+            for line in reporting.census_table(cols):
+                self.stdout.write(line)
+            run = data["run"]
+            if run:
+                rate = f"{run['rows_per_second']:,.0f} rows/s" if run["rows_per_second"] else "-"
+                eta = f"{run['eta_seconds']}s" if run["eta_seconds"] is not None else "-"
+                self.stdout.write(
+                    f"\nrun #{run['id']} {run['status']}: {run['rows_done']:,}/{run['rows_total']:,} rows, "
+                    f"{run['chunks_done']}/{run['chunks']} chunks, {rate}, ETA {eta}, "
+                    f"last heartbeat {run['heartbeat_at'] or '-'}"
+                )
+                if run["error"]:
+                    self.stdout.write(f"error: {run['error']}")
+            else:
+                self.stdout.write("\nno re-encryption run yet")
+        if (o["fail_if_incomplete"] and incomplete) or stale:
+            sys.exit(2)

@@ -1,0 +1,83 @@
+"""Output for the commands: a progress bar on a terminal, plain lines otherwise, JSON for machines.
+
+Only counts, labels, versions and rates are ever printed; values never reach this module.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+
+class Progress:
+    """A one-line progress bar (terminal) or a line every ``every`` seconds (logs, pipes)."""
+
+    def __init__(
+        self, total: int, *, stream: TextIO | None = None, tty: bool | None = None, every: float = 5.0
+    ):
+        self.total = max(total, 0)
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.every = 0.1 if self.tty else every
+        self.done = 0
+        self.start = time.monotonic()
+        self._last = 0.0
+
+    def set(self, done: int) -> None:
+        self.done = done
+        self._draw()
+
+    def add(self, rows: int) -> None:
+        self.set(self.done + rows)
+
+    def _line(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.done / elapsed
+        pct = 100.0 if not self.total else min(100.0, 100.0 * self.done / self.total)
+        left = max(0, self.total - self.done)
+        eta = f"{left / rate:.0f}s" if rate > 0 and left else "-"
+        return f"{self.done:,}/{self.total:,} rows ({pct:5.1f}%)  {rate:,.0f} rows/s  ETA {eta}", pct
+
+    def _draw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.every:
+            return
+        self._last = now
+        text, pct = self._line()
+        if self.tty:
+            width = 30
+            filled = int(width * pct / 100)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}")
+        else:
+            self.stream.write(f"progress: {text}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self._draw(force=True)
+        if self.tty:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, default=str, sort_keys=True)
+
+
+def census_table(columns: list[dict]) -> list[str]:
+    """Lines of the census: one per column, versions with counts, percent on the active version."""
+    if not columns:
+        return ["no encrypted or indexed columns are registered"]
+    width = max(len(c["label"]) for c in columns)
+    lines = [f"{'column':<{width}}  purpose  active  {'on active':>9}  rows per key version"]
+    for c in columns:
+        versions = ", ".join(
+            f"v{v}: {n:,}" for v, n in sorted(c["versions"].items(), key=lambda x: int(x[0]))
+        )
+        lines.append(
+            f"{c['label']:<{width}}  {c['purpose']:<7}  v{c['active_version']:<5} "
+            f"{c['percent_active']:>8.2f}%  {versions or '-'}"
+            + (f"  (+{c['empty']:,} empty)" if c["empty"] else "")
+        )
+    return lines
