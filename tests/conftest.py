@@ -21,12 +21,18 @@ from django.conf import settings
 
 from tests import servers
 
-VAULT_ADDR_ENV = "KEYROTATION_TEST_VAULT_ADDR"
-VAULT_TOKEN_ENV = "KEYROTATION_TEST_VAULT_TOKEN"
+VAULT_ADDR_ENV, VAULT_TOKEN_ENV = servers.VAULT_ADDR_ENV, servers.VAULT_TOKEN_ENV
 
 
 def _on_postgres() -> bool:
     return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+
+
+def pytest_report_header(config):
+    database = settings.DATABASES["default"]
+    where = f"{database['HOST']}:{database['PORT']}" if _on_postgres() else "in memory"
+    vault = os.environ.get(VAULT_ADDR_ENV) or "an OpenBao server started by the vault fixture"
+    return [f"database: {database['ENGINE'].rsplit('.', 1)[-1]} ({where}); vault: {vault}"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -36,6 +36,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 DEFAULT_VAULT_TOKEN = "keyrotation-test-root"
+# The environment variables that point the suite at an existing Vault/OpenBao.
+VAULT_ADDR_ENV = "KEYROTATION_TEST_VAULT_ADDR"
+VAULT_TOKEN_ENV = "KEYROTATION_TEST_VAULT_TOKEN"
 START_TIMEOUT = 60.0
 
 
@@ -249,6 +252,30 @@ class PostgresCluster(_Server):
             _kill_group(pid, signal.SIGKILL)
 
 
+# Raft is the only persistent storage OpenBao ships; performance_multiplier = 1 makes the
+# single-node election take about a second instead of several. The static seal unseals the server
+# by itself on every start (a test-only key in the server's private directory).
+_BAO_CONFIG = """\
+storage "raft" {{
+  path = "{data}"
+  node_id = "test"
+  performance_multiplier = 1
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cluster_port}"
+  tls_disable = true
+}}
+seal "static" {{
+  current_key_id = "test-1"
+  current_key = "file://{key}"
+}}
+api_addr = "http://127.0.0.1:{port}"
+cluster_addr = "http://127.0.0.1:{cluster_port}"
+ui = false
+"""
+
+
 class OpenBaoServer(_Server):
     """An OpenBao server on 127.0.0.1:``port`` with Raft storage and a static auto-unseal key.
 
@@ -274,12 +301,9 @@ class OpenBaoServer(_Server):
         key.write_bytes(os.urandom(32))
         key.chmod(0o600)
         self.config.write_text(
-            f'storage "raft" {{\n  path = "{self.root / "data"}"\n  node_id = "test"\n}}\n'
-            f'listener "tcp" {{\n  address = "127.0.0.1:{self.port}"\n'
-            f'  cluster_address = "127.0.0.1:{self.cluster_port}"\n  tls_disable = true\n}}\n'
-            f'seal "static" {{\n  current_key_id = "test-1"\n  current_key = "file://{key}"\n}}\n'
-            f'api_addr = "{self.addr}"\ncluster_addr = "http://127.0.0.1:{self.cluster_port}"\n'
-            "ui = false\n"
+            _BAO_CONFIG.format(
+                data=self.root / "data", key=key, port=self.port, cluster_port=self.cluster_port
+            )
         )
 
     @property
