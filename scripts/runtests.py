@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     phases = [p for p in PHASES if p not in args.skip]
 
     signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C stops the servers even when started from a shell that ignores SIGINT (`cmd &`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     base_env = dict(os.environ)
     results: list[tuple[str, str, float]] = []
 
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     header("summary")
     for name, status, seconds in results:
-        print(f"  {name:<18} {status:<32} {seconds:6.1f}s")
+        print(f"  {name:<18} {status:<36} {seconds:6.1f}s")
     failed = [name for name, status, _ in results if status != "ok"]
     print("ALL OK" if not failed else f"FAILED: {', '.join(failed)}", flush=True)
     return 1 if failed else 0
