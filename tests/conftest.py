@@ -1,1 +1,101 @@
+"""Shared fixtures.
+
+Servers (see ``tests/servers.py``):
+
+* the database is Django's test database: SQLite in memory, or the PostgreSQL named by
+  ``DATABASE_URL`` (``scripts/runtests.py`` sets it for its PostgreSQL run);
+* ``vault`` is the OpenBao/Vault named by ``KEYROTATION_TEST_VAULT_ADDR`` and
+  ``KEYROTATION_TEST_VAULT_TOKEN``, or else an OpenBao server started for this session, so a bare
+  ``pytest`` works too;
+* ``openbao_server`` / ``postgres_server`` are private servers that a test may stop, start and
+  restart (reliability tests); they start only when a test asks for them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+from django.conf import settings
+
+from tests import servers
+
 pytest_plugins = ["tests.fixtures"]
+
+VAULT_ADDR_ENV, VAULT_TOKEN_ENV = servers.VAULT_ADDR_ENV, servers.VAULT_TOKEN_ENV
+
+
+def _on_postgres() -> bool:
+    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+
+
+def pytest_report_header(config):
+    database = settings.DATABASES["default"]
+    where = f"{database['HOST']}:{database['PORT']}" if _on_postgres() else "in memory"
+    vault = os.environ.get(VAULT_ADDR_ENV) or "an OpenBao server started by the vault fixture"
+    return [f"database: {database['ENGINE'].rsplit('.', 1)[-1]} ({where}); vault: {vault}"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``@pytest.mark.postgres`` tests, with the reason, when the run is on SQLite."""
+    if _on_postgres():
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL (make test does)")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    """Where the test Vault/OpenBao is, and a client logged in to it."""
+
+    addr: str
+    token: str
+    client: object  # hvac.Client; hvac is imported lazily so SQLite-only runs need not have it
+    mount: str = "transit"
+
+
+def _ensure_transit(client, mount: str) -> None:
+    if f"{mount}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+        client.sys.enable_secrets_engine("transit", path=mount)
+
+
+@pytest.fixture(scope="session")
+def vault():
+    """A Vault/OpenBao with Transit at ``transit``: from the environment, or started here."""
+    import hvac
+
+    addr, token = os.environ.get(VAULT_ADDR_ENV), os.environ.get(VAULT_TOKEN_ENV)
+    if addr:
+        if not token:
+            pytest.fail(f"{VAULT_ADDR_ENV} is set but {VAULT_TOKEN_ENV} is not")
+        server = None
+    else:
+        server = servers.OpenBaoServer()
+        server.start()
+        addr, token = server.addr, server.token
+    client = hvac.Client(url=addr, token=token)
+    try:
+        assert client.is_authenticated(), f"token from {VAULT_TOKEN_ENV} is not valid at {addr}"
+        _ensure_transit(client, "transit")
+        yield VaultConfig(addr=addr, token=token, client=client)
+    finally:
+        client.adapter.close()
+        if server is not None:
+            server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def openbao_server():
+    """A private OpenBao server (Transit at ``transit``) that tests may stop/start/restart."""
+    with servers.openbao_dev_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL cluster (not Django's database) that tests may restart."""
+    with servers.postgres_cluster() as cluster:
+        yield cluster

@@ -1,0 +1,93 @@
+"""Settings for the example project: SQLite and a local master key, nothing else to install.
+
+The master key comes from the environment (``make demo`` generates one into
+``example_project/.master_key`` and exports it). Previous master keys, still needed to unwrap data
+keys wrapped before a master-key rotation, go in ``KEYROTATION_PREVIOUS_MASTER_KEYS``
+(comma-separated, newest first).
+"""
+
+import os
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# A demo key for a demo site; a real project reads its SECRET_KEY from a secret store.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-project-not-secret")
+DEBUG = True
+ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "keyrotation",
+    "people",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "example_project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": BASE_DIR / "db.sqlite3",
+    }
+}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+
+_GENERATE = 'python -c "import base64,os;print(base64.b64encode(os.urandom(32)).decode())"'
+
+try:
+    _master_key = os.environ["KEYROTATION_MASTER_KEY"]
+except KeyError:
+    raise ImproperlyConfigured(
+        "KEYROTATION_MASTER_KEY is not set. Generate a master key with\n"
+        f"    {_GENERATE}\n"
+        "and export it: export KEYROTATION_MASTER_KEY=<that key>. "
+        "(`make demo` does this for you and keeps the key in example_project/.master_key.)"
+    ) from None
+
+_previous = [
+    key.strip()
+    for key in os.environ.get("KEYROTATION_PREVIOUS_MASTER_KEYS", "").split(",")
+    if key.strip()
+]
+
+KEYROTATION = {
+    "KEK": {"BACKEND": "local", "KEYS": [_master_key, *_previous]},
+}

