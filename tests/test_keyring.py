@@ -110,16 +110,11 @@ def test_repr_never_shows_keys(keys):
     assert subkey.hex() not in repr(ring) and repr(ring) == "<Keyring default/encrypt: v1=active>"
 
 
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_second_process_sees_new_version(settings):
     """A real second process: learns a new active version within CACHE_SECONDS, and decrypts a
     value under a version it has never seen at once (reload on unknown version)."""
-    if (
-        connection.vendor == "sqlite"
-        and connection.settings_dict["NAME"] in (":memory:", "")
-        or ("mode=memory" in str(connection.settings_dict["NAME"]))
-    ):
-        pytest.skip("needs a database two processes can share (runs on PostgreSQL)")
     lifecycle.init("default")
     env = {**os.environ, "KEYROTATION_TEST_CACHE_SECONDS": "2"}
     if connection.vendor == "postgresql":
