@@ -90,10 +90,7 @@ def _enc_int(field: models.Field, value: Any) -> bytes:
 
 
 def _enc_decimal(field: models.Field, value: Any) -> bytes:
-    value = field.to_python(value)
-    if not value.is_finite():
-        raise ValueError(f"{field.name}: non-finite decimals cannot be stored")
-    return str(value).encode("ascii")
+    return str(field.to_python(value)).encode("ascii")  # to_python refuses NaN and infinities
 
 
 def _enc_bool(field: models.Field, value: Any) -> bytes:
