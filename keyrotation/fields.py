@@ -29,10 +29,10 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any
 
-from django.apps import apps as global_apps
 from django.core import checks
 from django.core.exceptions import FieldError
 from django.db import models
+from django.db.migrations.state import StateApps
 from django.db.models.query_utils import DeferredAttribute
 from django.utils.text import capfirst
 
@@ -86,7 +86,7 @@ class KeyVersionField(models.PositiveSmallIntegerField):
 
 def _add_version_field(field: models.Field, cls: type[models.Model]) -> None:
     field.version_attname = f"{field.name}{VERSION_SUFFIX}"
-    if cls._meta.apps is not global_apps:
+    if isinstance(cls._meta.apps, StateApps):
         return  # a historical model: the migration state declares the column itself
     companion = KeyVersionField(db_index=conf.index_version_columns())
     cls.add_to_class(field.version_attname, companion)

@@ -29,7 +29,7 @@ from django.apps import apps as global_apps
 from django.core.exceptions import FieldError
 from django.db import models
 from django.db.models.aggregates import Count
-from django.db.models.expressions import F
+from django.db.models.expressions import F, Value
 from django.db.models.signals import class_prepared
 
 from . import registry
@@ -143,7 +143,8 @@ class EncryptedQuerySetMixin:
                 for index in field.blind_indexes:
                     index.refresh(obj)
                 restore.append((obj, field.attname, obj.__dict__.get(field.attname)))
-                obj.__dict__[field.attname] = field.seal(obj)
+                # A Value, not the Sealed token itself: the descriptor would decrypt a Sealed.
+                obj.__dict__[field.attname] = Value(field.seal(obj), output_field=field)
         token = _IN_BULK_UPDATE.set(True)
         try:
             return super().bulk_update(objs, list(dict.fromkeys(names)), batch_size=batch_size)
@@ -216,11 +217,13 @@ def _wrap_save_table(model: type[models.Model]) -> None:
     ):
         table = (cls or self.__class__)._meta.concrete_model
         fields = [f for f in table._meta.local_concrete_fields if isinstance(f, EncryptedField)]
-        if raw:
+        restore = []
+        if raw:  # loaddata: pre_save is skipped, so seal here (as a Value: the descriptor opens Sealed)
             for field in fields:
-                self.__dict__[field.attname] = field.seal(self)
+                restore.append((field.attname, self.__dict__.get(field.attname)))
                 for index in field.blind_indexes:
                     index.refresh(self)
+                self.__dict__[field.attname] = Value(field.seal(self), output_field=field)
         if update_fields is not None:
             extra = set()
             for field in fields:
@@ -229,7 +232,11 @@ def _wrap_save_table(model: type[models.Model]) -> None:
                     for index in field.blind_indexes:
                         extra.update((index.name, index.version_attname))
             update_fields = frozenset(update_fields) | extra
-        return original(self, raw, cls, force_insert, force_update, using, update_fields)
+        try:
+            return original(self, raw, cls, force_insert, force_update, using, update_fields)
+        finally:
+            for attname, value in restore:
+                self.__dict__[attname] = value
 
     _save_table._keyrotation = True
     model._save_table = _save_table

@@ -14,7 +14,9 @@ def raw(instance, column):
     """The stored value of ``column`` for ``instance``, read with SQL (bytes for binary columns)."""
     table = connection.ops.quote_name(instance._meta.db_table)
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {connection.ops.quote_name(column)} FROM {table} WHERE id = %s", [instance.pk])
+        cursor.execute(
+            f"SELECT {connection.ops.quote_name(column)} FROM {table} WHERE id = %s", [instance.pk]
+        )
         (value,) = cursor.fetchone()
     return bytes(value) if isinstance(value, (memoryview, bytearray)) else value
 
@@ -56,7 +58,9 @@ def assert_consistent(instance, field="email", index=None):
     return version
 
 
-ZONES = [dt.timezone.utc] + [zoneinfo.ZoneInfo(z) for z in ("America/Chicago", "Asia/Kolkata", "Pacific/Chatham")]
+ZONES = [dt.timezone.utc] + [
+    zoneinfo.ZoneInfo(z) for z in ("America/Chicago", "Asia/Kolkata", "Pacific/Chatham")
+]
 
 aware_datetimes = st.datetimes(
     min_value=dt.datetime(1900, 1, 2),
@@ -66,7 +70,9 @@ aware_datetimes = st.datetimes(
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
     max_leaves=10,
 )
 decimals = st.builds(

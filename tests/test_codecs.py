@@ -90,7 +90,9 @@ def test_none_has_no_encoding():
         codecs.encode(base("char"), None)
 
 
-@pytest.mark.parametrize("field", [models.FloatField(), models.AutoField(primary_key=True), models.FileField()])
+@pytest.mark.parametrize(
+    "field", [models.FloatField(), models.AutoField(primary_key=True), models.FileField()]
+)
 def test_unsupported_fields(field):
     assert codecs.kind(field) is None
     with pytest.raises(TypeError, match="not supported"):
