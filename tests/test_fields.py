@@ -286,7 +286,7 @@ def test_misdeclared_encrypted_field(base, kwargs, match):
 
 @isolate_apps("tests.testapp")
 def test_system_checks_for_misdeclared_fields():
-    class Bad(models.Model):
+    class Bad(models.Model):  # noqa: DJ008
         name = models.CharField(max_length=5)
         secret = EncryptedField(models.CharField(max_length=5))
         name_bidx = BlindIndexField(source="name")
@@ -310,7 +310,7 @@ def test_abstract_inheritance_adds_one_companion():
                 abstract = True
                 app_label = "testapp"
 
-        class Child(Base):
+        class Child(Base):  # noqa: DJ008
             class Meta:
                 app_label = "testapp"
 
