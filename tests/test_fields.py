@@ -338,3 +338,18 @@ def test_modelform_validates_with_the_base_field(keys):
     assert_consistent(p, "email", "email_bidx")
     edit = PersonForm(instance=Person.objects.get(pk=p.pk))
     assert edit.initial["email"] == "a@example.com"
+
+
+def test_integers_on_every_write_path(keys):
+    """psycopg 3 adapts integers by internal type: integers must never reach the base field's
+    get_db_prep_value while the column reports BinaryField (runs on PostgreSQL in the PG suite)."""
+    a = AllTypes.objects.create(integer=0, big=2**63 - 1)
+    AllTypes.objects.bulk_create([AllTypes(integer=-1, big=-(2**63))])
+    AllTypes.objects.filter(pk=a.pk).update(integer=7, big=0)
+    a.integer = 8
+    AllTypes.objects.bulk_update([a], ["integer"])
+    a.save(update_fields=["integer"])
+    assert sorted(AllTypes.objects.values_list("integer", "big")) == [(-1, -(2**63)), (8, 0)]
+    for obj in AllTypes.objects.all():
+        assert_consistent(obj, "integer")
+        assert_consistent(obj, "big")
