@@ -1,1 +1,50 @@
 """Models used only by the test suite."""
+
+from django.db import models
+
+from keyrotation.fields import BlindIndexField, EncryptedField
+
+
+class Person(models.Model):
+    name = models.CharField(max_length=100, blank=True)
+    email = EncryptedField(models.EmailField(max_length=254), null=True, blank=True)
+    email_bidx = BlindIndexField(source="email")
+    ssn = EncryptedField(models.CharField(max_length=11), null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Note(models.Model):
+    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="notes")
+    body = EncryptedField(models.TextField(), default="")
+
+    def __str__(self) -> str:
+        return f"note {self.pk}"
+
+
+class Account(models.Model):
+    username = EncryptedField(models.CharField(max_length=50))
+    username_bidx = BlindIndexField(source="username", unique=True, bytes=12)
+
+    def __str__(self) -> str:
+        return f"account {self.pk}"
+
+
+class AllTypes(models.Model):
+    char = EncryptedField(models.CharField(max_length=200), null=True)
+    text = EncryptedField(models.TextField(), null=True)
+    integer = EncryptedField(models.IntegerField(), null=True)
+    big = EncryptedField(models.BigIntegerField(), null=True)
+    dec = EncryptedField(models.DecimalField(max_digits=30, decimal_places=10), null=True)
+    day = EncryptedField(models.DateField(), null=True)
+    moment = EncryptedField(models.DateTimeField(), null=True)
+    flag = EncryptedField(models.BooleanField(), null=True)
+    data = EncryptedField(models.JSONField(), null=True)
+    blob = EncryptedField(models.BinaryField(), null=True)
+    uid = EncryptedField(models.UUIDField(), null=True)
+    uid_bidx = BlindIndexField(source="uid")
+    moment_bidx = BlindIndexField(source="moment")
+
+    def __str__(self) -> str:
+        return f"alltypes {self.pk}"

@@ -1,0 +1,177 @@
+"""Canonical plaintext bytes for the values of encrypted fields.
+
+Each supported base field has one codec that turns a Python value into bytes and back, exactly:
+``decode(field, encode(field, v)) == v`` with the same type, sign, exponent and instant. The bytes
+do not depend on the database backend (unlike encrypting ``get_db_prep_value()`` output, which
+stores naive UTC strings on SQLite and offset strings on PostgreSQL), and integers never pass
+through the base field's ``get_db_prep_value`` (psycopg 3 adapts integers by internal type).
+
+``None`` has no codec: it is stored as SQL NULL by the field and never encrypted. ``0``,
+``False``, ``""``, ``[]`` and ``{}`` are ordinary values with non-empty or empty bytes.
+
+Formats (stable: they are inside every ciphertext)::
+
+    text         UTF-8
+    integer      ASCII decimal ("-12")
+    decimal      ASCII str(Decimal) (keeps the exponent: "1.50", "1E+3")
+    boolean      b"1" / b"0"
+    date         ISO 8601 "2024-05-06"
+    datetime     ISO 8601; aware values in UTC with "+00:00", naive values without offset
+    JSON         json.dumps(ensure_ascii=False, compact) UTF-8, with the field's encoder/decoder
+    binary       the bytes themselves
+    UUID         the 36-character hyphenated form
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models.fields import AutoFieldMixin
+from django.utils import timezone
+
+# Order matters: subclasses first (EmailField < CharField, DateTimeField < DateField, ...).
+SUPPORTED = (
+    models.EmailField,
+    models.CharField,
+    models.TextField,
+    models.BigIntegerField,
+    models.IntegerField,
+    models.DecimalField,
+    models.DateTimeField,
+    models.DateField,
+    models.BooleanField,
+    models.JSONField,
+    models.BinaryField,
+    models.UUIDField,
+)
+
+
+def kind(field: models.Field) -> str | None:
+    """The codec name for a base field instance, or ``None`` if it is not supported."""
+    if not isinstance(field, SUPPORTED) or isinstance(field, AutoFieldMixin):
+        return None
+    for cls, name in _KINDS:
+        if isinstance(field, cls):
+            return name
+    return None  # pragma: no cover - SUPPORTED and _KINDS list the same classes
+
+
+_KINDS = (
+    (models.EmailField, "text"),
+    (models.CharField, "text"),
+    (models.TextField, "text"),
+    (models.IntegerField, "int"),
+    (models.DecimalField, "decimal"),
+    (models.DateTimeField, "datetime"),
+    (models.DateField, "date"),
+    (models.BooleanField, "bool"),
+    (models.JSONField, "json"),
+    (models.BinaryField, "binary"),
+    (models.UUIDField, "uuid"),
+)
+
+
+def _enc_text(field: models.Field, value: Any) -> bytes:
+    return str(field.to_python(value)).encode("utf-8")
+
+
+def _enc_int(field: models.Field, value: Any) -> bytes:
+    value = field.to_python(value)
+    if isinstance(value, bool):
+        value = int(value)
+    return str(value).encode("ascii")
+
+
+def _enc_decimal(field: models.Field, value: Any) -> bytes:
+    return str(field.to_python(value)).encode("ascii")  # to_python refuses NaN and infinities
+
+
+def _enc_bool(field: models.Field, value: Any) -> bytes:
+    return b"1" if field.to_python(value) else b"0"
+
+
+def _enc_date(field: models.Field, value: Any) -> bytes:
+    return field.to_python(value).isoformat().encode("ascii")
+
+
+def _enc_datetime(field: models.Field, value: Any) -> bytes:
+    # get_prep_value applies Django's own rules: a naive value with USE_TZ=True is made aware in
+    # the current time zone with a RuntimeWarning, exactly as for a plain DateTimeField.
+    value = field.get_prep_value(value)
+    if timezone.is_aware(value):
+        value = value.astimezone(dt.timezone.utc)
+    return value.isoformat().encode("ascii")
+
+
+def _enc_json(field: models.Field, value: Any) -> bytes:
+    text = json.dumps(value, cls=field.encoder, ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8")
+
+
+def _enc_binary(field: models.Field, value: Any) -> bytes:
+    return bytes(field.to_python(value))
+
+
+def _enc_uuid(field: models.Field, value: Any) -> bytes:
+    return str(field.to_python(value)).encode("ascii")
+
+
+def _dec_datetime(field: models.Field, data: bytes) -> dt.datetime:
+    value = dt.datetime.fromisoformat(data.decode("ascii"))
+    if settings.USE_TZ and timezone.is_naive(value):
+        # Written with USE_TZ=False: read as UTC (the connection time zone), never TIME_ZONE.
+        return value.replace(tzinfo=dt.timezone.utc)
+    if not settings.USE_TZ and timezone.is_aware(value):
+        return timezone.make_naive(value, timezone.get_default_timezone())
+    return value
+
+
+_ENCODERS: dict[str, Callable[[models.Field, Any], bytes]] = {
+    "text": _enc_text,
+    "int": _enc_int,
+    "decimal": _enc_decimal,
+    "bool": _enc_bool,
+    "date": _enc_date,
+    "datetime": _enc_datetime,
+    "json": _enc_json,
+    "binary": _enc_binary,
+    "uuid": _enc_uuid,
+}
+
+_DECODERS: dict[str, Callable[[models.Field, bytes], Any]] = {
+    "text": lambda f, b: b.decode("utf-8"),
+    "int": lambda f, b: int(b.decode("ascii")),
+    "decimal": lambda f, b: decimal.Decimal(b.decode("ascii")),
+    "bool": lambda f, b: b == b"1",
+    "date": lambda f, b: dt.date.fromisoformat(b.decode("ascii")),
+    "datetime": _dec_datetime,
+    "json": lambda f, b: json.loads(b.decode("utf-8"), cls=f.decoder),
+    "binary": lambda f, b: bytes(b),
+    "uuid": lambda f, b: uuid.UUID(b.decode("ascii")),
+}
+
+
+def encode(field: models.Field, value: Any) -> bytes:
+    """Canonical bytes of a non-``None`` value of ``field`` (a supported base field)."""
+    if value is None:
+        raise ValueError("None is stored as NULL and has no encoding")
+    return _ENCODERS[_require(field)](field, value)
+
+
+def decode(field: models.Field, data: bytes) -> Any:
+    """The value whose canonical bytes are ``data``."""
+    return _DECODERS[_require(field)](field, bytes(data))
+
+
+def _require(field: models.Field) -> str:
+    name = kind(field)
+    if name is None:
+        raise TypeError(f"{type(field).__name__} is not supported by EncryptedField")
+    return name

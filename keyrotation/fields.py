@@ -1,0 +1,421 @@
+"""``EncryptedField`` and ``BlindIndexField``: model fields whose values are stored encrypted.
+
+``EncryptedField(base_field)`` wraps an ordinary Django field instance. The base field does what it
+always does (``to_python``, validation, ``formfield()``, ``value_to_string``), while the column
+holds a format-0x01 ciphertext (``bytea`` / ``BLOB``) of the value's canonical bytes (see
+:mod:`keyrotation.codecs`). ``None`` is stored as NULL; every other value, ``0``, ``False`` and
+``""`` included, is encrypted.
+
+Each field adds its companion ``<name>_key_version`` column itself, kept equal to the key version in
+the ciphertext header on every write path (``save``, ``create``, ``bulk_create``, ``bulk_update``,
+``QuerySet.update``, ``loaddata``; see :mod:`keyrotation.querysets` for how).
+
+Reading is lazy: a loaded row keeps the raw token on the instance, and the first attribute access
+decrypts it with ``pk=instance.pk``, so a value that fails to open raises
+:class:`~keyrotation.exceptions.DecryptionError` naming the column label (app, model, field), the
+primary key and the key version, and never the ciphertext or any plaintext. A row that is saved
+without its encrypted value being read keeps its token as is (no decrypt, no re-encrypt).
+``values()`` / ``values_list()`` on the model's managers decrypt eagerly; their errors name the
+label and version (there is no instance, hence no pk).
+
+Serialization (``dumpdata`` / ``loaddata``) goes through the base field, so **fixtures hold
+plaintext**: treat them as sensitive as the data itself. Version and blind-index columns are not
+serialized; they are recomputed when a fixture is loaded.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable
+from typing import Any
+
+from django.core import checks
+from django.core.exceptions import FieldError
+from django.db import models
+from django.db.migrations.state import StateApps
+from django.db.models.query_utils import DeferredAttribute
+from django.utils.text import capfirst
+
+from . import codecs, conf, crypto, keyring, registry
+from .exceptions import DecryptionError, KeyringError
+
+VERSION_SUFFIX = "_key_version"
+
+
+class Sealed:
+    """A token as stored in the column (not yet decrypted). Its repr shows no byte of it."""
+
+    __slots__ = ("token", "field", "version")
+
+    def __init__(self, token: bytes, field: EncryptedField, version: int | None = None) -> None:
+        self.token = bytes(token)
+        self.field = field
+        if version is None:
+            try:
+                version = crypto.token_version(self.token)
+            except crypto.InvalidToken:
+                version = None
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"<encrypted {self.field.label} (key version {self.version})>"
+
+
+class KeyVersionField(models.PositiveSmallIntegerField):
+    """The ``<name>_key_version`` companion column, added by the field it describes.
+
+    Skips ``contribute_to_class`` when the model already has the column: a model re-rendered from
+    migration state, or copied from an abstract parent, must not get it twice.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(null=True, blank=True, editable=False, serialize=False)
+        super().__init__(*args, **kwargs)
+
+    def contribute_to_class(self, cls: type[models.Model], name: str, private_only: bool = False) -> None:
+        if any(f.name == name for f in cls._meta.local_fields):
+            return
+        super().contribute_to_class(cls, name, private_only=private_only)
+
+    def deconstruct(self) -> tuple[str, str, list, dict]:
+        name, _, args, kwargs = super().deconstruct()
+        for key in ("null", "blank", "editable", "serialize"):
+            kwargs.pop(key, None)
+        return name, "keyrotation.fields.KeyVersionField", args, kwargs
+
+
+def _add_version_field(field: models.Field, cls: type[models.Model]) -> None:
+    field.version_attname = f"{field.name}{VERSION_SUFFIX}"
+    if isinstance(cls._meta.apps, StateApps):
+        return  # a historical model: the migration state declares the column itself
+    companion = KeyVersionField(db_index=conf.index_version_columns())
+    cls.add_to_class(field.version_attname, companion)
+
+
+class EncryptedAttribute(DeferredAttribute):
+    """Data descriptor: decrypts the stored token on first access, with the instance's pk."""
+
+    def __get__(self, instance: models.Model | None, cls: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = super().__get__(instance, cls)
+        if isinstance(value, Sealed):
+            value = value.field.open(value, pk=instance.pk)
+            instance.__dict__[self.field.attname] = value
+        return value
+
+    def __set__(self, instance: models.Model, value: Any) -> None:
+        instance.__dict__[self.field.attname] = value
+
+
+class EncryptedField(models.Field):
+    """A model field stored encrypted, validated and rendered by ``base_field``.
+
+    Args:
+        base_field: an unbound field instance: CharField, EmailField, TextField, IntegerField,
+            BigIntegerField (and other integer fields), DecimalField, DateField, DateTimeField,
+            BooleanField, JSONField, BinaryField or UUIDField. It may not be a primary key,
+            ``unique`` or ``db_index`` (a ciphertext is random: use a ``BlindIndexField``).
+        keyring: the keyring name (default ``KEYROTATION["DEFAULT_KEYRING"]``, read when used).
+        **kwargs: ordinary field options (``null``, ``blank``, ``default``, ``verbose_name``...).
+
+    Raises:
+        TypeError: for an unsupported or misconfigured base field.
+
+    Example::
+
+        email = EncryptedField(models.EmailField(max_length=254))
+        email_bidx = BlindIndexField(source="email", unique=True)
+    """
+
+    descriptor_class = EncryptedAttribute
+    empty_strings_allowed = False
+
+    def __init__(self, base_field: models.Field, keyring: str | None = None, **kwargs: Any) -> None:
+        if not isinstance(base_field, models.Field):
+            raise TypeError(f"EncryptedField: base_field must be a field instance, got {base_field!r}")
+        if codecs.kind(base_field) is None:
+            raise TypeError(
+                f"EncryptedField does not support {type(base_field).__name__}; supported: "
+                + ", ".join(c.__name__ for c in codecs.SUPPORTED)
+            )
+        for attr in ("primary_key", "unique", "db_index"):
+            if getattr(base_field, attr, False) or kwargs.get(attr):
+                raise TypeError(
+                    f"EncryptedField cannot be {attr}: ciphertexts are random; "
+                    "add a BlindIndexField(source=...) to search or enforce uniqueness"
+                )
+        if keyring is not None and (not isinstance(keyring, str) or not keyring):
+            raise TypeError("EncryptedField: keyring must be a non-empty string")
+        self.base_field = base_field
+        self.keyring = keyring
+        self.blind_indexes: list[BlindIndexField] = []
+        super().__init__(**kwargs)
+        base_field.null, base_field.blank = self.null, self.blank
+
+    # -- declaration ------------------------------------------------------------------------
+
+    def contribute_to_class(self, cls: type[models.Model], name: str, private_only: bool = False) -> None:
+        super().contribute_to_class(cls, name, private_only=private_only)
+        self.base_field.set_attributes_from_name(name)
+        self.base_field.model = cls
+        _add_version_field(self, cls)
+
+    def deconstruct(self) -> tuple[str, str, list, dict]:
+        name, _, args, kwargs = super().deconstruct()
+        kwargs["base_field"] = self.base_field.clone()
+        if self.keyring is not None:
+            kwargs["keyring"] = self.keyring
+        return name, "keyrotation.fields.EncryptedField", args, kwargs
+
+    def get_internal_type(self) -> str:
+        return "BinaryField"
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        errors = super().check(**kwargs)
+        errors += [e for e in self.base_field.check() if e.level >= checks.ERROR]
+        ordering = [o for o in getattr(self.model._meta, "ordering", []) if isinstance(o, str)]
+        if self.name in (o.lstrip("-?") for o in ordering):
+            errors.append(
+                checks.Error(
+                    f"Meta.ordering uses encrypted field '{self.name}'; ciphertext order is random.",
+                    hint="Order by another field.",
+                    obj=self,
+                    id="keyrotation.E101",
+                )
+            )
+        return errors
+
+    @property
+    def label(self) -> str:
+        """``app_label.ModelName.field``: bound into every ciphertext of this column."""
+        return registry.label_for(self.model, self.name)
+
+    @property
+    def keyring_name(self) -> str:
+        return self.keyring or conf.default_keyring()
+
+    # -- encryption -------------------------------------------------------------------------
+
+    def seal_value(self, value: Any) -> Sealed | None:
+        """Encrypt a plaintext value under the active key (``None`` stays ``None``)."""
+        if value is None:
+            return None
+        if isinstance(value, Sealed):
+            if value.field.label == self.label and value.version is not None:
+                return value  # untouched since it was loaded: keep the token as is
+            value = value.field.open(value)
+        token, version = keyring.encrypt(self.keyring_name, self.label, codecs.encode(self.base_field, value))
+        return Sealed(token, self, version)
+
+    def seal(self, instance: models.Model) -> Sealed | None:
+        """Seal the instance's value and set its version attribute to match."""
+        sealed = self.seal_value(instance.__dict__.get(self.attname))
+        instance.__dict__[self.version_attname] = sealed.version if sealed is not None else None
+        return sealed
+
+    def open(self, sealed: Sealed, pk: Any = None) -> Any:
+        """Decrypt a stored token.
+
+        Raises:
+            DecryptionError: naming the label, ``pk`` and key version; never a byte of the value.
+        """
+        try:
+            data = keyring.decrypt(self.keyring_name, self.label, sealed.token, pk=pk)
+        except KeyringError as exc:
+            raise DecryptionError(
+                f"Cannot decrypt: {type(exc).__name__}", label=self.label, pk=pk, version=sealed.version
+            ) from exc
+        try:
+            return codecs.decode(self.base_field, data)
+        except (ValueError, TypeError, ArithmeticError):
+            raise DecryptionError(
+                "Decrypted value does not decode", label=self.label, pk=pk, version=sealed.version
+            ) from None
+
+    # -- database round trip ------------------------------------------------------------------
+
+    def pre_save(self, model_instance: models.Model, add: bool) -> Sealed | None:
+        return self.seal(model_instance)
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, Sealed):
+            return connection.Database.Binary(value.token)
+        raise FieldError(
+            f"{self.label}: plaintext reached the database layer. Write encrypted fields through "
+            "save(), create(), bulk_create(), bulk_update() or update() on the model's managers."
+        )
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Sealed | None:
+        return None if value is None else Sealed(value, self)
+
+    # -- Python side: the base field ------------------------------------------------------------
+
+    def to_python(self, value: Any) -> Any:
+        if value is None or isinstance(value, Sealed):
+            return value
+        return self.base_field.to_python(value)
+
+    def validate(self, value: Any, model_instance: models.Model | None) -> None:
+        self.base_field.validate(value, model_instance)
+
+    def run_validators(self, value: Any) -> None:
+        self.base_field.run_validators(value)
+
+    def value_to_string(self, obj: models.Model) -> Any:
+        return self.base_field.value_to_string(obj)
+
+    def formfield(self, **kwargs: Any) -> Any:
+        defaults: dict[str, Any] = {
+            "required": not self.blank,
+            "label": capfirst(self.verbose_name),
+            "help_text": self.help_text,
+        }
+        if self.has_default():
+            defaults["initial"] = self.default if callable(self.default) else self.get_default()
+        defaults.update(kwargs)
+        return self.base_field.formfield(**defaults)
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def get_lookup(self, lookup_name: str) -> Any:
+        from . import lookups
+
+        return lookups.lookup_for(self, lookup_name)
+
+    def get_transform(self, lookup_name: str) -> Any:
+        return None
+
+
+def normalize_text(value: str) -> str:
+    """Default blind-index normalisation of strings: NFKC, casefold, strip."""
+    return unicodedata.normalize("NFKC", value).casefold().strip()
+
+
+class BlindIndexField(models.BinaryField):
+    """A searchable HMAC of another field's normalised plaintext, kept up to date on every write.
+
+    Args:
+        source: name of the ``EncryptedField`` it indexes.
+        normalize: callable applied to the value first (an importable function, it is written
+            into migrations). Default: :func:`normalize_text` for text fields, none otherwise.
+        bytes: digest length (default ``KEYROTATION["BLIND_INDEX_BYTES"]``).
+        keyring: keyring of the index key (default: the source's keyring).
+        unique: enforce uniqueness of the normalised plaintext with a unique constraint on the
+            index column. The constraint holds *per index key version*: during an index-key
+            rotation a value under v1 and the same value under v2 differ, so a duplicate can slip
+            in until ``reencrypt`` has moved every row to the new version.
+
+    Lookups by the source (``filter(email=...)``, ``__in``, ``exclude``, ``get``) go through the
+    first ``BlindIndexField`` declared for it, matching every decryptable index version.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        normalize: Callable[[Any], Any] | None = None,
+        bytes: int | None = None,  # noqa: A002 - public keyword, mirrors the setting's name
+        keyring: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(source, str) or not source:
+            raise TypeError("BlindIndexField: source must be the name of an EncryptedField")
+        if normalize is not None and not callable(normalize):
+            raise TypeError("BlindIndexField: normalize must be callable or None")
+        if bytes is not None and (not isinstance(bytes, int) or not 4 <= bytes <= 32):
+            raise TypeError("BlindIndexField: bytes must be an int from 4 to 32")
+        self.source, self.normalize, self.index_bytes, self.keyring = source, normalize, bytes, keyring
+        kwargs.update(null=True, blank=True, editable=False, serialize=False)
+        super().__init__(**kwargs)
+
+    def contribute_to_class(self, cls: type[models.Model], name: str, private_only: bool = False) -> None:
+        super().contribute_to_class(cls, name, private_only=private_only)
+        _add_version_field(self, cls)
+
+    def deconstruct(self) -> tuple[str, str, list, dict]:
+        name, _, args, kwargs = super().deconstruct()
+        for key in ("null", "blank", "editable", "serialize"):
+            kwargs.pop(key, None)
+        kwargs["source"] = self.source
+        for key, value in (("normalize", self.normalize), ("bytes", self.index_bytes)):
+            if value is not None:
+                kwargs[key] = value
+        if self.keyring is not None:
+            kwargs["keyring"] = self.keyring
+        return name, "keyrotation.fields.BlindIndexField", args, kwargs
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        errors = super().check(**kwargs)
+        try:
+            source = self.model._meta.get_field(self.source)
+        except Exception:  # noqa: BLE001 - FieldDoesNotExist, reported below
+            source = None
+        if not isinstance(source, EncryptedField):
+            errors.append(
+                checks.Error(
+                    f"BlindIndexField '{self.name}': source '{self.source}' is not an EncryptedField "
+                    f"of {self.model._meta.label}.",
+                    hint="Set source= to the name of an EncryptedField on the same model.",
+                    obj=self,
+                    id="keyrotation.E102",
+                )
+            )
+        return errors
+
+    @property
+    def label(self) -> str:
+        return registry.label_for(self.model, self.name)
+
+    @property
+    def source_field(self) -> EncryptedField:
+        return self.model._meta.get_field(self.source)
+
+    @property
+    def keyring_name(self) -> str:
+        return self.keyring or self.source_field.keyring_name
+
+    def _data(self, value: Any) -> bytes:
+        base = self.source_field.base_field
+        value = base.to_python(value)
+        if self.normalize is not None:
+            value = self.normalize(value)
+        elif isinstance(value, str):
+            value = normalize_text(value)
+        return codecs.encode(base, value)
+
+    def _length(self) -> int:
+        return self.index_bytes or conf.blind_index_bytes()
+
+    def index_value(self, value: Any) -> tuple[bytes | None, int | None]:
+        """(digest, version) of a plaintext under the active index key; ``(None, None)`` for None."""
+        if value is None:
+            return None, None
+        ring = keyring.get_keyring(self.keyring_name, "index")
+        return ring.index(self.label, self._data(value), self._length())
+
+    def lookup_digests(self, value: Any) -> list[bytes]:
+        """Digests of a plaintext under every decryptable index version (for lookups)."""
+        ring = keyring.get_keyring(self.keyring_name, "index")
+        return list(ring.indexes(self.label, self._data(value), self._length()).values())
+
+    def refresh(self, instance: models.Model) -> bytes | None:
+        """Recompute the index (and its version) on ``instance`` from the source; return it.
+
+        A source never read since it was loaded keeps its stored index: nothing changed.
+        """
+        raw = instance.__dict__.get(self.source_field.attname)
+        current = instance.__dict__.get(self.attname)
+        if isinstance(raw, Sealed) and current is not None and raw.field is self.source_field:
+            return current
+        digest, version = self.index_value(getattr(instance, self.source_field.attname))
+        instance.__dict__[self.attname] = digest
+        instance.__dict__[self.version_attname] = version
+        return digest
+
+    def pre_save(self, model_instance: models.Model, add: bool) -> bytes | None:
+        return self.refresh(model_instance)
+
+
+from . import querysets  # noqa: E402,F401  (connects class_prepared: managers, save paths, registry)

@@ -1,0 +1,138 @@
+"""Lookups on encrypted fields: blind-index equality across index versions; everything else refused."""
+
+import pytest
+from django.core.exceptions import FieldError
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Max
+from django.db.models.functions import Lower
+
+from tests.fields_support import raw, rotate
+from tests.testapp.models import Account, AllTypes, Note, Person
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def two_index_versions(keys):
+    """Rows indexed under v1 and under v2 of the index key, as in the middle of a rotation."""
+    old = Person.objects.create(name="old", email="Old@Example.com")
+    rotate("index")
+    new = Person.objects.create(name="new", email="new@example.com")
+    assert raw(old, "email_bidx_key_version") == 1 and raw(new, "email_bidx_key_version") == 2
+    return old, new
+
+
+def test_exact_finds_rows_under_every_index_version(two_index_versions):
+    old, new = two_index_versions
+    assert list(Person.objects.filter(email="old@example.com")) == [old]
+    assert list(Person.objects.filter(email="new@example.com")) == [new]
+
+
+def test_exact_uses_the_normalisation(two_index_versions):
+    old, _ = two_index_versions
+    assert Person.objects.get(email="  OLD@example.COM ") == old
+
+
+def test_in(two_index_versions):
+    old, new = two_index_versions
+    found = Person.objects.filter(email__in=["old@example.com", "new@example.com", "x@example.com"])
+    assert set(found) == {old, new}
+    assert not Person.objects.filter(email__in=[]).exists()
+
+
+def test_exclude(two_index_versions):
+    old, new = two_index_versions
+    nobody = Person.objects.create(name="none", email=None)
+    assert set(Person.objects.exclude(email="old@example.com")) == {new, nobody}
+
+
+def test_get_and_does_not_exist(two_index_versions):
+    old, _ = two_index_versions
+    assert Person.objects.get(email="old@example.com") == old
+    with pytest.raises(Person.DoesNotExist):
+        Person.objects.get(email="missing@example.com")
+
+
+def test_isnull_and_exact_none(keys):
+    a = Person.objects.create(email="a@example.com")
+    b = Person.objects.create(email=None)
+    assert list(Person.objects.filter(email__isnull=True)) == [b]
+    assert list(Person.objects.filter(email__isnull=False)) == [a]
+    assert list(Person.objects.filter(email=None)) == [b]
+
+
+def test_lookup_across_a_relation(keys):
+    p = Person.objects.create(email="a@example.com")
+    n = Note.objects.create(person=p, body="x")
+    assert list(Note.objects.filter(person__email="A@example.com")) == [n]
+
+
+def test_non_text_blind_index(keys):
+    import datetime as dt
+    import uuid
+
+    u = uuid.uuid4()
+    moment = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    obj = AllTypes.objects.create(uid=u, moment=moment)
+    assert AllTypes.objects.get(uid=str(u)) == obj
+    same_instant = moment.astimezone(dt.timezone(dt.timedelta(hours=5)))
+    assert AllTypes.objects.get(moment=same_instant) == obj
+
+
+def test_unique_blind_index(keys):
+    Account.objects.create(username="alice")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Account.objects.create(username="ALICE ")
+
+
+@pytest.mark.parametrize("lookup", ["icontains", "contains", "gt", "lt", "startswith", "iexact", "range"])
+def test_other_lookups_raise(keys, lookup):
+    with pytest.raises(FieldError, match=f"Unsupported lookup '{lookup}' on encrypted field testapp.Person"):
+        Person.objects.filter(**{f"email__{lookup}": "a"})
+
+
+def test_exact_without_blind_index_says_what_to_do(keys):
+    with pytest.raises(FieldError, match=r"Add a BlindIndexField\(source='ssn'\)"):
+        Person.objects.filter(ssn="123")
+    with pytest.raises(FieldError, match="BlindIndexField"):
+        Person.objects.filter(ssn__in=["123"])
+
+
+def test_comparison_with_an_expression_is_refused(keys):
+    with pytest.raises(FieldError, match="expression"):
+        list(Person.objects.filter(email=F("name")))
+
+
+@pytest.mark.parametrize("ordering", ["email", "-email", "person__email"])
+def test_ordering_raises(keys, ordering):
+    qs = Note.objects if ordering.startswith("person") else Person.objects
+    with pytest.raises(FieldError, match="Cannot use encrypted field"):
+        qs.order_by(ordering)
+
+
+def test_ordering_by_expression_raises(keys):
+    with pytest.raises(FieldError, match="order_by"):
+        Person.objects.order_by(F("email").desc())
+
+
+@pytest.mark.parametrize("call", ["aggregate", "annotate", "alias"])
+def test_aggregation_raises(keys, call):
+    with pytest.raises(FieldError, match=call):
+        getattr(Person.objects, call)(m=Max("email"))
+    with pytest.raises(FieldError, match=call):
+        getattr(Person.objects, call)(m=Lower("email"))
+
+
+def test_count_is_allowed(keys):
+    Person.objects.create(email="a@example.com")
+    Person.objects.create(email=None)
+    assert Person.objects.aggregate(n=Count("email"))["n"] == 1
+
+
+def test_ordering_by_other_fields_still_works(keys):
+    Person.objects.create(name="b", email="b@example.com")
+    Person.objects.create(name="a", email="a@example.com")
+    assert list(Person.objects.order_by("name").values_list("email", flat=True)) == [
+        "a@example.com",
+        "b@example.com",
+    ]
