@@ -203,36 +203,37 @@ def retire(keyring_name: str | None, purpose: str, version: int, *, actor: str |
             )
         evidence = census.references(keyring_name, purpose, version)
         stale = {label: n for label, n in evidence.items() if n}
-        if stale:
+        if not stale:
+            _set_state(key, RETIRED)
             audit.record(
-                "key_retire_refused",
-                status="refused",
+                "key_retired",
                 actor=actor,
                 keyring=keyring_name,
                 purpose=purpose,
                 from_version=version,
+                rows_processed=0,
                 details={"census": evidence},
             )
-            raise KeyStateError(
-                "still referenced by "
-                + ", ".join(f"{n} row(s) of {label}" for label, n in stale.items())
-                + "; run `manage.py reencrypt` first",
-                keyring=keyring_name,
-                purpose=purpose,
-                version=version,
-            )
-        _set_state(key, RETIRED)
-        audit.record(
-            "key_retired",
-            actor=actor,
-            keyring=keyring_name,
-            purpose=purpose,
-            from_version=version,
-            rows_processed=0,
-            details={"census": evidence},
-        )
-        _after_commit()
-    return key
+            _after_commit()
+            return key
+    # The refusal is recorded in its own transaction: the evidence must outlive the refusal.
+    audit.record(
+        "key_retire_refused",
+        status="refused",
+        actor=actor,
+        keyring=keyring_name,
+        purpose=purpose,
+        from_version=version,
+        details={"census": evidence},
+    )
+    raise KeyStateError(
+        "still referenced by "
+        + ", ".join(f"{n} row(s) of {label}" for label, n in stale.items())
+        + "; run `manage.py reencrypt` first",
+        keyring=keyring_name,
+        purpose=purpose,
+        version=version,
+    )
 
 
 def restore(keyring_name: str | None, purpose: str, version: int, *, actor: str | None = None) -> DataKey:

@@ -100,11 +100,12 @@ def build(scope: list[str] | None = None) -> list[ModelPlan]:
     Raises:
         KeyRotationError: a scope entry names no registered model or column.
     """
+    given = list(scope) if scope else None
     scope = [s.lower() for s in scope] if scope else None
     cols = _select(registry.columns(), scope)
     if scope:
         known = {c.model_label.lower() for c in cols} | {c.label.lower() for c in cols}
-        missing = [s for s in scope if s not in known]
+        missing = [g for g in given if g.lower() not in known]
         if missing:
             raise KeyRotationError(
                 f"no encrypted or indexed column matches {', '.join(missing)}; expected "
@@ -144,12 +145,20 @@ def build(scope: list[str] | None = None) -> list[ModelPlan]:
                 model._meta.get_field(col.version_attname).column,
                 col.keyring,
                 keyring.get_keyring(col.keyring, "index").active_version,
-                f.index_bytes,
+                f._length(),
                 source,
-                f.index_input_from_plaintext,
+                _index_input(f),
             )
         )
     return list(by_model.values())
+
+
+def _index_input(f) -> Callable[[bytes], bytes]:
+    """Plaintext bytes of the source (codec form) -> the bytes the blind index HMACs."""
+    from .. import codecs
+
+    base = f.source_field.base_field
+    return lambda plaintext: f._data(codecs.decode(base, plaintext))
 
 
 def census_rows(using: str | None = None) -> list[dict]:

@@ -1,0 +1,291 @@
+"""The re-encryption engine on SQLite (single worker, optimistic guards) and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from keyrotation import crypto, engine, keyring, lifecycle
+from keyrotation.engine import runs
+from keyrotation.exceptions import KeyRotationError, KeyStateError
+from keyrotation.models import KeyRotationAudit, QuarantinedValue, ReencryptionRun
+from tests.testapp.models import Person
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def make_people(n: int) -> dict[int, tuple]:
+    people = Person.objects.bulk_create(
+        Person(
+            name=f"p{i}",
+            email=None if i % 17 == 0 else f"user{i}@example.com",
+            ssn=f"{i:03d}-00-{i:04d}" if i % 3 else None,
+        )
+        for i in range(n)
+    )
+    return {p.pk: (p.email, p.ssn) for p in people}
+
+
+def raw(column: str) -> dict:
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT id, {column}, {column}_key_version FROM testapp_person ORDER BY id")
+        return {pk: (bytes(v) if v is not None else None, ver) for pk, v, ver in cur.fetchall()}
+
+
+def corrupt(pk: int, column: str = "email") -> None:
+    token = raw(column)[pk][0]
+    bad = token[:-1] + bytes([token[-1] ^ 1])
+    with connection.cursor() as cur:
+        cur.execute(f"UPDATE testapp_person SET {column} = %s WHERE id = %s", [bad, pk])
+
+
+def rotate_all():
+    lifecycle.rotate("default", "encrypt")
+    lifecycle.rotate("default", "index")
+    keyring.invalidate()
+
+
+def assert_all_on(version: int, expected: dict) -> None:
+    for column in ("email", "ssn"):
+        for pk, (token, ver) in raw(column).items():
+            if token is None:
+                assert ver is None
+            else:
+                assert ver == version == crypto.token_version(token), (column, pk)
+    keyring.clear_cache()
+    got = {p.pk: (p.email, p.ssn) for p in Person.objects.all()}
+    assert got == expected
+
+
+@pytest.fixture
+def people(keys):
+    return make_people(230)
+
+
+def test_full_rotation_moves_every_row_and_keeps_values(people):
+    rotate_all()
+    before = engine.status()["columns"]
+    assert all(c["percent_active"] == 0 or c["rows"] == 0 for c in before)
+    report = engine.reencrypt(batch_size=40)
+    assert report.ok, report.as_dict()
+    with_values = sum(1 for email, ssn in people.values() if email or ssn)
+    assert report.rows_done == report.rows_total == with_values < len(people)
+    assert_all_on(2, people)
+    # Search still works after the index key moved.
+    pk, (email, _) = next((pk, v) for pk, v in people.items() if v[0])
+    assert Person.objects.get(email=email).pk == pk
+    assert all(c["percent_active"] == 100.0 for c in engine.status()["columns"])
+    actions = list(KeyRotationAudit.objects.order_by("id").values_list("action", flat=True))
+    assert actions[-2:] == ["run_started", "run_finished"]
+
+
+def test_rows_with_mixed_versions(keys):
+    first = make_people(50)
+    lifecycle.rotate("default", "encrypt")
+    keyring.invalidate()
+    second = make_people(50)  # written under v2 by the application
+    lifecycle.rotate("default", "encrypt")
+    keyring.invalidate()
+    versions = {v for _, v in raw("email").values() if v}
+    assert versions == {1, 2}
+    report = engine.reencrypt(batch_size=7)
+    assert report.ok
+    assert_all_on(3, {**first, **second})
+
+
+def test_nothing_to_do_finishes_at_once(people):
+    report = engine.reencrypt()
+    assert report.ok and report.rows_done == 0
+
+
+def test_dry_run_changes_nothing(people):
+    rotate_all()
+    email, ssn = raw("email"), raw("ssn")
+    audit_rows = KeyRotationAudit.objects.count()
+    plan = engine.dry_run()
+    assert plan["rows_pending"] == sum(1 for email, ssn in people.values() if email or ssn)
+    (person,) = [m for m in plan["models"] if m["model"] == "testapp.Person"]
+    assert person["sample_rows"] > 0 and person["sample_failures"] == 0
+    assert "default/encrypt/v1" in plan["kek_unwraps"]
+    assert raw("email") == email and raw("ssn") == ssn
+    assert not ReencryptionRun.objects.exists()
+    assert KeyRotationAudit.objects.count() == audit_rows
+
+
+def test_verify_passes_then_names_a_corrupted_row(people):
+    assert engine.verify()["failure_count"] == 0
+    pk = next(pk for pk, v in people.items() if v[0])
+    corrupt(pk)
+    result = engine.verify()
+    assert result["failure_count"] == 1
+    (failure,) = result["failures"]
+    assert f"testapp.Person.email pk={pk}" in failure and "key version=1" in failure
+    assert people[pk][0] not in failure
+
+
+def test_verify_catches_a_stale_blind_index(people):
+    pk = next(pk for pk, v in people.items() if v[0])
+    other = next(p for p, v in people.items() if v[0] and p != pk)
+    idx = raw("email_bidx")
+    with connection.cursor() as cur:
+        cur.execute("UPDATE testapp_person SET email_bidx = %s WHERE id = %s", [idx[other][0], pk])
+    (failure,) = engine.verify()["failures"]
+    assert "testapp.Person.email_bidx" in failure and "does not match" in failure
+
+
+def test_decrypt_failure_stops_the_run_and_overwrites_nothing(people):
+    pk = sorted(pk for pk, v in people.items() if v[0])[5]
+    corrupt(pk)
+    rotate_all()
+    bad = raw("email")[pk]
+    report = engine.reencrypt(batch_size=1000)
+    assert report.status == "failed" and not report.ok
+    (error,) = report.errors
+    assert f"testapp.Person.email pk={pk} key version=1" in error
+    assert raw("email")[pk] == bad
+    # The batch holding the bad row was rolled back whole: nothing half-written.
+    assert {v for _, v in raw("email").values() if v} == {1}
+    run = ReencryptionRun.objects.get()
+    assert run.status == "failed" and str(pk) in run.error
+    assert KeyRotationAudit.objects.filter(action="run_failed", status="failed").exists()
+
+
+def test_quarantine_goes_on_and_blocks_retirement(people, settings):
+    settings.KEYROTATION = {**settings.KEYROTATION, "CACHE_SECONDS": 0}
+    pk = sorted(pk for pk, v in people.items() if v[0])[3]
+    corrupt(pk)
+    rotate_all()
+    report = engine.reencrypt(batch_size=25, on_error="quarantine")
+    assert report.status == "finished" and report.rows_failed == 1 and not report.ok
+    q = QuarantinedValue.objects.get()
+    assert (q.label, q.pk_value, q.key_version) == ("testapp.Person.email", str(pk), 1)
+    assert people[pk][0] not in str(q)
+    with pytest.raises(KeyStateError, match=r"1 row\(s\) of testapp.Person.email"):
+        lifecycle.retire("default", "encrypt", 1)
+
+
+def test_retire_refused_with_one_stale_row_then_accepted(people, settings):
+    settings.KEYROTATION = {**settings.KEYROTATION, "CACHE_SECONDS": 0}
+    rotate_all()
+    assert engine.reencrypt().ok
+    # One row written back under v1 (as a process with a stale cache would).
+    pk = next(pk for pk, v in people.items() if v[0])
+    keyring.clear_cache()
+    ring = keyring.get_keyring("default", "encrypt")
+    old = crypto.encrypt(ring.subkey(1, "testapp.Person.email"), 1, "testapp.Person.email", b"x@y.z")
+    with connection.cursor() as cur:
+        cur.execute(
+            "UPDATE testapp_person SET email = %s, email_key_version = 1 WHERE id = %s", [old, pk]
+        )
+    with pytest.raises(KeyStateError, match=r"1 row\(s\) of testapp.Person.email"):
+        lifecycle.retire("default", "encrypt", 1)
+    refusal = KeyRotationAudit.objects.get(action="key_retire_refused")
+    assert refusal.details["census"]["testapp.Person.email"] == 1
+    assert engine.reencrypt().ok
+    lifecycle.retire("default", "encrypt", 1)
+    lifecycle.retire("default", "index", 1)
+    retired = KeyRotationAudit.objects.filter(action="key_retired")
+    assert {r.details["census"].get("testapp.Person.email", 0) for r in retired} == {0}
+
+
+def test_interrupted_run_resumes_where_it_stopped(people):
+    rotate_all()
+    batches = []
+
+    def stop_after_three(batch):
+        batches.append(batch["rows"])
+        if len(batches) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.reencrypt(batch_size=20, on_batch=stop_after_three)
+    done = sum(1 for _, v in raw("email").values() if v == 2)
+    assert 0 < done < len(people)
+    run = ReencryptionRun.objects.get()
+    assert runs.progress(run)["rows_done"] == 60
+    report = engine.reencrypt(batch_size=20, stale_after=0)
+    assert report.joined and report.run_id == run.pk and report.ok
+    assert report.rows_done == sum(1 for email, ssn in people.values() if email or ssn) - 60
+    assert_all_on(2, people)
+
+
+def test_max_duration_stops_cleanly_and_the_rerun_finishes(people):
+    rotate_all()
+    report = engine.reencrypt(batch_size=10, max_duration=0.0001)
+    assert report.status == "interrupted"
+    report = engine.reencrypt(batch_size=10)
+    assert report.ok and report.joined
+    assert_all_on(2, people)
+
+
+def test_pause_waits_and_abort_stops(people):
+    rotate_all()
+    seen = []
+
+    def pause_once(batch):
+        seen.append(batch)
+        if len(seen) == 1:
+            engine.pause(actor="admin")
+
+    report = engine.reencrypt(batch_size=10, on_batch=pause_once, max_duration=1.5)
+    assert len(seen) == 1  # no batch ran while paused
+    assert report.status == "paused"
+    assert ReencryptionRun.objects.get().status == "paused"
+    engine.resume(actor="admin")
+    engine.abort(actor="admin")
+    assert engine.reencrypt(batch_size=10).status in ("finished",)  # a new run starts
+    with pytest.raises(KeyRotationError, match="no open re-encryption run"):
+        engine.pause()
+    actions = set(KeyRotationAudit.objects.values_list("action", flat=True))
+    assert {"run_paused", "run_running", "run_aborted"} <= actions
+
+
+def test_new_rotation_supersedes_an_open_run(people):
+    rotate_all()
+    with pytest.raises(KeyboardInterrupt):
+        engine.reencrypt(batch_size=10, on_batch=lambda b: (_ for _ in ()).throw(KeyboardInterrupt))
+    rotate_all()
+    report = engine.reencrypt(batch_size=50, stale_after=0)
+    assert report.ok and not report.joined
+    assert list(ReencryptionRun.objects.order_by("id").values_list("status", flat=True)) == [
+        "superseded",
+        "finished",
+    ]
+    assert_all_on(3, people)
+
+
+def test_scope_by_model_and_field(people):
+    rotate_all()
+    report = engine.reencrypt(["testapp.Person.ssn"])
+    assert report.ok
+    assert {v for _, v in raw("ssn").values() if v} == {2}
+    assert {v for _, v in raw("email").values() if v} == {1}
+    with pytest.raises(KeyRotationError, match="no encrypted or indexed column matches nope.Nope"):
+        engine.reencrypt(["nope.Nope"])
+
+
+def test_workers_need_row_locks(people):
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite only: PostgreSQL has SKIP LOCKED")
+    with pytest.raises(KeyRotationError, match="needs row locks with SKIP LOCKED"):
+        engine.reencrypt(workers=2)
+
+
+def test_sqlite_guard_keeps_a_concurrent_write(people):
+    """The optimistic guard: a row rewritten between our read and our write is left alone."""
+    from keyrotation.engine import sql
+
+    rotate_all()
+    (plan,) = engine.plan.build(["testapp.Person"])
+    rows = sql.select_batch(plan, "default", None, None, 5, lock=False)
+    from keyrotation.engine.transform import BatchTransformer
+
+    t = BatchTransformer(plan)
+    new, guards = zip(*[t.transform(r) for r in rows], strict=True)
+    target = Person.objects.get(pk=rows[0][0])
+    target.email = "changed@example.com"  # the application writes meanwhile (under v2 now)
+    target.save()
+    written = sql.write_batch(plan, "default", list(new), list(guards))
+    assert written == len(rows) - 1
+    keyring.clear_cache()
+    assert Person.objects.get(pk=target.pk).email == "changed@example.com"
