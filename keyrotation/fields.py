@@ -25,8 +25,6 @@ serialized; they are recomputed when a fixture is loaded.
 
 from __future__ import annotations
 
-import unicodedata
-from collections.abc import Callable
 from typing import Any
 
 from django.core import checks
@@ -149,7 +147,7 @@ class EncryptedField(models.Field):
             raise TypeError("EncryptedField: keyring must be a non-empty string")
         self.base_field = base_field
         self.keyring = keyring
-        self.blind_indexes: list[BlindIndexField] = []
+        self.blind_indexes: list[Any] = []  # BlindIndexField instances, filled at class_prepared
         super().__init__(**kwargs)
         base_field.null, base_field.blank = self.null, self.blank
 
@@ -289,133 +287,10 @@ class EncryptedField(models.Field):
         return None
 
 
-def normalize_text(value: str) -> str:
-    """Default blind-index normalisation of strings: NFKC, casefold, strip."""
-    return unicodedata.normalize("NFKC", value).casefold().strip()
+# Late imports, in this order (both import this module): the blind index is re-exported so that
+# ``keyrotation.fields.BlindIndexField`` is its public and migration path; querysets connects
+# class_prepared (managers, save paths, registry).
+from .blind_index import BlindIndexField, normalize_text  # noqa: E402, I001
+from . import querysets  # noqa: E402, F401
 
-
-class BlindIndexField(models.BinaryField):
-    """A searchable HMAC of another field's normalised plaintext, kept up to date on every write.
-
-    Args:
-        source: name of the ``EncryptedField`` it indexes.
-        normalize: callable applied to the value first (an importable function, it is written
-            into migrations). Default: :func:`normalize_text` for text fields, none otherwise.
-        bytes: digest length (default ``KEYROTATION["BLIND_INDEX_BYTES"]``).
-        keyring: keyring of the index key (default: the source's keyring).
-        unique: enforce uniqueness of the normalised plaintext with a unique constraint on the
-            index column. The constraint holds *per index key version*: during an index-key
-            rotation a value under v1 and the same value under v2 differ, so a duplicate can slip
-            in until ``reencrypt`` has moved every row to the new version.
-
-    Lookups by the source (``filter(email=...)``, ``__in``, ``exclude``, ``get``) go through the
-    first ``BlindIndexField`` declared for it, matching every decryptable index version.
-    """
-
-    def __init__(
-        self,
-        source: str,
-        normalize: Callable[[Any], Any] | None = None,
-        bytes: int | None = None,  # noqa: A002 - public keyword, mirrors the setting's name
-        keyring: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if not isinstance(source, str) or not source:
-            raise TypeError("BlindIndexField: source must be the name of an EncryptedField")
-        if normalize is not None and not callable(normalize):
-            raise TypeError("BlindIndexField: normalize must be callable or None")
-        if bytes is not None and (not isinstance(bytes, int) or not 4 <= bytes <= 32):
-            raise TypeError("BlindIndexField: bytes must be an int from 4 to 32")
-        self.source, self.normalize, self.index_bytes, self.keyring = source, normalize, bytes, keyring
-        kwargs.update(null=True, blank=True, editable=False, serialize=False)
-        super().__init__(**kwargs)
-
-    def contribute_to_class(self, cls: type[models.Model], name: str, private_only: bool = False) -> None:
-        super().contribute_to_class(cls, name, private_only=private_only)
-        _add_version_field(self, cls)
-
-    def deconstruct(self) -> tuple[str, str, list, dict]:
-        name, _, args, kwargs = super().deconstruct()
-        for key in ("null", "blank", "editable", "serialize"):
-            kwargs.pop(key, None)
-        kwargs["source"] = self.source
-        for key, value in (("normalize", self.normalize), ("bytes", self.index_bytes)):
-            if value is not None:
-                kwargs[key] = value
-        if self.keyring is not None:
-            kwargs["keyring"] = self.keyring
-        return name, "keyrotation.fields.BlindIndexField", args, kwargs
-
-    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
-        errors = super().check(**kwargs)
-        try:
-            source = self.model._meta.get_field(self.source)
-        except Exception:  # noqa: BLE001 - FieldDoesNotExist, reported below
-            source = None
-        if not isinstance(source, EncryptedField):
-            errors.append(
-                checks.Error(
-                    f"BlindIndexField '{self.name}': source '{self.source}' is not an EncryptedField "
-                    f"of {self.model._meta.label}.",
-                    hint="Set source= to the name of an EncryptedField on the same model.",
-                    obj=self,
-                    id="keyrotation.E102",
-                )
-            )
-        return errors
-
-    @property
-    def label(self) -> str:
-        return registry.label_for(self.model, self.name)
-
-    @property
-    def source_field(self) -> EncryptedField:
-        return self.model._meta.get_field(self.source)
-
-    @property
-    def keyring_name(self) -> str:
-        return self.keyring or self.source_field.keyring_name
-
-    def _data(self, value: Any) -> bytes:
-        base = self.source_field.base_field
-        value = base.to_python(value)
-        if self.normalize is not None:
-            value = self.normalize(value)
-        elif isinstance(value, str):
-            value = normalize_text(value)
-        return codecs.encode(base, value)
-
-    def _length(self) -> int:
-        return self.index_bytes or conf.blind_index_bytes()
-
-    def index_value(self, value: Any) -> tuple[bytes | None, int | None]:
-        """(digest, version) of a plaintext under the active index key; ``(None, None)`` for None."""
-        if value is None:
-            return None, None
-        ring = keyring.get_keyring(self.keyring_name, "index")
-        return ring.index(self.label, self._data(value), self._length())
-
-    def lookup_digests(self, value: Any) -> list[bytes]:
-        """Digests of a plaintext under every decryptable index version (for lookups)."""
-        ring = keyring.get_keyring(self.keyring_name, "index")
-        return list(ring.indexes(self.label, self._data(value), self._length()).values())
-
-    def refresh(self, instance: models.Model) -> bytes | None:
-        """Recompute the index (and its version) on ``instance`` from the source; return it.
-
-        A source never read since it was loaded keeps its stored index: nothing changed.
-        """
-        raw = instance.__dict__.get(self.source_field.attname)
-        current = instance.__dict__.get(self.attname)
-        if isinstance(raw, Sealed) and current is not None and raw.field is self.source_field:
-            return current
-        digest, version = self.index_value(getattr(instance, self.source_field.attname))
-        instance.__dict__[self.attname] = digest
-        instance.__dict__[self.version_attname] = version
-        return digest
-
-    def pre_save(self, model_instance: models.Model, add: bool) -> bytes | None:
-        return self.refresh(model_instance)
-
-
-from . import querysets  # noqa: E402,F401  (connects class_prepared: managers, save paths, registry)
+__all__ = ["BlindIndexField", "EncryptedField", "KeyVersionField", "Sealed", "normalize_text"]
