@@ -103,7 +103,8 @@ class BlindIndexField(models.BinaryField):
     def keyring_name(self) -> str:
         return self.keyring or self.source_field.keyring_name
 
-    def _data(self, value: Any) -> bytes:
+    def index_input(self, value: Any) -> bytes:
+        """The bytes the HMAC covers: the normalised value in the source codec form."""
         base = self.source_field.base_field
         value = base.to_python(value)
         if self.normalize is not None:
@@ -112,7 +113,8 @@ class BlindIndexField(models.BinaryField):
             value = normalize_text(value)
         return codecs.encode(base, value)
 
-    def _length(self) -> int:
+    def index_length(self) -> int:
+        """Digest length in bytes (the field option, else the BLIND_INDEX_BYTES setting)."""
         return self.index_bytes or conf.blind_index_bytes()
 
     def index_value(self, value: Any) -> tuple[bytes | None, int | None]:
@@ -120,12 +122,12 @@ class BlindIndexField(models.BinaryField):
         if value is None:
             return None, None
         ring = keyring.get_keyring(self.keyring_name, "index")
-        return ring.index(self.label, self._data(value), self._length())
+        return ring.index(self.label, self.index_input(value), self.index_length())
 
     def lookup_digests(self, value: Any) -> list[bytes]:
         """Digests of a plaintext under every decryptable index version (for lookups)."""
         ring = keyring.get_keyring(self.keyring_name, "index")
-        return list(ring.indexes(self.label, self._data(value), self._length()).values())
+        return list(ring.indexes(self.label, self.index_input(value), self.index_length()).values())
 
     def refresh(self, instance: models.Model) -> bytes | None:
         """Recompute the index (and its version) on ``instance`` from the source; return it.

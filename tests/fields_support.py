@@ -53,7 +53,7 @@ def assert_consistent(instance, field="email", index=None):
         else:
             ring = keyring.get_keyring(conf.default_keyring(), "index")
             idx_version = raw(instance, f"{index}_key_version")
-            expected = ring.indexes(bidx.label, bidx._data(plain), bidx._length())[idx_version]
+            expected = ring.indexes(bidx.label, bidx.index_input(plain), bidx.index_length())[idx_version]
             assert digest == expected
     return version
 

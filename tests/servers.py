@@ -153,9 +153,7 @@ def _pg_bindir() -> Path:
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).resolve().parent
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
-    )
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name))
     if candidates:
         return Path(candidates[-1])
     raise ServerError("PostgreSQL binaries not found: install them or set KEYROTATION_PG_BINDIR")
@@ -197,18 +195,38 @@ class PostgresCluster(_Server):
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode:
             raise ServerError(
-                f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}\n"
-                f"{_log_tail(self.log)}"
+                f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}\n{_log_tail(self.log)}"
             )
 
     def _pg_ctl(self, action: str, *extra: str) -> None:
-        self._run("pg_ctl", action, "-D", str(self.data), "-l", str(self.log), "-w",
-                  "-t", str(int(START_TIMEOUT)), *extra)
+        self._run(
+            "pg_ctl",
+            action,
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            str(int(START_TIMEOUT)),
+            *extra,
+        )
 
     def init(self) -> None:
         """Create the cluster (once) and write its test configuration."""
-        self._run("initdb", "-D", str(self.data), "-U", self.user, "-A", "trust",
-                  "-E", "UTF8", "--locale=C", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            self.user,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
         conf = "\n".join(
             [
                 "listen_addresses = '127.0.0.1'",
@@ -315,8 +333,9 @@ class OpenBaoServer(_Server):
     def _pidfiles(self) -> list[Path]:
         return [self.pidfile]
 
-    def _request(self, method: str, path: str, body: dict | None = None,
-                 token: str | None = None) -> tuple[int, dict]:
+    def _request(
+        self, method: str, path: str, body: dict | None = None, token: str | None = None
+    ) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.addr}/v1/{path}", data=data, method=method)  # noqa: S310
         if token:
@@ -348,8 +367,11 @@ class OpenBaoServer(_Server):
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
                 [self.binary, "server", f"-config={self.config}", "-log-level=warn"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
             )
         self.pidfile.write_text(f"{self._proc.pid}\n")
         self._wait(lambda: self._request("GET", "sys/seal-status")[0] == 200, "listening")
@@ -359,16 +381,13 @@ class OpenBaoServer(_Server):
         self._wait(lambda: self._request("GET", "sys/health")[0] == 200, "unsealed")
 
     def _initialise(self) -> None:
-        status, body = self._request(
-            "PUT", "sys/init", {"recovery_shares": 1, "recovery_threshold": 1}
-        )
+        status, body = self._request("PUT", "sys/init", {"recovery_shares": 1, "recovery_threshold": 1})
         if status != 200:
             raise ServerError(f"bao init failed: {status} {body}")
         generated = body["root_token"]
         self._wait(lambda: self._request("GET", "sys/health")[0] == 200, "unsealed")
         steps = [
-            ("auth/token/create", {"id": self.token, "policies": ["root"], "no_parent": True},
-             generated),
+            ("auth/token/create", {"id": self.token, "policies": ["root"], "no_parent": True}, generated),
             ("sys/mounts/transit", {"type": "transit"}, self.token),
             ("auth/token/revoke-self", None, generated),
         ]
@@ -420,9 +439,7 @@ def postgres_cluster(port: int | None = None) -> Iterator[PostgresCluster]:
 
 
 @contextlib.contextmanager
-def openbao_dev_server(
-    port: int | None = None, token: str = DEFAULT_VAULT_TOKEN
-) -> Iterator[OpenBaoServer]:
+def openbao_dev_server(port: int | None = None, token: str = DEFAULT_VAULT_TOKEN) -> Iterator[OpenBaoServer]:
     """Start a throwaway OpenBao server with Transit; stop it and delete its files on exit."""
     server = OpenBaoServer(port=port, token=token)
     try:

@@ -174,9 +174,7 @@ def test_retire_refused_with_one_stale_row_then_accepted(people, settings):
     ring = keyring.get_keyring("default", "encrypt")
     old = crypto.encrypt(ring.subkey(1, "testapp.Person.email"), 1, "testapp.Person.email", b"x@y.z")
     with connection.cursor() as cur:
-        cur.execute(
-            "UPDATE testapp_person SET email = %s, email_key_version = 1 WHERE id = %s", [old, pk]
-        )
+        cur.execute("UPDATE testapp_person SET email = %s, email_key_version = 1 WHERE id = %s", [old, pk])
     with pytest.raises(KeyStateError, match=r"1 row\(s\) of testapp.Person.email"):
         lifecycle.retire("default", "encrypt", 1)
     refusal = KeyRotationAudit.objects.get(action="key_retire_refused")

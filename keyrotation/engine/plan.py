@@ -145,7 +145,7 @@ def build(scope: list[str] | None = None) -> list[ModelPlan]:
                 model._meta.get_field(col.version_attname).column,
                 col.keyring,
                 keyring.get_keyring(col.keyring, "index").active_version,
-                f._length(),
+                f.index_length(),
                 source,
                 _index_input(f),
             )
@@ -158,7 +158,7 @@ def _index_input(f) -> Callable[[bytes], bytes]:
     from .. import codecs
 
     base = f.source_field.base_field
-    return lambda plaintext: f._data(codecs.decode(base, plaintext))
+    return lambda plaintext: f.index_input(codecs.decode(base, plaintext))
 
 
 def census_rows(using: str | None = None) -> list[dict]:
