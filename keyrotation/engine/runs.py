@@ -29,6 +29,7 @@ RUN_TRANSITIONS: dict[tuple[str, str], str] = {
     ("running", "interrupted"): "every worker stopped (max duration, signal, error) with work left",
     ("paused", "interrupted"): "workers stopped while paused",
     ("interrupted", "running"): "a worker joined it again",
+    ("interrupted", "paused"): "an operator holds a stopped run so that a process joining it waits",
     ("running", "finished"): "the final sweep found no row left",
     ("running", "aborted"): "an operator aborted it",
     ("paused", "aborted"): "an operator aborted it",

@@ -1,0 +1,103 @@
+"""``reencrypt`` and ``rotation_status``: output, JSON, exit codes."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from keyrotation import keyring, lifecycle
+from tests.testapp.models import Person
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run(name, *args):
+    out, err = StringIO(), StringIO()
+    code = 0
+    try:
+        call_command(name, *args, stdout=out, stderr=err)
+    except SystemExit as exc:
+        code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def rotated(keys):
+    Person.objects.bulk_create(Person(name=f"p{i}", email=f"canary{i}@example.com") for i in range(120))
+    lifecycle.rotate("default", "encrypt")
+    lifecycle.rotate("default", "index")
+    keyring.invalidate()
+
+
+def test_status_then_reencrypt_then_status(rotated):
+    code, out, _ = run("rotation_status", "--fail-if-incomplete")
+    assert code == 2
+    assert "testapp.Person.email" in out and "v1: 120" in out
+    code, out, err = run("reencrypt", "--batch-size", "25")
+    assert code == 0, out + err
+    assert "finished: 120 row(s) re-encrypted" in out
+    assert "progress:" in err  # plain progress lines when not on a terminal
+    code, out, _ = run("rotation_status", "--fail-if-incomplete", "--fail-if-version", "1")
+    assert code == 0
+    assert "100.00%" in out and "finished" in out
+
+
+def test_json_outputs(rotated):
+    code, out, _ = run("reencrypt", "--dry-run", "--json")
+    plan = json.loads(out)
+    assert code == 0 and plan["rows_pending"] == 120
+    code, out, _ = run("reencrypt", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["status"] == "finished" and report["rows_done"] == 120
+    data = json.loads(run("rotation_status", "--json")[1])
+    email = next(c for c in data["columns"] if c["label"] == "testapp.Person.email")
+    assert email["versions"] == {"2": 120} and email["percent_active"] == 100.0
+    assert data["run"]["status"] == "finished" and data["incomplete"] == []
+    code, out, _ = run("reencrypt", "--verify", "--json")
+    assert code == 0 and json.loads(out)["failure_count"] == 0
+
+
+def test_fail_if_version_by_purpose(rotated):
+    run("reencrypt", "--model", "testapp.Person.email")
+    assert run("rotation_status", "--fail-if-version", "1", "--purpose", "encrypt")[0] == 0
+    assert run("rotation_status", "--fail-if-version", "1", "--purpose", "index")[0] == 2
+
+
+def test_verify_exit_code_and_no_plaintext(rotated):
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT id, email FROM testapp_person ORDER BY id LIMIT 1")
+        pk, token = cur.fetchone()
+        token = bytes(token)
+        cur.execute(
+            "UPDATE testapp_person SET email = %s WHERE id = %s", [token[:-1] + bytes([token[-1] ^ 1]), pk]
+        )
+    code, out, err = run("reencrypt", "--verify")
+    assert code == 1
+    assert f"testapp.Person.email pk={pk} key version=1: authentication failed" in out
+    code, out, err = run("reencrypt")
+    assert code == 1 and f"pk={pk}" in out
+    assert "canary" not in out + err
+
+
+def test_pause_resume_abort_commands(rotated):
+    with pytest.raises(CommandError, match="no open re-encryption run"):
+        run("reencrypt", "--pause")
+    code, out, err = run("reencrypt", "--max-duration", "0.0001")
+    assert code == 3 and "run `manage.py reencrypt` again" in out
+    assert "is now paused" in run("reencrypt", "--pause", "--actor", "ops")[1]
+    assert "is now running" in run("reencrypt", "--resume")[1]
+    assert "is now aborted" in run("reencrypt", "--abort")[1]
+
+
+def test_help_explains_every_flag():
+    for name in ("reencrypt", "rotation_status"):
+        module = __import__(f"keyrotation.management.commands.{name}", fromlist=["Command"])
+        parser = module.Command().create_parser("manage.py", name)
+        for action in parser._actions:
+            if action.option_strings and action.dest not in {"help", "version"}:
+                assert action.help, (name, action.option_strings)
