@@ -20,21 +20,62 @@ DB_FILE = HERE / "db.sqlite3"
 
 SHOW_PEOPLE = (
     "from people.models import Person\n"
-    "print(f'{Person.objects.count()} people in the database; the first three:')\n"
+    "print(f'{Person.objects.count()} people in the database; the first three, decrypted:')\n"
     "for p in Person.objects.all()[:3]:\n"
     "    print(f'  #{p.pk} {p.name} <{p.email}> born {p.date_of_birth}')\n"
+    "p = Person.objects.get(email='person0000042@example.com')\n"
+    "print(f'found by email through the blind index: #{p.pk} {p.name}')\n"
+    "last4 = p.national_id[-4:]\n"
+    "print(f'people whose national id ends in {last4}:', Person.objects.filter(national_id=last4).count())\n"
+)
+SHOW_RAW = (
+    "from django.db import connection\n"
+    "with connection.cursor() as cur:\n"
+    "    cur.execute('SELECT id, email, email_key_version FROM people_person ORDER BY id LIMIT 2')\n"
+    "    for pk, token, version in cur.fetchall():\n"
+    "        token = bytes(token)\n"
+    "        print(f'  row {pk}: email column = {len(token)} bytes, format 0x{token[0]:02x}, '\n"
+    "              f'key version {int.from_bytes(token[1:5], \"big\")} (version column: {version})')\n"
 )
 
 # (what the step shows, manage.py arguments)
 STEPS: list[tuple[str, list[str]]] = [
     ("Check the project configuration (Django system checks, including keyrotation's).",
      ["check"]),
-    ("Create the SQLite database and its tables.",
+    ("Create the SQLite database and its tables (the version columns come with the fields).",
      ["migrate", "--verbosity", "1"]),
-    ("Create 20 deterministic sample people with bulk_create.",
-     ["seed_people", "--count", "20"]),
-    ("Read a few of them back.",
+    ("Create the first data keys: v1 for encryption and v1 for blind indexes, wrapped by the "
+     "local master key.",
+     ["rotatekeys", "--init", "--actor", "demo"]),
+    ("Create 2,000 sample people; every personal field is encrypted on the way in.",
+     ["seed_people", "--count", "2000"]),
+    ("Read some back (decrypted on access) and search by email and by the last four digits.",
      ["shell", "--no-imports", "-c", SHOW_PEOPLE]),
+    ("What the database really holds: ciphertext with the key version in its header.",
+     ["shell", "--no-imports", "-c", SHOW_RAW]),
+    ("The key census: every row is on v1.",
+     ["rotation_status"]),
+    ("Rotate: generate v2 of both keys and make it active. Old rows stay readable (v1 is now "
+     "decrypt-only); new writes use v2.",
+     ["rotatekeys", "--actor", "demo"]),
+    ("The census now shows 0 % on the active version.",
+     ["rotation_status"]),
+    ("Dry run: what re-encryption would do, changing nothing.",
+     ["reencrypt", "--dry-run"]),
+    ("Re-encrypt every row to v2 in set-based batches (resumable; safe while the app runs).",
+     ["reencrypt", "--batch-size", "250", "--actor", "demo"]),
+    ("The census: 100 % on v2. `--fail-if-incomplete` would exit 2 otherwise (for cron/alerts).",
+     ["rotation_status", "--fail-if-incomplete"]),
+    ("Verify: open every value and recompute every blind index.",
+     ["reencrypt", "--verify"]),
+    ("Search still works on the new index key.",
+     ["shell", "--no-imports", "-c", SHOW_PEOPLE]),
+    ("Retire v1 of the encryption key: allowed only because the census proves no row uses it.",
+     ["rotatekeys", "--retire", "1", "--purpose", "encrypt", "--actor", "demo"]),
+    ("Retire v1 of the blind-index key the same way.",
+     ["rotatekeys", "--retire", "1", "--purpose", "index", "--actor", "demo"]),
+    ("The keys now (never any key bytes).",
+     ["rotatekeys", "--list"]),
 ]
 
 
@@ -62,7 +103,9 @@ def main() -> int:
     args = parser.parse_args()
 
     print("== keyrotation example project")
-    env = dict(os.environ, KEYROTATION_MASTER_KEY=master_key())
+    # CACHE_SECONDS=0 lets the demo retire v1 right after re-encrypting; in production wait
+    # CACHE_SECONDS after the rotation so that no process still writes with the old key.
+    env = dict(os.environ, KEYROTATION_MASTER_KEY=master_key(), KEYROTATION_CACHE_SECONDS="0")
     if DB_FILE.exists() and not args.keep_db:
         DB_FILE.unlink()
         print("Removed the previous example_project/db.sqlite3 (start from scratch).")
@@ -77,8 +120,14 @@ def main() -> int:
         if code:
             print(f"step {number} failed (exit {code})", file=sys.stderr)
             return code
-    print("\nDone. Browse the data with: cd example_project && "
-          "KEYROTATION_MASTER_KEY=$(cat .master_key) python manage.py runserver")
+    print(
+        "\nDone: a full rotation. See it in the admin (key versions, census, audit trail):\n"
+        "  cd example_project\n"
+        "  export KEYROTATION_MASTER_KEY=$(cat .master_key)\n"
+        "  ../.venv/bin/python manage.py createsuperuser\n"
+        "  ../.venv/bin/python manage.py runserver\n"
+        "then open http://127.0.0.1:8000/admin/keyrotation/"
+    )
     return 0
 
 

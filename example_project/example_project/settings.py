@@ -90,4 +90,7 @@ _previous = [
 
 KEYROTATION = {
     "KEK": {"BACKEND": "local", "KEYS": [_master_key, *_previous]},
+    # How long a process trusts its cached keyring; the demo shortens it so that the old key can
+    # be retired right after re-encryption (production: keep the default 60 s, or more).
+    "CACHE_SECONDS": float(os.environ.get("KEYROTATION_CACHE_SECONDS", "60")),
 }

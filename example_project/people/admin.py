@@ -6,4 +6,4 @@ from .models import Person
 @admin.register(Person)
 class PersonAdmin(admin.ModelAdmin):
     list_display = ["id", "name", "email", "date_of_birth"]
-    search_fields = ["email"]
+    search_fields = ["=email"]  # exact match through the blind index

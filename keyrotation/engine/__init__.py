@@ -22,7 +22,7 @@ from ..models import QuarantinedValue, ReencryptionRun, RunStatus
 from . import plan as _plan
 from . import runs, sql
 from .runner import Options, RunFailed, WorkResult, work
-from .transform import BatchTransformer, RowFailureError, open_value
+from .transform import BatchTransformer, Rings, RowFailureError, open_value
 
 __all__ = [
     "Report",
@@ -269,6 +269,8 @@ class _Verifier:
     def __init__(self, p):
         self.plan = p
         self.extra = sql.extra_sources(p)
+        self.rings = Rings()
+        self.index_rings = Rings("index")
 
     def check(self, row) -> list[str]:
         p, pk, out = self.plan, row[0], []
@@ -291,7 +293,7 @@ class _Verifier:
                     out.append(f"{label} pk={pk!r}: version {version} recorded for an empty value")
                 continue
             try:
-                plaintexts[label] = open_value(col, pk, bytes(token), version)
+                plaintexts[label] = open_value(col, pk, bytes(token), version, self.rings)
             except RowFailureError as exc:
                 out.append(str(exc.failure))
         for col, digest, version in idx:
@@ -306,7 +308,7 @@ class _Verifier:
                 out.append(f"{col.label} pk={pk!r}: missing blind index")
                 continue
             try:
-                ring = keyring.keyring_for_version(col.keyring, "index", version)
+                ring = self.index_rings.get(col.keyring, version)
                 expected = crypto.blind_index(
                     ring.subkey(version, col.label), col.index_input(pt), col.length
                 )

@@ -28,7 +28,21 @@ class RowFailure:
         return f"{self.label} pk={self.pk!r} key version={self.version}: {self.reason}"
 
 
-def open_value(col: EncColumn, pk: Any, token: bytes, version: int | None) -> bytes:
+class Rings:
+    """Keyrings of one purpose for one batch: listed once, re-listed only for a version they lack."""
+
+    def __init__(self, purpose: str = "encrypt") -> None:
+        self.purpose = purpose
+        self._rings: dict[str, keyring.Keyring] = {}
+
+    def get(self, name: str, version: int) -> keyring.Keyring:
+        ring = self._rings.get(name)
+        if ring is None or not ring.knows(version):
+            ring = self._rings[name] = keyring.keyring_for_version(name, self.purpose, version)
+        return ring
+
+
+def open_value(col: EncColumn, pk: Any, token: bytes, version: int | None, rings: Rings) -> bytes:
     """Decrypt a stored value whose version column says ``version``; RowFailureError if not."""
     try:
         header_version = crypto.token_version(token)
@@ -36,7 +50,7 @@ def open_value(col: EncColumn, pk: Any, token: bytes, version: int | None) -> by
         raise RowFailureError(RowFailure(col.label, pk, version, "malformed value")) from None
     if header_version != version:
         raise RowFailureError(RowFailure(col.label, pk, version, f"header names version {header_version}"))
-    ring = keyring.keyring_for_version(col.keyring, "encrypt", header_version)
+    ring = rings.get(col.keyring, header_version)
     try:
         return crypto.decrypt(ring.subkey(header_version, col.label), col.label, token)
     except crypto.InvalidToken:
@@ -53,6 +67,7 @@ class BatchTransformer:
     def __init__(self, plan: ModelPlan):
         self.plan = plan
         self.extra = extra_sources(plan)
+        self.rings = Rings()
         self._enc_rings = {c.keyring: keyring.get_keyring(c.keyring, "encrypt") for c in plan.enc}
         self._idx_rings = {c.keyring: keyring.get_keyring(c.keyring, "index") for c in plan.idx}
         # Target subkeys resolved once: a target that is no longer usable fails the batch early.
@@ -81,7 +96,7 @@ class BatchTransformer:
             if version == col.target:
                 new += [token, version]
                 continue
-            pt = open_value(col, pk, token, version)
+            pt = open_value(col, pk, token, version, self.rings)
             plaintexts[col.label] = pt
             new += [crypto.encrypt(self._enc_target[col.label], col.target, col.label, pt), col.target]
         idx_values = [(row[i + 2 * k], row[i + 2 * k + 1]) for k in range(len(plan.idx))]
@@ -106,7 +121,7 @@ class BatchTransformer:
                 continue
             pt = plaintexts.get(src.label)
             if pt is None:
-                pt = open_value(src, pk, bytes(src_token), src_version)
+                pt = open_value(src, pk, bytes(src_token), src_version, self.rings)
                 plaintexts[src.label] = pt
             value = crypto.blind_index(self._idx_target[col.label], col.index_input(pt), col.length)
             new += [value, col.target]
