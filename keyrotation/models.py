@@ -105,7 +105,8 @@ class ReencryptionRun(models.Model):
     """One re-encryption of a set of models towards fixed target key versions.
 
     Any number of processes on any number of hosts join the open run for the same scope and
-    share its chunks. ``status`` follows ``engine.state.RUN_TRANSITIONS``.
+    share its chunks. ``status`` follows ``engine.runs.RUN_TRANSITIONS``. Rows done and the last
+    heartbeat are derived from the chunks (``engine.runs.progress``), never stored twice.
     """
 
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.RUNNING)
@@ -116,10 +117,8 @@ class ReencryptionRun(models.Model):
     options = models.JSONField(default=dict, blank=True)
     actor = models.CharField(max_length=150, blank=True)
     rows_total = models.BigIntegerField(default=0, help_text="Rows pending when the run was planned.")
-    rows_done = models.BigIntegerField(default=0)
     rows_failed = models.BigIntegerField(default=0)
     started_at = models.DateTimeField(default=timezone.now)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True, help_text="Why it failed: model, field, pk, version; never values.")
 

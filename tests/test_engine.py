@@ -287,3 +287,50 @@ def test_sqlite_guard_keeps_a_concurrent_write(people):
     assert written == len(rows) - 1
     keyring.clear_cache()
     assert Person.objects.get(pk=target.pk).email == "changed@example.com"
+
+
+def test_signals_carry_counts_not_values(people):
+    from keyrotation import signals
+
+    batches, finished = [], []
+
+    def on_batch(sender, **kw):
+        batches.append(kw)
+
+    def on_finish(sender, **kw):
+        finished.append(kw)
+
+    signals.batch_completed.connect(on_batch)
+    signals.run_finished.connect(on_finish)
+    try:
+        rotate_all()
+        report = engine.reencrypt(batch_size=50)
+    finally:
+        signals.batch_completed.disconnect(on_batch)
+        signals.run_finished.disconnect(on_finish)
+    assert sum(b["rows"] for b in batches) == report.rows_done
+    assert {b["model"] for b in batches} == {"testapp.Person"}
+    assert finished == [
+        {
+            "signal": signals.run_finished,
+            "run_id": report.run_id,
+            "status": "finished",
+            "rows_done": report.rows_done,
+            "rows_failed": 0,
+        }
+    ]
+    text = repr(batches) + repr(finished)
+    assert "example.com" not in text
+
+
+def test_adaptive_batch_size_and_rate_limit():
+    from keyrotation.engine.throttle import Throttle
+
+    slept = []
+    now = [0.0]
+    t = Throttle(1000, rate=500, target_ms=100, clock=lambda: now[0], sleep=slept.append)
+    t.after_batch(1000, 0.4)  # 400 ms for 1000 rows: shrink towards 100 ms
+    assert t.batch_size == 500
+    assert slept and abs(slept[-1] - 1.6) < 1e-9  # 1000 rows at 500/s = 2 s; 0.4 s spent
+    t.after_batch(500, 0.01)
+    assert t.batch_size == 1000  # grows at most x2

@@ -144,3 +144,30 @@ def test_sigkill_mid_run_then_rerun_finishes(keys):
     assert versions() == {(2, 2, 2)}
     keyring.clear_cache()
     assert {p.pk: p.email for p in Person.objects.all()} == emails
+
+
+def test_lost_database_connection_is_retried(keys, caplog):
+    import psycopg
+
+    emails = seed(600)
+    rotate()
+    sd = connection.settings_dict
+    killed = []
+
+    def kill_my_backend(batch):
+        if killed:
+            return
+        pid = connection.connection.info.backend_pid
+        with psycopg.connect(
+            host=sd["HOST"], port=sd["PORT"], user=sd["USER"], dbname=sd["NAME"], autocommit=True
+        ) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [pid])
+        killed.append(pid)
+
+    with caplog.at_level("WARNING", logger="keyrotation.engine"):
+        report = engine.reencrypt(batch_size=100, on_batch=kill_my_backend)
+    assert killed and report.ok, report.as_dict()
+    assert any("retry 1/" in r.getMessage() for r in caplog.records)
+    assert versions() == {(2, 2, 2)}
+    keyring.clear_cache()
+    assert {p.pk: p.email for p in Person.objects.all()} == emails

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from django.db import connections
 
-from .. import conf, crypto, keyring
+from .. import conf, crypto, keyring, signals
 from ..exceptions import KeyRotationError
 from ..models import QuarantinedValue, ReencryptionRun, RunStatus
 from . import plan as _plan
@@ -153,6 +153,13 @@ def reencrypt(
     report.rows_failed = QuarantinedValue.objects.using(using).filter(run=run).count()
     report.quarantined = [str(q) for q in QuarantinedValue.objects.using(using).filter(run=run)[:100]]
     report.seconds = time.monotonic() - started
+    signals.run_finished.send(
+        sender=ReencryptionRun,
+        run_id=run.pk,
+        status=report.status,
+        rows_done=report.rows_done,
+        rows_failed=report.rows_failed,
+    )
     return report
 
 

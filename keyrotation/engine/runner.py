@@ -71,7 +71,9 @@ class _Worker:
     def _wait_while_paused(self) -> str:
         """Return the run status once it is not paused (or 'deadline')."""
         while True:
-            status = runs.current_status(self.run.pk, using=self.opts.using)
+            status = self._retrying(
+                "status check", lambda: runs.current_status(self.run.pk, using=self.opts.using)
+            )
             if status != RunStatus.PAUSED:
                 return status
             if self._past_deadline():
@@ -174,7 +176,7 @@ class _Worker:
                 lambda cursor=cursor: self._batch(plan, cursor, chunk.hi, skip_locked=True, chunk=chunk),
             )
             if not seen:
-                runs.finish_chunk(chunk, using=self.opts.using)
+                self._retrying("chunk finish", lambda: runs.finish_chunk(chunk, using=self.opts.using))
                 return "done"
             cursor = last
             self._after(plan, seen, written, time.monotonic() - start)
@@ -196,12 +198,16 @@ class _Worker:
                     cursor = last
                     written_total += written
                     self._after(plan, seen, written, time.monotonic() - start)
-                remaining = plan.pending(using=self.opts.using)
-                quarantined = QuarantinedValue.objects.using(self.opts.using).filter(
-                    run=self.run, label__startswith=plan.label + "."
-                )
-                if remaining <= quarantined.values("pk_value").distinct().count():
+                remaining, quarantined = self._retrying("sweep census", lambda plan=plan: self._left(plan))
+                if remaining <= quarantined:
                     break
+
+    def _left(self, plan: ModelPlan) -> tuple[int, int]:
+        """Rows still pending in ``plan``, and how many of its rows this run quarantined."""
+        quarantined = QuarantinedValue.objects.using(self.opts.using).filter(
+            run=self.run, label__startswith=plan.label + "."
+        )
+        return plan.pending(using=self.opts.using), quarantined.values("pk_value").distinct().count()
 
     def work(self) -> WorkResult:
         using = self.opts.using
@@ -218,23 +224,29 @@ class _Worker:
             try:
                 outcome = self._process_chunk(chunk)
             except BaseException:
-                runs.release_chunk(chunk, using=using) if _db_alive(using) else None
+                if _db_alive(using):  # give the chunk back; else it is reclaimed when stale
+                    runs.release_chunk(chunk, using=using)
                 raise
             if outcome != "done":
-                runs.release_chunk(chunk, using=using)
+                self._retrying("chunk release", lambda chunk=chunk: runs.release_chunk(chunk, using=using))
                 self.result.stopped = outcome
                 return self.result
-        if runs.progress(self.run, using=using)["running"]:
+        if self._retrying("progress", lambda: runs.progress(self.run, using=using))["running"]:
             return self.result  # another worker is still busy; the last one sweeps
         self._sweep()
-        ReencryptionRun.objects.using(using).filter(pk=self.run.pk).update(
-            rows_failed=QuarantinedValue.objects.using(using).filter(run=self.run).count()
-        )
-        try:
-            runs.set_status(self.run.pk, RunStatus.FINISHED, actor=self.opts.actor, using=using)
-        except KeyRotationError:
-            pass  # another worker finished it first, or an operator aborted it
+        self._retrying("finish", self._finish)
         return self.result
+
+    def _finish(self) -> None:
+        using = self.opts.using
+        with transaction.atomic(using=using):
+            ReencryptionRun.objects.using(using).filter(pk=self.run.pk).update(
+                rows_failed=QuarantinedValue.objects.using(using).filter(run=self.run).count()
+            )
+            try:
+                runs.set_status(self.run.pk, RunStatus.FINISHED, actor=self.opts.actor, using=using)
+            except KeyRotationError:
+                pass  # another worker finished it first, or an operator aborted it
 
 
 def _db_alive(using: str) -> bool:

@@ -172,7 +172,10 @@ def claim_chunk(run_id: int, *, stale_after: float = 60.0, using=None) -> Reencr
     with transaction.atomic(using=using):
         qs = ReencryptionChunk.objects.using(using).filter(run_id=run_id)
         candidates = qs.filter(
-            Q(status=ChunkStatus.PENDING) | Q(status=ChunkStatus.RUNNING, heartbeat_at__lt=stale)
+            Q(status=ChunkStatus.PENDING)
+            | Q(status=ChunkStatus.RUNNING, heartbeat_at__lt=stale)
+            # Our own chunk, after a lost connection made us drop it: ours to continue.
+            | Q(status=ChunkStatus.RUNNING, worker=me)
         )
         chunk = candidates.select_for_update(skip_locked=True).order_by("id").first()
         if chunk is None:
