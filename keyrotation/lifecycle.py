@@ -60,7 +60,17 @@ def _after_commit() -> None:
     transaction.on_commit(keyring.invalidate)
 
 
+MAX_KEY_VERSION = 32767  # the <field>_key_version columns are small integers
+
+
 def _new_key(keyring_name: str, purpose: str, version: int) -> DataKey:
+    if version > MAX_KEY_VERSION:
+        raise KeyStateError(
+            f"key versions stop at {MAX_KEY_VERSION} (the version columns are small integers)",
+            keyring=keyring_name,
+            purpose=purpose,
+            version=version,
+        )
     backend = keyring.kek_backend()
     wrapped, kek_id = backend.wrap(os.urandom(crypto.KEY_BYTES), context_for(keyring_name, purpose, version))
     now = timezone.now()

@@ -136,3 +136,9 @@ def test_rewrap_under_new_master_key_leaves_keys_usable(keys, master_key, settin
     keyring.clear_cache()
     assert keyring.decrypt("default", "a.B.c", token) == b"secret"
     assert KeyRotationAudit.objects.get(action="kek_rewrapped").rows_processed == 2
+
+
+def test_versions_stop_where_the_version_columns_stop(keys):
+    DataKey.objects.filter(purpose="encrypt").update(version=lifecycle.MAX_KEY_VERSION)
+    with pytest.raises(KeyStateError, match="key versions stop at 32767"):
+        lifecycle.rotate("default", "encrypt")
