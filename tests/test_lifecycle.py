@@ -119,6 +119,18 @@ def test_every_edge_has_a_reason():
 
 
 def test_rewrap_under_new_master_key_leaves_keys_usable(keys, master_key, settings):
+    from django.db import connection
+
+    from tests.testapp.models import Person
+
+    Person.objects.bulk_create(Person(name=str(i), email=f"u{i}@example.com") for i in range(50))
+
+    def raw_rows():
+        with connection.cursor() as cur:
+            cur.execute("SELECT id, email, email_key_version, email_bidx FROM testapp_person ORDER BY id")
+            return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in cur.fetchall()]
+
+    before = raw_rows()
     ring = keyring.get_keyring("default", "encrypt")
     token, version = ring.encrypt("a.B.c", b"secret")
     old_ids = set(DataKey.objects.values_list("kek_id", flat=True))
@@ -136,6 +148,8 @@ def test_rewrap_under_new_master_key_leaves_keys_usable(keys, master_key, settin
     keyring.clear_cache()
     assert keyring.decrypt("default", "a.B.c", token) == b"secret"
     assert KeyRotationAudit.objects.get(action="kek_rewrapped").rows_processed == 2
+    assert raw_rows() == before  # no user row touched
+    assert [p.email for p in Person.objects.order_by("pk")] == [f"u{i}@example.com" for i in range(50)]
 
 
 def test_versions_stop_where_the_version_columns_stop(keys):
