@@ -52,7 +52,8 @@ HASHED_FIELDS = (
 )
 
 
-def _utc(value: datetime) -> str:
+def utc_text(value: datetime) -> str:
+    """``2025-01-31T12:00:00.000000Z``: the form datetimes take in the hash and in exports."""
     if dj_timezone.is_naive(value):  # USE_TZ=False: Django stores local wall time
         value = dj_timezone.make_aware(value)
     return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -78,7 +79,7 @@ def canonical(row: dict[str, Any]) -> bytes:
     doc = {}
     for name in HASHED_FIELDS:
         value = row.get(name)
-        doc[name] = _utc(value) if isinstance(value, datetime) else _norm(value)
+        doc[name] = utc_text(value) if isinstance(value, datetime) else _norm(value)
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -204,7 +205,7 @@ class ChainReport:
     def __str__(self) -> str:
         if self.ok:
             return f"chain verified: {self.rows} rows"
-        when = _utc(self.broken_created_at) if self.broken_created_at else "?"
+        when = utc_text(self.broken_created_at) if self.broken_created_at else "?"
         return (
             f"chain broken at row #{self.broken_id} ({self.broken_action}, {when}): {self.reason}; "
             f"{self.rows} rows checked before it"
