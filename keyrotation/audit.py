@@ -2,16 +2,36 @@
 
 Callers pass identities and counts only; ``details`` must be JSON of ids, counts and versions.
 It is checked here for types so a careless caller cannot slip bytes (key material) into it.
+
+Every row is sealed into the hash chain (``audit_chain``). Appends are serialised so that two
+processes can never both extend the same tail (a fork):
+
+* PostgreSQL: ``pg_advisory_xact_lock`` on a fixed key, held until the caller's transaction ends;
+* SQLite: a no-op write takes the database's single writer lock before the tail is read;
+* everywhere: a unique constraint on ``prev_hash`` turns any fork that slips through (another
+  backend, an isolation level that reads an old snapshot) into an IntegrityError, never a fork.
+
+Lock order: callers take their row locks (DataKey, ReencryptionRun) first and call ``record()``
+last in their transaction, so the chain lock is always the last lock taken and cannot deadlock.
 """
 
 from __future__ import annotations
 
 import getpass
+import hashlib
+import math
 import os
 import socket
 from typing import Any
 
+from django.db import connections, router, transaction
+from django.utils import timezone
+
+from . import audit_chain
 from .models import KeyRotationAudit
+
+# Any fixed 64-bit key; the same in every process (derived from the name, documented here).
+_PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"keyrotation.audit.chain").digest()[:8], "big", signed=True)
 
 _ALLOWED_LEAVES = (str, int, float, bool, type(None))
 
@@ -35,6 +55,21 @@ def _check_details(value: Any, path: str = "details") -> None:
             _check_details(item, f"{path}[{i}]")
     elif not isinstance(value, _ALLOWED_LEAVES):
         raise TypeError(f"{path} must hold only JSON scalars, got {type(value).__name__}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path} must be a finite number (JSON has no NaN or infinity)")
+
+
+def _lock_chain(using: str) -> None:
+    """Serialise appends until the current transaction ends (see the module docstring)."""
+    conn = connections[using]
+    with conn.cursor() as cur:
+        if conn.vendor == "postgresql":
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", [_PG_LOCK_KEY])
+        elif conn.vendor == "sqlite":
+            # Takes SQLite's RESERVED (writer) lock now, before the tail is read below.
+            cur.execute(f"UPDATE {conn.ops.quote_name(KeyRotationAudit._meta.db_table)} SET id = id WHERE 0")
+        elif conn.vendor == "mysql":  # pragma: no cover - not in the test matrix
+            cur.execute("SELECT GET_LOCK('keyrotation.audit.chain', 30)")
 
 
 def record(
@@ -51,10 +86,19 @@ def record(
     details: dict[str, Any] | None = None,
     using: str | None = None,
 ) -> KeyRotationAudit:
-    """Append one audit row (call inside the transaction of the change it records)."""
+    """Append one audit row, sealed into the hash chain.
+
+    Call it inside the transaction of the change it records: the row commits or rolls back with
+    the change, and the chain lock is held until that transaction ends.
+
+    Raises:
+        TypeError, ValueError: ``details`` holds something other than JSON scalars.
+    """
     details = details or {}
     _check_details(details)
-    return KeyRotationAudit.objects.using(using).create(
+    using = using or router.db_for_write(KeyRotationAudit)
+    row = KeyRotationAudit(
+        created_at=timezone.now(),
         action=action,
         actor=actor or default_actor(),
         host=socket.gethostname()[:255],
@@ -68,3 +112,13 @@ def record(
         rows_failed=rows_failed,
         details=details,
     )
+    with transaction.atomic(using=using):
+        _lock_chain(using)
+        tail = KeyRotationAudit.objects.using(using).order_by("-id").values_list("row_hash", flat=True)
+        tail = tail.first()
+        row.chain_key_version, key = audit_chain.active_chain_key(using)
+        row.prev_hash = tail or ""
+        values = {name: getattr(row, name) for name in audit_chain.HASHED_FIELDS}
+        row.row_hash = audit_chain.row_hash(key, row.prev_hash, values)
+        row.save(using=using)
+    return row

@@ -63,8 +63,48 @@ class DataKey(models.Model):
         return f"{self.keyring}/{self.purpose} v{self.version} ({self.state})"
 
 
+class AppendOnlyError(Exception):
+    """An audit row was about to be changed or deleted through the ORM (the trail is append-only)."""
+
+
+_APPEND_ONLY = (
+    "the key rotation audit trail is append-only: rows cannot be {what} "
+    "(new rows are written by keyrotation.audit.record())"
+)
+
+
+class AuditQuerySet(models.QuerySet):
+    """Refuses every bulk write path; reads work as usual."""
+
+    def update(self, **kwargs):
+        raise AppendOnlyError(_APPEND_ONLY.format(what="updated"))
+
+    def delete(self):
+        raise AppendOnlyError(_APPEND_ONLY.format(what="deleted"))
+
+    def bulk_update(self, objs, fields, batch_size=None):
+        raise AppendOnlyError(_APPEND_ONLY.format(what="updated"))
+
+    def bulk_create(self, objs, *args, **kwargs):
+        raise AppendOnlyError(_APPEND_ONLY.format(what="bulk-created (they would not be chained)"))
+
+    def update_or_create(self, *args, **kwargs):
+        raise AppendOnlyError(_APPEND_ONLY.format(what="updated"))
+
+    def get_or_create(self, *args, **kwargs):
+        raise AppendOnlyError(_APPEND_ONLY.format(what="created outside record()"))
+
+    update.queryset_only = True
+    delete.queryset_only = True
+
+
 class KeyRotationAudit(models.Model):
-    """One row per event in the life of keys and runs. Never holds plaintext or key material."""
+    """One row per event in the life of keys and runs. Never holds plaintext or key material.
+
+    Append-only and tamper-evident: rows are written once by ``keyrotation.audit.record()``,
+    sealed into a keyed hash chain (``prev_hash``, ``row_hash``; see ``keyrotation.audit_chain``),
+    and never updated or deleted through the ORM.
+    """
 
     created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
     action = models.CharField(max_length=40, db_index=True)
@@ -81,14 +121,33 @@ class KeyRotationAudit(models.Model):
     details = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64, blank=True, editable=False)
     row_hash = models.CharField(max_length=64, blank=True, editable=False)
+    chain_key_version = models.PositiveIntegerField(
+        null=True, blank=True, editable=False, help_text="Version of the audit chain key that sealed it."
+    )
+
+    objects = AuditQuerySet.as_manager()
 
     class Meta:
         verbose_name = "key rotation audit entry"
         verbose_name_plural = "key rotation audit trail"
         ordering = ["-id"]
+        constraints = [
+            # Two rows claiming the same predecessor would fork the chain: refuse the second.
+            models.UniqueConstraint(fields=["prev_hash"], name="keyrotation_audit_no_fork"),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.action} {self.keyring}/{self.purpose} ({self.status})"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError(_APPEND_ONLY.format(what="updated"))
+        if not self.row_hash:
+            raise AppendOnlyError("audit rows must be written by keyrotation.audit.record() (unsealed row)")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError(_APPEND_ONLY.format(what="deleted"))
 
 
 class RunStatus(models.TextChoices):

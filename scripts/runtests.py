@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,25 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def ensure_chromium() -> None:
+    """Install Debian's chromium and chromium-driver for the browser tests when they are missing.
+
+    Like ``command -v chromium || apt-get install -y chromium chromium-driver`` (with one
+    ``apt-get update`` and a retry if the first install fails). Without root or apt-get the
+    browser tests skip and say why.
+    """
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return
+    header("installing chromium and chromium-driver (browser tests)")
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        print("cannot install them here (needs root and apt-get); the browser tests will skip", flush=True)
+        return
+    install = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if run(install, env) != 0 and run(["apt-get", "update", "-q"], env) == 0:
+        run(install, env)
+
+
 def run(cmd: list[str], env: dict[str, str]) -> int:
     print("$ " + " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
@@ -65,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     base_env = dict(os.environ)
     results: list[tuple[str, str, float]] = []
+
+    if {"sqlite", "postgres"} & set(phases):
+        ensure_chromium()
 
     with ExitStack() as stack:
         needs_servers = {"sqlite", "postgres"} & set(phases)

@@ -23,7 +23,8 @@ def test_init_rotate_list_json():
     out = run("--purpose", "encrypt")
     assert "new active key default/encrypt v2 (active)" in out and "reencrypt" in out
     listed = json.loads(run("--list", "--json"))["keys"]
-    assert [(k["purpose"], k["version"], k["state"]) for k in listed] == [
+    assert {k["keyring"] for k in listed} == {"default", "_audit_chain"}
+    assert [(k["purpose"], k["version"], k["state"]) for k in listed if k["keyring"] == "default"] == [
         ("encrypt", 1, "decrypt_only"),
         ("encrypt", 2, "active"),
         ("index", 1, "active"),
@@ -79,7 +80,7 @@ def test_destroy_only_after_retire(settings):
 
 def test_rewrap_and_rotate_kek_flag_rules():
     run("--init")
-    assert "re-wrapped 2 data key(s) under local:" in run("--rewrap")
+    assert "re-wrapped 3 data key(s) under local:" in run("--rewrap")  # + the audit chain key
     with pytest.raises(CommandError, match="--rotate-kek goes with --rewrap"):
         run("--rotate-kek")
     with pytest.raises(CommandError, match="rotated by configuration"):

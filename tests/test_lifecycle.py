@@ -4,7 +4,7 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.test import override_settings
 
-from keyrotation import keyring, lifecycle
+from keyrotation import audit_chain, keyring, lifecycle
 from keyrotation.exceptions import KeyStateError, NoActiveKey, UnknownKeyVersion
 from keyrotation.models import DataKey, KeyRotationAudit
 
@@ -140,14 +140,15 @@ def test_rewrap_under_new_master_key_leaves_keys_usable(keys, master_key, settin
         "KEK": {"BACKEND": "local", "KEYS": [master_key, old_key]},
     }
     keyring.clear_cache()
-    assert lifecycle.rewrap(actor="ops") == 2
+    assert lifecycle.rewrap(actor="ops") == 3  # both data keys and the audit chain key
     new_ids = set(DataKey.objects.values_list("kek_id", flat=True))
     assert new_ids.isdisjoint(old_ids) and len(new_ids) == 1
     # The old master key can now be dropped entirely.
     settings.KEYROTATION = {**settings.KEYROTATION, "KEK": {"BACKEND": "local", "KEYS": [master_key]}}
     keyring.clear_cache()
     assert keyring.decrypt("default", "a.B.c", token) == b"secret"
-    assert KeyRotationAudit.objects.get(action="kek_rewrapped").rows_processed == 2
+    assert KeyRotationAudit.objects.get(action="kek_rewrapped").rows_processed == 3
+    assert audit_chain.verify().ok  # the chain key survived the KEK change
     assert raw_rows() == before  # no user row touched
     assert [p.email for p in Person.objects.order_by("pk")] == [f"u{i}@example.com" for i in range(50)]
 

@@ -1,0 +1,257 @@
+"""Admin: read-only keys, audit trail and runs, and the rotation status page.
+
+Everything is read-only: keys change through ``rotatekeys`` (or ``keyrotation.lifecycle``), the
+audit trail is append-only, and runs move only through the engine. The one write is pause /
+resume / abort of a run from the status page, for users with ``keyrotation.control_reencryptionrun``.
+
+The classes are registered on ``admin.site``; for a custom ``AdminSite`` call :func:`register`.
+``wrapped_key`` is excluded from every form, list and page.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from . import admin_views, audit_chain, census, conf, registry
+from .engine import runs
+from .models import DataKey, KeyRotationAudit, QuarantinedValue, ReencryptionRun
+
+MASK = "••••••••"
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """View permission only: no add, change or delete, whoever the user is."""
+
+    actions = None
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class DataKeyAdmin(ReadOnlyAdmin):
+    """Key versions, their state and KEK, and how many rows reference each (the census)."""
+
+    list_display = [
+        "keyring",
+        "purpose",
+        "version",
+        "state",
+        "kek_id",
+        "rows_referencing",
+        "created_at",
+        "activated_at",
+        "deactivated_at",
+        "retired_at",
+        "destroyed_at",
+    ]
+    list_filter = ["keyring", "purpose", "state"]
+    fields = [
+        "keyring",
+        "purpose",
+        "version",
+        "state",
+        "kek_id",
+        "census",
+        "created_at",
+        "activated_at",
+        "deactivated_at",
+        "retired_at",
+        "destroyed_at",
+    ]
+    exclude = ["wrapped_key"]
+    readonly_fields = fields
+    search_fields = ["keyring", "kek_id"]
+
+    def get_queryset(self, request):
+        # Never load the wrapped material, not even into memory for a page.
+        return super().get_queryset(request).defer("wrapped_key")
+
+    def _references(self, obj) -> dict[str, int]:
+        if obj.keyring == audit_chain.AUDIT_KEYRING:
+            n = KeyRotationAudit.objects.filter(chain_key_version=obj.version).count()
+            return {"audit rows sealed": n}
+        return census.references(obj.keyring, obj.purpose, obj.version)
+
+    @admin.display(description="rows referencing")
+    def rows_referencing(self, obj):
+        return sum(self._references(obj).values())
+
+    @admin.display(description="census")
+    def census(self, obj):
+        refs = self._references(obj)
+        if not refs:
+            return "no registered column uses this keyring"
+        return format_html(
+            "<br>".join(["{}: {}"] * len(refs)), *[x for item in sorted(refs.items()) for x in item]
+        )
+
+
+class KeyRotationAuditAdmin(ReadOnlyAdmin):
+    """The append-only audit trail, with the state of its hash chain above the list."""
+
+    change_list_template = "admin/keyrotation/keyrotationaudit/change_list.html"
+    list_display = [
+        "id",
+        "created_at",
+        "action",
+        "status",
+        "actor",
+        "keyring",
+        "purpose",
+        "from_version",
+        "to_version",
+        "rows_processed",
+        "short_hash",
+    ]
+    list_filter = ["action", "status", "keyring"]
+    date_hierarchy = "created_at"
+    search_fields = ["actor"]
+    readonly_fields = [f.name for f in KeyRotationAudit._meta.fields]
+
+    @admin.display(description="row hash")
+    def short_hash(self, obj):
+        return f"{obj.row_hash[:12]}…" if obj.row_hash else "-"
+
+    def changelist_view(self, request, extra_context=None):
+        extra = {"chain": audit_chain.verify(), **(extra_context or {})}
+        return super().changelist_view(request, extra_context=extra)
+
+
+class ReencryptionRunAdmin(ReadOnlyAdmin):
+    """Runs with their progress; also serves the rotation status page and its controls."""
+
+    change_list_template = "admin/keyrotation/reencryptionrun/change_list.html"
+    list_display = ["id", "status", "scope", "actor", "progress", "started_at", "heartbeat", "finished_at"]
+    list_filter = ["status"]
+    readonly_fields = [f.name for f in ReencryptionRun._meta.fields] + ["progress", "heartbeat"]
+    search_fields = ["scope", "actor"]
+
+    @staticmethod
+    def _progress(obj) -> dict:
+        if not hasattr(obj, "_keyrotation_progress"):
+            obj._keyrotation_progress = runs.progress(obj)
+        return obj._keyrotation_progress
+
+    @admin.display(description="progress")
+    def progress(self, obj):
+        prog = self._progress(obj)
+        pct = 100.0 if not obj.rows_total else min(100.0, 100.0 * prog["rows_done"] / obj.rows_total)
+        return format_html(
+            '<progress max="100" value="{}"></progress> {} / {} rows ({}%), {}/{} chunks',
+            f"{pct:.1f}",
+            f"{prog['rows_done']:,}",
+            f"{obj.rows_total:,}",
+            f"{pct:.1f}",
+            prog["done"],
+            prog["chunks"],
+        )
+
+    @admin.display(description="last heartbeat")
+    def heartbeat(self, obj):
+        return self._progress(obj)["heartbeat"] or "-"
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "status/", view(admin_views.StatusView.as_view(model_admin=self)), name="keyrotation_status"
+            ),
+            path(
+                "status.json",
+                view(admin_views.StatusJSONView.as_view(model_admin=self)),
+                name="keyrotation_status_json",
+            ),
+            path(
+                "<int:run_id>/<str:action>/",
+                view(admin_views.ControlView.as_view(model_admin=self)),
+                name="keyrotation_run_control",
+            ),
+            *super().get_urls(),
+        ]
+
+
+class QuarantinedValueAdmin(ReadOnlyAdmin):
+    """Values a run could not decrypt (where and why; never the value)."""
+
+    list_display = ["id", "run", "label", "pk_value", "key_version", "reason", "created_at"]
+    list_filter = ["label"]
+    search_fields = ["label", "pk_value"]
+    readonly_fields = [f.name for f in QuarantinedValue._meta.fields]
+
+
+class EncryptedFieldsAdminMixin:
+    """Mask encrypted fields in ``list_display`` when ``KEYROTATION["MASK_IN_CHANGELIST"]`` is on.
+
+    The masked column never decrypts the value: it shows the empty value for rows without one
+    (from the ``<field>_key_version`` column) and a fixed mask otherwise, so the length does not
+    leak either. Forms keep the base field's widget.
+
+    Example::
+
+        @admin.register(Person)
+        class PersonAdmin(EncryptedFieldsAdminMixin, admin.ModelAdmin):
+            list_display = ["name", "email"]
+    """
+
+    def _encrypted_columns(self) -> dict[str, registry.Column]:
+        concrete = self.model._meta.concrete_model
+        return {
+            c.field_name: c
+            for c in registry.columns(purpose="encrypt")
+            if c.model._meta.concrete_model is concrete
+        }
+
+    def _masked(self, name: str, column: registry.Column):
+        field = self.model._meta.get_field(name)
+        empty = self.get_empty_value_display()
+
+        def masked(obj):
+            return empty if getattr(obj, column.version_attname) is None else MASK
+
+        masked.short_description = field.verbose_name
+        masked.__name__ = f"{name}_masked"
+        return masked
+
+    def get_list_display(self, request):
+        names = super().get_list_display(request)
+        if not conf.mask_in_changelist():
+            return names
+        cols = self._encrypted_columns()
+        return [self._masked(n, cols[n]) if isinstance(n, str) and n in cols else n for n in names]
+
+    def get_list_display_links(self, request, list_display):
+        links = super().get_list_display_links(request, list_display)
+        if not conf.mask_in_changelist() or not links:
+            return links
+        by_name = {getattr(n, "__name__", n): n for n in list_display}
+        return [by_name.get(f"{link}_masked", link) for link in links]
+
+
+ADMINS = {
+    DataKey: DataKeyAdmin,
+    KeyRotationAudit: KeyRotationAuditAdmin,
+    ReencryptionRun: ReencryptionRunAdmin,
+    QuarantinedValue: QuarantinedValueAdmin,
+}
+
+
+def register(site: admin.AdminSite) -> None:
+    """Register the keyrotation admins (and the status page) on a custom ``AdminSite``."""
+    for model, model_admin in ADMINS.items():
+        site.register(model, model_admin)
+
+
+def status_url(site: admin.AdminSite = admin.site) -> str:
+    """URL of the rotation status page on ``site``."""
+    return reverse(f"{site.name}:keyrotation_status")
+
+
+register(admin.site)
