@@ -267,6 +267,15 @@ def restore(keyring_name: str | None, purpose: str, version: int, *, actor: str 
 def destroy(keyring_name: str | None, purpose: str, version: int, *, actor: str | None = None) -> DataKey:
     """Erase the wrapped material of a retired version (irreversible crypto-shredding)."""
     keyring_name = keyring_name or conf.default_keyring()
+    from .audit_chain import AUDIT_KEYRING
+
+    if keyring_name == AUDIT_KEYRING:
+        raise KeyStateError(
+            "the audit chain key is never destroyed: the audit rows it sealed would become unverifiable",
+            keyring=keyring_name,
+            purpose=purpose,
+            version=version,
+        )
     with transaction.atomic():
         key = _find(_locked(keyring_name, purpose), version, keyring_name, purpose)
         _set_state(key, DESTROYED)

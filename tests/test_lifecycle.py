@@ -157,3 +157,10 @@ def test_versions_stop_where_the_version_columns_stop(keys):
     DataKey.objects.filter(purpose="encrypt").update(version=lifecycle.MAX_KEY_VERSION)
     with pytest.raises(KeyStateError, match="key versions stop at 32767"):
         lifecycle.rotate("default", "encrypt")
+
+
+def test_audit_chain_key_is_never_destroyed(keys):
+    from keyrotation.audit_chain import AUDIT_KEYRING
+
+    with pytest.raises(KeyStateError, match="never destroyed"):
+        lifecycle.destroy(AUDIT_KEYRING, "index", 1)
