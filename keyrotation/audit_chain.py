@@ -162,9 +162,7 @@ def chain_keys(using: str | None = None, datakey_model=None) -> dict[int, bytes 
         .filter(keyring=AUDIT_KEYRING, purpose=AUDIT_PURPOSE)
         .values_list("version", "state", "wrapped_key")
     )
-    return {
-        v: _subkey(v, bytes(w)) if w is not None else None for v, s, w in rows
-    }
+    return {v: _subkey(v, bytes(w)) if w is not None else None for v, s, w in rows}
 
 
 def seal_legacy(audit_model, datakey_model, using: str) -> int:

@@ -221,8 +221,9 @@ def test_audit_admin_shows_chain_status_and_searches_actors(root, keys):
 
 
 def test_runs_and_quarantine_lists(root, run):
-    QuarantinedValue.objects.create(run=run, label="testapp.Person.email", pk_value="7", key_version=1,
-                                    reason="does not decrypt")
+    QuarantinedValue.objects.create(
+        run=run, label="testapp.Person.email", pk_value="7", key_version=1, reason="does not decrypt"
+    )
     body = root.get(reverse("admin:keyrotation_reencryptionrun_changelist")).content.decode()
     assert "<progress" in body and "0 / 0 rows" in body
     body = root.get(reverse("admin:keyrotation_quarantinedvalue_changelist")).content.decode()

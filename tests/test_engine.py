@@ -334,3 +334,28 @@ def test_adaptive_batch_size_and_rate_limit():
     assert slept and abs(slept[-1] - 1.6) < 1e-9  # 1000 rows at 500/s = 2 s; 0.4 s spent
     t.after_batch(500, 0.01)
     assert t.batch_size == 1000  # grows at most x2
+
+
+def test_uuid_primary_keys(keys):
+    from tests.testapp.models import Secret
+
+    values = {s.pk: s.value for s in Secret.objects.bulk_create(Secret(value=f"s{i}") for i in range(120))}
+    rotate_all()
+    batches = []
+
+    def stop_after_two(batch):
+        batches.append(batch)
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.reencrypt(["testapp.Secret"], batch_size=25, on_batch=stop_after_two)
+    report = engine.reencrypt(["testapp.Secret"], batch_size=25, stale_after=0)
+    assert report.ok and report.joined and report.rows_done == 70
+    keyring.clear_cache()
+    assert {s.pk: s.value for s in Secret.objects.all()} == values
+    assert set(Secret.objects.values_list("value_key_version", "value_bidx_key_version").distinct()) == {
+        (2, 2)
+    }
+    assert Secret.objects.get(value="s7").value == "s7"
+    assert engine.verify(["testapp.Secret"])["failure_count"] == 0

@@ -41,6 +41,19 @@ RUN_TRANSITIONS: dict[tuple[str, str], str] = {
 }
 OPEN_STATUSES = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.INTERRUPTED)
 CHUNK_PK_SPAN = 50_000
+INTEGER_PK_TYPES = frozenset(
+    {
+        "AutoField",
+        "BigAutoField",
+        "SmallAutoField",
+        "IntegerField",
+        "BigIntegerField",
+        "SmallIntegerField",
+        "PositiveIntegerField",
+        "PositiveBigIntegerField",
+        "PositiveSmallIntegerField",
+    }
+)
 
 
 def worker_id() -> str:
@@ -116,21 +129,12 @@ def open_run(plans, scope, *, actor=None, options=None, chunk_span=CHUNK_PK_SPAN
         chunks, total = [], 0
         for plan in plans:
             pk = plan.model._meta.pk
-            agg = (
-                plan.model._base_manager.using(using)
-                .filter(plan.pending_q())
-                .aggregate(lo=Min("pk"), hi=Max("pk"), n=Count("pk"))
-            )
+            integer_pk = pk.get_internal_type() in INTEGER_PK_TYPES
+            pending = plan.model._base_manager.using(using).filter(plan.pending_q())
+            # Ranges only for integer keys (PostgreSQL has no min(uuid)); others get one chunk.
+            bounds = {"lo": Min("pk"), "hi": Max("pk")} if integer_pk else {}
+            agg = pending.aggregate(n=Count("pk"), **bounds)
             total += agg["n"]
-            integer_pk = pk.get_internal_type() in {
-                "AutoField",
-                "BigAutoField",
-                "SmallAutoField",
-                "IntegerField",
-                "BigIntegerField",
-                "PositiveIntegerField",
-                "PositiveBigIntegerField",
-            }
             if agg["n"] and integer_pk:
                 lo = agg["lo"] - 1
                 while lo < agg["hi"]:
@@ -201,6 +205,8 @@ def release_chunk(chunk: ReencryptionChunk, using=None) -> None:
 
 def persist_batch(chunk: ReencryptionChunk, cursor, rows: int, using=None) -> None:
     """Record a batch's progress; call inside the batch's transaction."""
+    if not isinstance(cursor, (int, str)):
+        cursor = str(cursor)  # UUID and other keys: stored as text, cast back by the SQL
     ReencryptionChunk.objects.using(using).filter(pk=chunk.pk).update(
         cursor=cursor, rows_done=chunk.rows_done + rows, heartbeat_at=timezone.now()
     )

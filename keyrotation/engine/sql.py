@@ -78,11 +78,13 @@ def select_batch(
     pending, params = _pending_sql(plan, q)
     where = [pending]
     pk = q(plan.pk_column)
+    # Cursors come back from JSON as int or str: cast to the key's type on PostgreSQL.
+    cast = f"::{_pk_type(plan, conn)}" if conn.vendor == "postgresql" else ""
     if lo is not None:
-        where.append(f"{pk} > %s")
+        where.append(f"{pk} > %s{cast}")
         params.append(lo)
     if hi is not None:
-        where.append(f"{pk} <= %s")
+        where.append(f"{pk} <= %s{cast}")
         params.append(hi)
     sql = (
         f"SELECT {', '.join(q(c) for c in read_columns(plan))} FROM {q(plan.table)} "
@@ -123,6 +125,13 @@ def write_batch(plan: ModelPlan, using: str, rows: Sequence[Row], guards: Sequen
     return _write_generic(plan, conn, rows, guards)
 
 
+def _pk_type(plan: ModelPlan, conn) -> str:
+    """The SQL type of the primary key, for casts (``serial`` columns are plain integers)."""
+    pk = plan.model._meta.pk
+    pk_type = pk.target_field.rel_db_type(conn) if pk.is_relation else pk.rel_db_type(conn)
+    return {"serial": "integer", "bigserial": "bigint", "smallserial": "smallint"}.get(pk_type, pk_type)
+
+
 def _set_columns(plan: ModelPlan) -> list[str]:
     cols = []
     for c in [*plan.enc, *plan.idx]:
@@ -137,9 +146,7 @@ def _guard_columns(plan: ModelPlan) -> list[str]:
 
 def _write_postgresql(plan, conn, rows, guards) -> int:
     q = conn.ops.quote_name
-    pk_type = plan.model._meta.pk.rel_db_type(conn) if plan.model._meta.pk.is_relation else None
-    pk_type = pk_type or plan.model._meta.pk.db_type(conn)
-    pk_type = {"serial": "integer", "bigserial": "bigint", "smallserial": "smallint"}.get(pk_type, pk_type)
+    pk_type = _pk_type(plan, conn)
     sets = _set_columns(plan)
     guard_versions = [c.version_column for c in [*plan.enc, *plan.idx]]
     types = [pk_type] + ["bytea", "integer"] * (len(sets) // 2) + ["integer"] * len(guard_versions)

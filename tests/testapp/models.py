@@ -1,5 +1,7 @@
 """Models used only by the test suite."""
 
+import uuid
+
 from django.db import models
 
 from keyrotation.fields import BlindIndexField, EncryptedField
@@ -48,3 +50,14 @@ class AllTypes(models.Model):
 
     def __str__(self) -> str:
         return f"alltypes {self.pk}"
+
+
+class Secret(models.Model):
+    """A UUID primary key: chunk cursors that are not integers."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    value = EncryptedField(models.TextField())
+    value_bidx = BlindIndexField(source="value")
+
+    def __str__(self) -> str:
+        return f"secret {self.pk}"
