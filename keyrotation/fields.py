@@ -219,7 +219,7 @@ class EncryptedField(models.Field):
             DecryptionError: naming the label, ``pk`` and key version; never a byte of the value.
         """
         try:
-            data = keyring.decrypt(self.keyring_name, self.label, sealed.token, pk=pk)
+            data = keyring.decrypt(self.keyring_name, self.label, sealed.token, pk=pk, version=sealed.version)
         except KeyringError as exc:
             raise DecryptionError(
                 f"Cannot decrypt: {type(exc).__name__}", label=self.label, pk=pk, version=sealed.version

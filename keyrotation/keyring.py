@@ -16,6 +16,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from django.core.signals import setting_changed
+
 from . import conf, crypto
 from .exceptions import DecryptionError, KeyStateError, NoActiveKey, UnknownKeyVersion
 from .kek import KEKBackend, context_for, load_backend
@@ -83,6 +85,8 @@ class Keyring:
         active = [kv.version for kv in versions if kv.state == "active"]
         self._active = active[0] if active else None
         self._subkeys: dict[tuple[int, str], bytes] = {}
+        self._ciphers: dict[tuple[int, str], crypto.Cipher] = {}
+        self.expires_at = loaded_at  # set by the cache: when this listing stops being trusted
 
     def __repr__(self) -> str:
         states = ", ".join(f"v{v}={kv.state}" for v, kv in sorted(self._versions.items()))
@@ -134,15 +138,24 @@ class Keyring:
 
     # -- encrypt purpose -------------------------------------------------------------------
 
+    def cipher(self, version: int, label: str) -> crypto.Cipher:
+        """The column's cipher at ``version`` (state-checked like :meth:`subkey`), cached."""
+        cipher = self._ciphers.get((version, label))
+        if cipher is None:
+            cipher = self._ciphers[(version, label)] = crypto.Cipher(
+                self.subkey(version, label), version, label
+            )
+        return cipher
+
     def encrypt(self, label: str, plaintext: bytes) -> tuple[bytes, int]:
         """Encrypt under the active version; return (token, version)."""
         version = self.active_version
-        return crypto.encrypt(self.subkey(version, label), version, label, plaintext), version
+        return self.cipher(version, label).encrypt(plaintext), version
 
     def decrypt(self, label: str, token: bytes, version: int) -> bytes:
         """Open a token whose header names ``version`` (already known to this keyring)."""
         try:
-            return crypto.decrypt(self.subkey(version, label), label, token)
+            return self.cipher(version, label).decrypt(token)
         except crypto.InvalidToken:
             raise DecryptionError(label=label, version=version) from None
 
@@ -167,10 +180,15 @@ class _Cache:
         self.loads = 0  # how many times a keyring was listed from the database
 
     def get(self, name: str, purpose: str, *, max_age: float | None = None) -> Keyring:
-        ttl = conf.cache_seconds() if max_age is None else max_age
         ring = self._rings.get((name, purpose))
         now = time.monotonic()
-        if ring is None or now - ring.loaded_at >= ttl:
+        # The TTL is read when a keyring is listed, not per value (settings lookups are not free);
+        # a change of KEYROTATION clears the cache (see _on_setting_changed).
+        if (
+            ring is None
+            or now >= ring.expires_at
+            or (max_age is not None and now - ring.loaded_at >= max_age)
+        ):
             ring = self._load(name, purpose, now)
         return ring
 
@@ -182,6 +200,7 @@ class _Cache:
         )
         versions = [KeyVersion(v, s, bytes(w) if w is not None else None) for v, s, w in rows]
         ring = Keyring(name, purpose, versions, now)
+        ring.expires_at = now + conf.cache_seconds()
         with self._lock:
             self._rings[(name, purpose)] = ring
             self.loads += 1
@@ -213,18 +232,22 @@ def encrypt(name: str, label: str, plaintext: bytes) -> tuple[bytes, int]:
     return get_keyring(name, "encrypt").encrypt(label, plaintext)
 
 
-def decrypt(name: str, label: str, token: bytes, *, pk: object = None) -> bytes:
+def decrypt(name: str, label: str, token: bytes, *, pk: object = None, version: int | None = None) -> bytes:
     """Decrypt a stored token for column ``label``.
 
     Raises:
         DecryptionError: the token does not open (naming label, pk and version, nothing else).
         UnknownKeyVersion, KeyStateError: the version does not exist or is retired/destroyed.
         KEKUnavailable: the data key could not be unwrapped.
+
+    ``version`` may be passed when the caller already parsed the header (it is checked again
+    by the cipher: a token whose header names another version does not open).
     """
-    try:
-        version = crypto.token_version(token)
-    except crypto.InvalidToken:
-        raise DecryptionError("Malformed encrypted value", label=label, pk=pk) from None
+    if version is None:
+        try:
+            version = crypto.token_version(token)
+        except crypto.InvalidToken:
+            raise DecryptionError("Malformed encrypted value", label=label, pk=pk) from None
     ring = keyring_for_version(name, "encrypt", version)
     try:
         return ring.decrypt(label, token, version)
@@ -246,3 +269,11 @@ def invalidate() -> None:
 def kek_backend() -> KEKBackend:
     """The process's KEK backend instance (shared with the keyring cache)."""
     return _UNWRAPPED.backend()
+
+
+def _on_setting_changed(*, setting: str, **kwargs) -> None:
+    if setting == "KEYROTATION":
+        clear_cache()
+
+
+setting_changed.connect(_on_setting_changed)

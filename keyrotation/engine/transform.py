@@ -52,7 +52,7 @@ def open_value(col: EncColumn, pk: Any, token: bytes, version: int | None, rings
         raise RowFailureError(RowFailure(col.label, pk, version, f"header names version {header_version}"))
     ring = rings.get(col.keyring, header_version)
     try:
-        return crypto.decrypt(ring.subkey(header_version, col.label), col.label, token)
+        return ring.cipher(header_version, col.label).decrypt(token)
     except crypto.InvalidToken:
         raise RowFailureError(RowFailure(col.label, pk, version, "authentication failed")) from None
     except KEKUnavailable:
@@ -71,7 +71,7 @@ class BatchTransformer:
         self._enc_rings = {c.keyring: keyring.get_keyring(c.keyring, "encrypt") for c in plan.enc}
         self._idx_rings = {c.keyring: keyring.get_keyring(c.keyring, "index") for c in plan.idx}
         # Target subkeys resolved once: a target that is no longer usable fails the batch early.
-        self._enc_target = {c.label: self._enc_rings[c.keyring].subkey(c.target, c.label) for c in plan.enc}
+        self._enc_target = {c.label: self._enc_rings[c.keyring].cipher(c.target, c.label) for c in plan.enc}
         self._idx_target = {c.label: self._idx_rings[c.keyring].subkey(c.target, c.label) for c in plan.idx}
 
     def transform(self, row: tuple) -> tuple[tuple, tuple]:
@@ -98,7 +98,7 @@ class BatchTransformer:
                 continue
             pt = open_value(col, pk, token, version, self.rings)
             plaintexts[col.label] = pt
-            new += [crypto.encrypt(self._enc_target[col.label], col.target, col.label, pt), col.target]
+            new += [self._enc_target[col.label].encrypt(pt), col.target]
         idx_values = [(row[i + 2 * k], row[i + 2 * k + 1]) for k in range(len(plan.idx))]
         i += 2 * len(plan.idx)
         extras = {}
