@@ -13,7 +13,7 @@ from django.core import checks
 from django.db import models
 
 from . import codecs, conf, keyring, registry
-from .fields import EncryptedField, Sealed, _add_version_field
+from .fields import NOT_ADOPTED, EncryptedField, Sealed, _add_version_field
 
 
 def normalize_text(value: str) -> str:
@@ -136,6 +136,8 @@ class BlindIndexField(models.BinaryField):
         """
         raw = instance.__dict__.get(self.source_field.attname)
         current = instance.__dict__.get(self.attname)
+        if raw is NOT_ADOPTED:
+            return current  # the source still lives in its legacy column: reencrypt indexes it
         if isinstance(raw, Sealed) and current is not None and raw.field is self.source_field:
             return current
         digest, version = self.index_value(getattr(instance, self.source_field.attname))

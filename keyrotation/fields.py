@@ -59,6 +59,29 @@ class Sealed:
         return f"<encrypted {self.field.label} (key version {self.version})>"
 
 
+class _NotAdopted:
+    """The value of an adopting field whose new column is NULL, as loaded (or never assigned).
+
+    Reading the attribute replaces it by the decoded legacy value (or ``None``); writing a row that
+    still holds it leaves the legacy column as it is. Any assigned value, ``None`` included, is a
+    write of the field: the legacy column is then set to NULL in the same statement.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<not adopted yet>"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "NOT_ADOPTED"
+
+
+NOT_ADOPTED = _NotAdopted()
+
+
 class KeyVersionField(models.PositiveSmallIntegerField):
     """The ``<name>_key_version`` companion column, added by the field it describes.
 
@@ -97,7 +120,10 @@ class EncryptedAttribute(DeferredAttribute):
         if instance is None:
             return self
         value = super().__get__(instance, cls)
-        if isinstance(value, Sealed):
+        if value is NOT_ADOPTED:
+            value = self.field.read_legacy(instance)
+            instance.__dict__[self.field.attname] = value
+        elif isinstance(value, Sealed):
             value = value.field.open(value, pk=instance.pk)
             instance.__dict__[self.field.attname] = value
         return value
@@ -115,6 +141,12 @@ class EncryptedField(models.Field):
             BooleanField, JSONField, BinaryField or UUIDField. It may not be a primary key,
             ``unique`` or ``db_index`` (a ciphertext is random: use a ``BlindIndexField``).
         keyring: the keyring name (default ``KEYROTATION["DEFAULT_KEYRING"]``, read when used).
+        adopt_from: name of a concrete, nullable field of the same model that holds the data to
+            adopt (plaintext, or another library's ciphertext). While it is set, reading returns
+            the new value if there is one, else the decoded legacy value; every write of this
+            field sets the legacy column to NULL; ``reencrypt`` adopts the remaining rows. Not
+            written into migrations (like ``legacy``): removing it needs no migration.
+        legacy: a decoder from :mod:`keyrotation.legacy` (default ``Plaintext()``).
         **kwargs: ordinary field options (``null``, ``blank``, ``default``, ``verbose_name``...).
 
     Raises:
@@ -129,7 +161,14 @@ class EncryptedField(models.Field):
     descriptor_class = EncryptedAttribute
     empty_strings_allowed = False
 
-    def __init__(self, base_field: models.Field, keyring: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        base_field: models.Field,
+        keyring: str | None = None,
+        adopt_from: str | None = None,
+        legacy: Any = None,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(base_field, models.Field):
             raise TypeError(f"EncryptedField: base_field must be a field instance, got {base_field!r}")
         if codecs.kind(base_field) is None:
@@ -145,8 +184,20 @@ class EncryptedField(models.Field):
                 )
         if keyring is not None and (not isinstance(keyring, str) or not keyring):
             raise TypeError("EncryptedField: keyring must be a non-empty string")
+        if adopt_from is not None and (not isinstance(adopt_from, str) or not adopt_from):
+            raise TypeError("EncryptedField: adopt_from must be the name of a field of the same model")
+        if legacy is not None and adopt_from is None:
+            raise TypeError("EncryptedField: legacy= needs adopt_from=")
+        if adopt_from is not None and legacy is None:
+            from .legacy import Plaintext
+
+            legacy = Plaintext()
+        if legacy is not None and not callable(getattr(legacy, "decode", None)):
+            raise TypeError("EncryptedField: legacy must be a decoder from keyrotation.legacy")
         self.base_field = base_field
         self.keyring = keyring
+        self.adopt_from = adopt_from
+        self.legacy = legacy
         self.blind_indexes: list[Any] = []  # BlindIndexField instances, filled at class_prepared
         super().__init__(**kwargs)
         base_field.null, base_field.blank = self.null, self.blank
@@ -172,6 +223,7 @@ class EncryptedField(models.Field):
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
         errors = super().check(**kwargs)
         errors += [e for e in self.base_field.check() if e.level >= checks.ERROR]
+        errors += self._check_adopt_from()
         ordering = [o for o in getattr(self.model._meta, "ordering", []) if isinstance(o, str)]
         if self.name in (o.lstrip("-?") for o in ordering):
             errors.append(
@@ -183,6 +235,64 @@ class EncryptedField(models.Field):
                 )
             )
         return errors
+
+    def _check_adopt_from(self) -> list[checks.CheckMessage]:
+        if not self.adopt_from:
+            return []
+        try:
+            legacy = self.model._meta.get_field(self.adopt_from)
+        except Exception:  # noqa: BLE001 - FieldDoesNotExist
+            legacy = None
+        if (
+            legacy is None
+            or legacy is self
+            or not getattr(legacy, "concrete", False)
+            or isinstance(legacy, EncryptedField)
+            or legacy.is_relation
+            or not legacy.null
+        ):
+            return [
+                checks.Error(
+                    f"EncryptedField '{self.name}': adopt_from '{self.adopt_from}' must name a concrete, "
+                    f"nullable, non-encrypted field of {self.model._meta.label}.",
+                    hint="Declare the legacy column as a plain field with null=True (see docs/adoption.md).",
+                    obj=self,
+                    id="keyrotation.E103",
+                )
+            ]
+        return []
+
+    @property
+    def legacy_attname(self) -> str | None:
+        """Attribute name of the legacy column this field adopts from (None when not adopting)."""
+        if not self.adopt_from:
+            return None
+        return self.model._meta.get_field(self.adopt_from).attname
+
+    def read_legacy(self, instance: models.Model) -> Any:
+        """The decoded value of the legacy column of ``instance`` (None when it is NULL).
+
+        Raises:
+            DecryptionError: naming the label and pk; never a byte of the stored value.
+        """
+        if not self.adopt_from:
+            return None
+        raw = getattr(instance, self.legacy_attname)
+        if raw is None:
+            return None
+        from .legacy import LegacyDecodeError, decode_value
+
+        try:
+            return decode_value(self, raw)
+        except LegacyDecodeError as exc:
+            raise DecryptionError(
+                f"Legacy value does not decode ({self.legacy.name}: {exc})", label=self.label, pk=instance.pk
+            ) from None
+
+    def get_default(self) -> Any:
+        if self.adopt_from and not self.has_default():
+            return NOT_ADOPTED  # a new row given only its legacy value keeps it
+        return super().get_default()
 
     @property
     def label(self) -> str:
@@ -197,7 +307,7 @@ class EncryptedField(models.Field):
 
     def seal_value(self, value: Any) -> Sealed | None:
         """Encrypt a plaintext value under the active key (``None`` stays ``None``)."""
-        if value is None:
+        if value is None or value is NOT_ADOPTED:
             return None
         if isinstance(value, Sealed):
             if value.field.label == self.label and value.version is not None:
@@ -237,7 +347,7 @@ class EncryptedField(models.Field):
         return self.seal(model_instance)
 
     def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
-        if value is None:
+        if value is None or value is NOT_ADOPTED:
             return None
         if isinstance(value, Sealed):
             return connection.Database.Binary(value.token)
@@ -246,13 +356,15 @@ class EncryptedField(models.Field):
             "save(), create(), bulk_create(), bulk_update() or update() on the model's managers."
         )
 
-    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Sealed | None:
-        return None if value is None else Sealed(value, self)
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        if value is None:
+            return NOT_ADOPTED if self.adopt_from else None
+        return Sealed(value, self)
 
     # -- Python side: the base field ------------------------------------------------------------
 
     def to_python(self, value: Any) -> Any:
-        if value is None or isinstance(value, Sealed):
+        if value is None or value is NOT_ADOPTED or isinstance(value, Sealed):
             return value
         return self.base_field.to_python(value)
 
@@ -293,4 +405,4 @@ class EncryptedField(models.Field):
 from .blind_index import BlindIndexField, normalize_text  # noqa: E402, I001
 from . import querysets  # noqa: E402, F401
 
-__all__ = ["BlindIndexField", "EncryptedField", "KeyVersionField", "Sealed", "normalize_text"]
+__all__ = ["NOT_ADOPTED", "BlindIndexField", "EncryptedField", "KeyVersionField", "Sealed", "normalize_text"]

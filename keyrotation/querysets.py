@@ -33,7 +33,7 @@ from django.db.models.expressions import F, Value
 from django.db.models.signals import class_prepared
 
 from . import registry
-from .fields import BlindIndexField, EncryptedField, Sealed
+from .fields import NOT_ADOPTED, BlindIndexField, EncryptedField, Sealed
 
 _IN_BULK_UPDATE = contextvars.ContextVar("keyrotation_in_bulk_update", default=False)
 
@@ -81,6 +81,8 @@ def _decrypting(iterable_class: type) -> type:
     """An iterable class that opens every sealed value of the rows it yields."""
 
     def _open(value: Any) -> Any:
+        if value is NOT_ADOPTED:
+            return None  # values() does not read legacy columns: see docs/adoption.md
         return value.field.open(value) if isinstance(value, Sealed) else value
 
     class Decrypting(iterable_class):
@@ -110,6 +112,8 @@ def prepare_update(model: type[models.Model], kwargs: dict[str, Any]) -> dict[st
                 f"Cannot update encrypted field '{name}' from an expression; pass a plaintext value."
             )
         sealed = field.seal_value(value)
+        if field.adopt_from:
+            out[field.adopt_from] = None  # a write of the field retires the legacy copy
         out[field.name] = sealed
         out[field.version_attname] = sealed.version if sealed is not None else None
         for index in field.blind_indexes:
@@ -118,8 +122,30 @@ def prepare_update(model: type[models.Model], kwargs: dict[str, Any]) -> dict[st
     return out
 
 
+def clear_legacy(obj: models.Model, fields: Iterable[EncryptedField]) -> list[str]:
+    """Set to None, on ``obj``, the legacy column of every adopting field whose value was written
+    (assigned or read: anything but NOT_ADOPTED). Returns the legacy field names involved."""
+    names = []
+    for field in fields:
+        if not field.adopt_from:
+            continue
+        names.append(field.adopt_from)
+        if obj.__dict__.get(field.attname, NOT_ADOPTED) is not NOT_ADOPTED:
+            obj.__dict__[field.legacy_attname] = None
+    return names
+
+
 class EncryptedQuerySetMixin:
     """Mixed into the queryset class of every manager of a model with encrypted fields."""
+
+    def bulk_create(self, objs: Iterable[models.Model], *args: Any, **kwargs: Any) -> list[models.Model]:
+        objs = list(objs)
+        adopting = [f for f in encrypted_fields(self.model) if f.adopt_from]
+        for obj in objs:
+            clear_legacy(obj, adopting)
+        return super().bulk_create(objs, *args, **kwargs)
+
+    bulk_create.alters_data = True
 
     def update(self, **kwargs: Any) -> int:
         if not _IN_BULK_UPDATE.get():
@@ -139,7 +165,10 @@ class EncryptedQuerySetMixin:
             names.append(field.version_attname)
             for index in field.blind_indexes:
                 names += [index.name, index.version_attname]
+            if field.adopt_from:
+                names.append(field.adopt_from)
             for obj in objs:
+                clear_legacy(obj, [field])
                 for index in field.blind_indexes:
                     index.refresh(obj)
                 restore.append((obj, field.attname, obj.__dict__.get(field.attname)))
@@ -224,10 +253,15 @@ def _wrap_save_table(model: type[models.Model]) -> None:
                 for index in field.blind_indexes:
                     index.refresh(self)
                 self.__dict__[field.attname] = Value(field.seal(self), output_field=field)
+        for field in fields:
+            if update_fields is None or field.name in update_fields or field.attname in update_fields:
+                clear_legacy(self, [field])
         if update_fields is not None:
             extra = set()
             for field in fields:
                 if field.name in update_fields or field.attname in update_fields:
+                    if field.adopt_from:
+                        extra.add(field.adopt_from)
                     extra.add(field.version_attname)
                     for index in field.blind_indexes:
                         extra.update((index.name, index.version_attname))

@@ -79,5 +79,6 @@ def census_table(columns: list[dict]) -> list[str]:
             f"{c['label']:<{width}}  {c['purpose']:<7}  v{c['active_version']:<5} "
             f"{c['percent_active']:>8.2f}%  {versions or '-'}"
             + (f"  (+{c['empty']:,} empty)" if c["empty"] else "")
+            + (f"  [{c['legacy_rows']:,} legacy row(s) left]" if c.get("legacy_rows") is not None else "")
         )
     return lines

@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "keyrotation",
     "tests.testapp",
+    "tests.legacyapp",
 ]
 
 MIDDLEWARE = [

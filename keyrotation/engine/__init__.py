@@ -186,7 +186,7 @@ def dry_run(models: list[str] | None = None, *, sample: int = 500, using: str = 
         pending = p.pending(using=using)
         rows = sql.select_batch(p, using, None, None, sample, lock=False) if pending else []
         start = time.monotonic()
-        transformer = BatchTransformer(p) if rows else None
+        transformer = BatchTransformer(p, using) if rows else None
         failures = 0
         for row in rows:
             try:
@@ -235,6 +235,9 @@ def verify(
     models: list[str] | None = None, *, batch_size: int = 2000, using: str = "default", limit: int = 100
 ) -> dict:
     """Open every stored value and recompute every blind index; report what does not match.
+
+    A row that still holds a legacy value (``EncryptedField(adopt_from=...)``) is reported as not
+    adopted.
 
     Reads in primary-key batches without locks; changes nothing. Failures name label, pk and
     version only.
@@ -293,6 +296,10 @@ class _Verifier:
         for src in self.extra:
             values[src.label] = (src, row[i], row[i + 1])
             i += 2
+        for col in sql.legacy_columns(p):
+            if row[i] is not None:
+                out.append(f"{col.label} pk={pk!r}: legacy value not adopted yet")
+            i += 1
         plaintexts = {}
         for label, (col, token, version) in values.items():
             if token is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.apps import apps
 from django.db import models
@@ -25,6 +26,10 @@ class EncColumn:
     version_column: str
     keyring: str
     target: int
+    # Adoption (EncryptedField(adopt_from=...)): the legacy column, and (raw value, connection) ->
+    # canonical plaintext bytes (raises legacy.LegacyDecodeError).
+    legacy_column: str | None = None
+    legacy: Callable[[Any, Any], bytes] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class ModelPlan:
         for col in [*self.enc, *self.idx]:
             attname = _attname(self.model, col.version_column)
             q |= Q(**{f"{attname}__lt": col.target}) | Q(**{f"{attname}__gt": col.target})
+        for col in self.enc:
+            if col.legacy_column:  # a row still holding its legacy value is pending
+                q |= Q(**{f"{_attname(self.model, col.legacy_column)}__isnull": False})
         for col in self.idx:
             # A value with no index yet (adoption, or a field added later) is pending too.
             q |= Q(**{f"{_attname(self.model, col.version_column)}__isnull": True}) & Q(
@@ -119,7 +127,7 @@ def build(scope: list[str] | None = None) -> list[ModelPlan]:
         version_col = model._meta.get_field(col.version_attname).column
         target = keyring.get_keyring(col.keyring, col.purpose).active_version
         if col.purpose == "encrypt":
-            plan.enc.append(EncColumn(col.label, f.column, version_col, col.keyring, target))
+            plan.enc.append(EncColumn(col.label, f.column, version_col, col.keyring, target, *_legacy(f)))
     for col in cols:
         if col.purpose != "index":
             continue
@@ -153,6 +161,16 @@ def build(scope: list[str] | None = None) -> list[ModelPlan]:
     return list(by_model.values())
 
 
+def _legacy(f) -> tuple[str | None, Callable[[Any, Any], bytes] | None]:
+    """(legacy column, plaintext function) of an adopting EncryptedField, else (None, None)."""
+    from .. import legacy
+
+    source = legacy.legacy_field(f)
+    if source is None:
+        return None, None
+    return source.column, legacy.plaintext_function(f)
+
+
 def _index_input(f) -> Callable[[bytes], bytes]:
     """Plaintext bytes of the source (codec form) -> the bytes the blind index HMACs."""
     from .. import codecs
@@ -170,6 +188,8 @@ def census_rows(using: str | None = None) -> list[dict]:
         active = ring.active_version
         with_value = sum(n for v, n in counts.items() if v is not None)
         on_active = counts.get(active, 0)
+        legacy_left = _legacy_rows(col, using)
+        with_value += legacy_left[1]
         out.append(
             {
                 "label": col.label,
@@ -178,10 +198,24 @@ def census_rows(using: str | None = None) -> list[dict]:
                 "keyring": col.keyring,
                 "active_version": active,
                 "versions": {str(v): n for v, n in counts.items() if v is not None},
-                "empty": counts.get(None, 0),
+                "empty": counts.get(None, 0) - legacy_left[1],
                 "rows": with_value,
                 "on_active": on_active,
                 "percent_active": 100.0 if with_value == 0 else round(100.0 * on_active / with_value, 2),
+                "legacy_rows": legacy_left[0],
             }
         )
     return out
+
+
+def _legacy_rows(col: registry.Column, using: str | None) -> tuple[int | None, int]:
+    """(rows holding a legacy value, of which with no new value): (None, 0) when not adopting."""
+    from .. import legacy
+
+    if col.purpose != "encrypt":
+        return None, 0
+    source = legacy.legacy_field(col.model._meta.get_field(col.field_name))
+    if source is None:
+        return None, 0
+    qs = col.model._base_manager.using(using).filter(**{f"{source.attname}__isnull": False})
+    return qs.count(), qs.filter(**{f"{col.version_attname}__isnull": True}).count()

@@ -117,7 +117,7 @@ class _Worker:
             )
             if not rows:
                 return 0, None, 0
-            transformer = BatchTransformer(plan)
+            transformer = BatchTransformer(plan, using)
             new, guards, failures = [], [], []
             for row in rows:
                 try:

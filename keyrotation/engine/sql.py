@@ -38,7 +38,8 @@ def skip_locked(using: str) -> bool:
 
 def read_columns(plan: ModelPlan) -> list[str]:
     """pk, then (value, version) per encrypted column, then (value, version) per index column,
-    then the version column of index sources that are not encrypted columns of this pass."""
+    then the version column of index sources that are not encrypted columns of this pass, then
+    the legacy column of every adopting encrypted column (:func:`legacy_columns` order)."""
     cols = [plan.pk_column]
     for c in plan.enc:
         cols += [c.column, c.version_column]
@@ -46,7 +47,13 @@ def read_columns(plan: ModelPlan) -> list[str]:
         cols += [c.column, c.version_column]
     for src in extra_sources(plan):
         cols += [src.column, src.version_column]
+    cols += [c.legacy_column for c in legacy_columns(plan)]
     return cols
+
+
+def legacy_columns(plan: ModelPlan):
+    """Encrypted columns of ``plan`` that adopt a legacy column (their values end each row)."""
+    return [c for c in plan.enc if c.legacy_column]
 
 
 def extra_sources(plan: ModelPlan):
@@ -66,6 +73,8 @@ def _pending_sql(plan: ModelPlan, q) -> tuple[str, list[Any]]:
         params.append(c.target)
     for c in plan.idx:
         parts.append(f"({q(c.version_column)} IS NULL AND {q(c.source.version_column)} IS NOT NULL)")
+    for c in legacy_columns(plan):
+        parts.append(f"({q(c.legacy_column)} IS NOT NULL)")
     return "(" + " OR ".join(parts) + ")", params
 
 
@@ -140,8 +149,18 @@ def _set_columns(plan: ModelPlan) -> list[str]:
 
 
 def _guard_columns(plan: ModelPlan) -> list[str]:
-    """Old versions of every written column, then old ciphertexts of encrypted columns."""
-    return [c.version_column for c in [*plan.enc, *plan.idx]] + [c.column for c in plan.enc]
+    """Old versions of every written column, then old ciphertexts of encrypted columns, then old
+    legacy values (an application write that moved the row meanwhile fails the guard)."""
+    return (
+        [c.version_column for c in [*plan.enc, *plan.idx]]
+        + [c.column for c in plan.enc]
+        + [c.legacy_column for c in legacy_columns(plan)]
+    )
+
+
+def _clear_legacy(plan: ModelPlan, q, sep: str = ", ") -> str:
+    """SQL that empties the legacy columns of a written row (its value is now in the new column)."""
+    return "".join(f"{sep}{q(c.legacy_column)} = NULL" for c in legacy_columns(plan))
 
 
 def _write_postgresql(plan, conn, rows, guards) -> int:
@@ -149,19 +168,27 @@ def _write_postgresql(plan, conn, rows, guards) -> int:
     pk_type = _pk_type(plan, conn)
     sets = _set_columns(plan)
     guard_versions = [c.version_column for c in [*plan.enc, *plan.idx]]
+    legacy = legacy_columns(plan)
+    guard_cols = guard_versions + [c.legacy_column for c in legacy]
+    legacy_types = [_column_db_type(plan, conn, c.legacy_column) for c in legacy]
     types = [pk_type] + ["bytea", "integer"] * (len(sets) // 2) + ["integer"] * len(guard_versions)
-    names = ["pk"] + [f"n{i}" for i in range(len(sets))] + [f"g{i}" for i in range(len(guard_versions))]
+    types += legacy_types
+    names = ["pk"] + [f"n{i}" for i in range(len(sets))] + [f"g{i}" for i in range(len(guard_cols))]
+    skip = len(guard_versions) + len(plan.enc)  # guard layout: versions, tokens, legacy values
     arrays = list(
         zip(
-            *[tuple(r) + tuple(g[: len(guard_versions)]) for r, g in zip(rows, guards, strict=True)],
+            *[
+                tuple(r) + tuple(g[: len(guard_versions)]) + tuple(g[skip:])
+                for r, g in zip(rows, guards, strict=True)
+            ],
             strict=True,
         )
     )
     # %b: binary arrays. With %s psycopg dumps a list in text format, escaping every bytea
     # element in Python (bench: ~20 % of the engine's client time).
     unnest = ", ".join(f"%b::{t}[]" for t in types)
-    assign = ", ".join(f"{q(col)} = v.n{i}" for i, col in enumerate(sets))
-    guard = " AND ".join(f"t.{q(col)} IS NOT DISTINCT FROM v.g{i}" for i, col in enumerate(guard_versions))
+    assign = ", ".join(f"{q(col)} = v.n{i}" for i, col in enumerate(sets)) + _clear_legacy(plan, q)
+    guard = " AND ".join(f"t.{q(col)} IS NOT DISTINCT FROM v.g{i}" for i, col in enumerate(guard_cols))
     sql = (
         f"UPDATE {q(plan.table)} AS t SET {assign} FROM unnest({unnest}) AS v({', '.join(names)}) "
         f"WHERE t.{q(plan.pk_column)} = v.pk AND {guard}"
@@ -171,12 +198,17 @@ def _write_postgresql(plan, conn, rows, guards) -> int:
         return cur.rowcount
 
 
+def _column_db_type(plan: ModelPlan, conn, column: str) -> str:
+    field = next(f for f in plan.model._meta.concrete_fields if f.column == column)
+    return field.cast_db_type(conn)
+
+
 def _write_sqlite(plan, conn, rows, guards) -> int:
     q = conn.ops.quote_name
     sets = _set_columns(plan)
     gcols = _guard_columns(plan)
     width = 1 + len(sets) + len(gcols)
-    assign = ", ".join(f"{q(col)} = v.column{i + 2}" for i, col in enumerate(sets))
+    assign = ", ".join(f"{q(col)} = v.column{i + 2}" for i, col in enumerate(sets)) + _clear_legacy(plan, q)
     guard = " AND ".join(f"t.{q(col)} IS v.column{i + 2 + len(sets)}" for i, col in enumerate(gcols))
     total = 0
     # SQLite allows 32766 bound parameters per statement.
@@ -197,7 +229,7 @@ def _write_sqlite(plan, conn, rows, guards) -> int:
 def _write_generic(plan, conn, rows, guards) -> int:  # pragma: no cover - MySQL/Oracle path
     q = conn.ops.quote_name
     sets, gcols = _set_columns(plan), _guard_columns(plan)
-    assign = ", ".join(f"{q(c)} = %s" for c in sets)
+    assign = ", ".join(f"{q(c)} = %s" for c in sets) + _clear_legacy(plan, q)
     guard = " AND ".join(f"({q(c)} = %s OR ({q(c)} IS NULL AND %s IS NULL))" for c in gcols)
     sql = f"UPDATE {q(plan.table)} SET {assign} WHERE {q(plan.pk_column)} = %s AND {guard}"
     params = []

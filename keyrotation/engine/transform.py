@@ -1,7 +1,8 @@
 """Turning one claimed row into its new values: no SQL, no model instances.
 
 Row layout is the one of :func:`engine.sql.read_columns`: pk, (value, version) per encrypted
-column, (value, version) per index column, (value, version) per extra index source.
+column, (value, version) per index column, (value, version) per extra index source, then the
+legacy value per adopting column. Guards: old versions, old ciphertexts, old legacy values.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from .. import crypto, keyring
 from ..exceptions import KEKUnavailable, KeyRotationError
 from .plan import EncColumn, ModelPlan
-from .sql import extra_sources
+from .sql import extra_sources, legacy_columns
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,26 @@ def open_value(col: EncColumn, pk: Any, token: bytes, version: int | None, rings
         raise RowFailureError(RowFailure(col.label, pk, version, type(exc).__name__)) from None
 
 
+def adopt_value(col: EncColumn, pk: Any, raw: Any, using: str) -> bytes:
+    """Canonical plaintext bytes of a legacy value; RowFailureError (no value in it) if it does not decode."""
+    from django.db import connections
+
+    from ..legacy import LegacyDecodeError
+
+    try:
+        return col.legacy(raw, connections[using])
+    except LegacyDecodeError as exc:
+        failure = RowFailure(col.label, pk, None, f"legacy value does not decode: {exc}")
+        raise RowFailureError(failure) from None
+
+
 class BatchTransformer:
     """Per-batch helper: keeps keyrings and subkeys at hand so rows cost only AES and HMAC."""
 
-    def __init__(self, plan: ModelPlan):
+    def __init__(self, plan: ModelPlan, using: str = "default"):
         self.plan = plan
+        self.using = using
+        self.legacy = legacy_columns(plan)
         self.extra = extra_sources(plan)
         self.rings = Rings()
         self._enc_rings = {c.keyring: keyring.get_keyring(c.keyring, "encrypt") for c in plan.enc}
@@ -83,11 +99,18 @@ class BatchTransformer:
         new: list[Any] = [pk]
         guard_versions: list[Any] = []
         guard_tokens: list[Any] = []
+        tail = row[len(row) - len(self.legacy) :]
+        legacy_raw = dict(zip((c.label for c in self.legacy), tail, strict=True))
         for col in plan.enc:
             token, version = row[i], row[i + 1]
             i += 2
             guard_versions.append(version)
             guard_tokens.append(token)
+            if token is None and legacy_raw.get(col.label) is not None:  # adoption
+                pt = adopt_value(col, pk, legacy_raw[col.label], self.using)
+                plaintexts[col.label] = pt
+                new += [crypto.encrypt(self._enc_target[col.label], col.target, col.label, pt), col.target]
+                continue
             if token is None:
                 new += [None, None]
                 plaintexts[col.label] = None
@@ -113,7 +136,7 @@ class BatchTransformer:
             else:
                 j = 1 + 2 * plan.enc.index(src)
                 src_token, src_version = row[j], row[j + 1]
-            if src_token is None:
+            if src_token is None and plaintexts.get(src.label) is None:
                 new += [None, None]
                 continue
             if version == col.target:
@@ -125,7 +148,7 @@ class BatchTransformer:
                 plaintexts[src.label] = pt
             value = crypto.blind_index(self._idx_target[col.label], col.index_input(pt), col.length)
             new += [value, col.target]
-        return tuple(new), tuple(guard_versions + guard_tokens)
+        return tuple(new), tuple(guard_versions + guard_tokens + list(legacy_raw.values()))
 
 
 class RowFailureError(KeyRotationError):
