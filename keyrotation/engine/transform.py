@@ -109,7 +109,7 @@ class BatchTransformer:
             if token is None and legacy_raw.get(col.label) is not None:  # adoption
                 pt = adopt_value(col, pk, legacy_raw[col.label], self.using)
                 plaintexts[col.label] = pt
-                new += [crypto.encrypt(self._enc_target[col.label], col.target, col.label, pt), col.target]
+                new += [self._enc_target[col.label].encrypt(pt), col.target]
                 continue
             if token is None:
                 new += [None, None]
