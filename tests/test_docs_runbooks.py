@@ -109,7 +109,9 @@ def execute(steps: list[Step], cwd: Path, env: dict[str, str], echo=None):
         shell = ["bash", "-o", "pipefail", "-c"]
         if cmd.startswith("export "):
             name, _, value = cmd[len("export ") :].partition("=")
-            out = subprocess.run([*shell, f'printf %s "{value}"'], cwd=cwd, env=env, capture_output=True, text=True)
+            out = subprocess.run(
+                [*shell, f'printf %s "{value}"'], cwd=cwd, env=env, capture_output=True, text=True
+            )
             env[name] = out.stdout
             yield step, 0, "", []
             continue
@@ -123,7 +125,12 @@ def execute(steps: list[Step], cwd: Path, env: dict[str, str], echo=None):
             last_status = 0
             continue
         proc = subprocess.run(
-            [*shell, cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [*shell, cmd],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             timeout=300,
         )
         last_status = proc.returncode
@@ -149,9 +156,7 @@ def test_runbook_commands_run_as_shown(page, tmp_path):
     cwd = copy_example(tmp_path / "example_project")
     env = environment()
     for step, _status, output, problems in execute(steps, cwd, env):
-        assert not problems, (
-            f"{page}: `$ {step.command}`: {problems}\n--- output ---\n{output[-4000:]}"
-        )
+        assert not problems, f"{page}: `$ {step.command}`: {problems}\n--- output ---\n{output[-4000:]}"
 
 
 def test_parse_and_match_rules():
@@ -169,5 +174,7 @@ if __name__ == "__main__":  # pragma: no cover - a helper for writing the pages
         with tempfile.TemporaryDirectory() as tmp:
             cwd = copy_example(Path(tmp) / "example_project")
             for step, status, output, problems in execute(parse(Path(arg)), cwd, environment()):
-                print(f"$ {step.command}\n{output.rstrip()}\n[exit {status}] {'PROBLEMS: ' if problems else ''}"
-                      f"{problems or ''}\n")
+                print(
+                    f"$ {step.command}\n{output.rstrip()}\n[exit {status}] {'PROBLEMS: ' if problems else ''}"
+                    f"{problems or ''}\n"
+                )

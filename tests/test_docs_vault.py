@@ -19,8 +19,8 @@ CTX = context_for("default", "encrypt", 1)
 
 
 def policies(key_name: str) -> dict[str, str]:
-    """The ```hcl blocks of the page, by their first-line comment, with the key name replaced."""
-    blocks = re.findall(r"^```hcl\n(.*?)^```", PAGE.read_text(), re.S | re.M)
+    """The policy blocks of the page (``# keyrotation-...`` first line), with the key name replaced."""
+    blocks = re.findall(r"^```text\n(# keyrotation-.*?)^```", PAGE.read_text(), re.S | re.M)
     out = {}
     for block in blocks:
         name = block.splitlines()[0].lstrip("# ").strip()
@@ -48,7 +48,10 @@ def options(vault, key_name, token):
 
 def test_rotation_policy_runs_init_and_kek_rotation(vault, tokens, settings):
     key_name, made = tokens
-    settings.KEYROTATION = {**settings.KEYROTATION, "KEK": options(vault, key_name, made["keyrotation-rotation"])}
+    settings.KEYROTATION = {
+        **settings.KEYROTATION,
+        "KEK": options(vault, key_name, made["keyrotation-rotation"]),
+    }
     keyring.clear_cache()
     try:
         call_command("rotatekeys", "--init")
@@ -57,7 +60,10 @@ def test_rotation_policy_runs_init_and_kek_rotation(vault, tokens, settings):
         VaultTransitKEK(settings.KEYROTATION["KEK"]).check()
 
         # The application token, on the keys the rotation job made: it reads and writes values...
-        settings.KEYROTATION = {**settings.KEYROTATION, "KEK": options(vault, key_name, made["keyrotation-app"])}
+        settings.KEYROTATION = {
+            **settings.KEYROTATION,
+            "KEK": options(vault, key_name, made["keyrotation-app"]),
+        }
         keyring.clear_cache()
         token, version = keyring.encrypt("default", "people.Person.email", b"ada@example.com")
         assert version == 2

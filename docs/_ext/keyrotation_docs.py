@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from pathlib import Path
 
 from docutils import nodes
 from docutils.parsers.rst import Directive, directives
@@ -38,13 +39,12 @@ def settings_rows() -> list[tuple[str, str, str]]:
     for key in sorted(conf.KNOWN_KEYS, key=lambda k: (k != "KEK", k)):
         accessor = getattr(conf, key.lower())
         doc = " ".join(inspect.getdoc(accessor).split("\n\n")[0].split())
+        doc = doc.replace(f'``KEYROTATION["{key}"]``', "").lstrip(" :").replace("``", "")
         rows.append((key, f"conf.{accessor.__name__}()", doc))
     return rows
 
 
 def command_names() -> list[str]:
-    from pathlib import Path
-
     from django.core.management import find_commands
 
     import keyrotation
