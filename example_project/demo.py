@@ -126,7 +126,9 @@ def main() -> int:
         "  export KEYROTATION_MASTER_KEY=$(cat .master_key)\n"
         "  ../.venv/bin/python manage.py createsuperuser\n"
         "  ../.venv/bin/python manage.py runserver\n"
-        "then open http://127.0.0.1:8000/admin/keyrotation/"
+        "then open http://127.0.0.1:8000/admin/keyrotation/ (data keys, audit trail, runs) and\n"
+        "http://127.0.0.1:8000/admin/keyrotation/reencryptionrun/status/ (the rotation status page).\n"
+        "The same steps, with the checks in between: docs/runbook-routine.md."
     )
     return 0
 
