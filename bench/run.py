@@ -287,7 +287,7 @@ class RawLoop:
         )
         update = (
             f"UPDATE {t} AS t SET email = v.e, email_key_version = v.ev, notes = v.n, notes_key_version = v.nv "
-            f"FROM unnest(%s::bigint[], %s::bytea[], %s::smallint[], %s::bytea[], %s::smallint[]) "
+            f"FROM unnest(%b::bigint[], %b::bytea[], %b::smallint[], %b::bytea[], %b::smallint[]) "
             f"AS v(id, e, ev, n, nv) WHERE t.id = v.id"
         )
         done, last = 0, lo
@@ -512,9 +512,9 @@ def report(ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info:
     lines = [
         f"# keyrotation benchmark — {n:,} rows, {ctx.runs} runs ({dt.date.today().isoformat()})",
         "",
-        "Produced by `make bench ROWS=%d` (`bench/run.py`). Medians over %d runs; every ratio is "
-        "computed inside one run (same table state, same minute) and the median of those ratios "
-        "is shown. Rates are rows per second." % (n, ctx.runs),
+        f"Produced by `make bench ROWS={n}` (`bench/run.py`). Medians over {ctx.runs} runs; every ratio "
+        "is computed inside one run (same table state, same minute) and the median of those ratios "
+        "is shown. Rates are rows per second.",
         "",
         "## Machine",
         "",
@@ -582,7 +582,7 @@ def report(ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info:
         f"- Engine batch time (default batch size): median {fmt(med(runs, 'engine', 'batch_median') * 1000, 0)} ms, "
         f"max {fmt(med(runs, 'engine', 'batch_max') * 1000, 0)} ms.",
         "",
-        "## Encrypted reads (ORM, %s rows, reading both attributes)" % f"{ctx.read_rows:,}",
+        f"## Encrypted reads (ORM, {ctx.read_rows:,} rows, reading both attributes)",
         "",
         "| model | seconds (median) | per-run | rows/s | vs plaintext |",
         "|---|---:|---|---:|---:|",

@@ -22,6 +22,9 @@ class Customer(models.Model):
     class Meta:
         db_table = "bench_customer"
 
+    def __str__(self) -> str:
+        return f"customer {self.pk}"
+
 
 class CustomerIndexed(models.Model):
     email = EncryptedField(models.EmailField(max_length=254))
@@ -36,6 +39,9 @@ class CustomerIndexed(models.Model):
             models.Index(fields=["notes_key_version"], name="bench_ci_notes_kv"),
         ]
 
+    def __str__(self) -> str:
+        return f"customer {self.pk}"
+
 
 class CustomerPlain(models.Model):
     email = models.EmailField(max_length=254, db_index=True)
@@ -44,6 +50,9 @@ class CustomerPlain(models.Model):
     class Meta:
         db_table = "bench_customer_plain"
 
+    def __str__(self) -> str:
+        return f"customer {self.pk}"
+
 
 class CustomerFernet(models.Model):
     email = FernetTextField()
@@ -51,3 +60,6 @@ class CustomerFernet(models.Model):
 
     class Meta:
         db_table = "bench_customer_fernet"
+
+    def __str__(self) -> str:
+        return f"customer {self.pk}"

@@ -150,7 +150,9 @@ def _write_postgresql(plan, conn, rows, guards) -> int:
             strict=True,
         )
     )
-    unnest = ", ".join(f"%s::{t}[]" for t in types)
+    # %b: binary arrays. With %s psycopg dumps a list in text format, escaping every bytea
+    # element in Python (bench: ~20 % of the engine's client time).
+    unnest = ", ".join(f"%b::{t}[]" for t in types)
     assign = ", ".join(f"{q(col)} = v.n{i}" for i, col in enumerate(sets))
     guard = " AND ".join(f"t.{q(col)} IS NOT DISTINCT FROM v.g{i}" for i, col in enumerate(guard_versions))
     sql = (

@@ -58,6 +58,23 @@ class BatchTransformer:
         # Target subkeys resolved once: a target that is no longer usable fails the batch early.
         self._enc_target = {c.label: self._enc_rings[c.keyring].subkey(c.target, c.label) for c in plan.enc}
         self._idx_target = {c.label: self._idx_rings[c.keyring].subkey(c.target, c.label) for c in plan.idx}
+        # (label, version) -> subkey of a version that already opened a value in this batch.
+        self._open_subkeys: dict[tuple[str, int], bytes] = {}
+
+    def _open(self, col: EncColumn, pk: Any, token: bytes, version: int | None) -> bytes:
+        """``open_value`` without the per-value keyring lookup once a version has opened a value
+        in this batch. Anything but a clean decrypt takes the full path (same errors, reload)."""
+        sub = self._open_subkeys.get((col.label, version))
+        if sub is not None:
+            try:
+                if crypto.token_version(token) == version:
+                    return crypto.decrypt(sub, col.label, token)
+            except crypto.InvalidToken:
+                pass
+        pt = open_value(col, pk, token, version)
+        ring = keyring.keyring_for_version(col.keyring, "encrypt", version)
+        self._open_subkeys[(col.label, version)] = ring.subkey(version, col.label)
+        return pt
 
     def transform(self, row: tuple) -> tuple[tuple, tuple]:
         """Return (new row, guard) for one row; raise RowFailureError for an unopenable value."""
@@ -81,7 +98,7 @@ class BatchTransformer:
             if version == col.target:
                 new += [token, version]
                 continue
-            pt = open_value(col, pk, token, version)
+            pt = self._open(col, pk, token, version)
             plaintexts[col.label] = pt
             new += [crypto.encrypt(self._enc_target[col.label], col.target, col.label, pt), col.target]
         idx_values = [(row[i + 2 * k], row[i + 2 * k + 1]) for k in range(len(plan.idx))]
@@ -106,7 +123,7 @@ class BatchTransformer:
                 continue
             pt = plaintexts.get(src.label)
             if pt is None:
-                pt = open_value(src, pk, bytes(src_token), src_version)
+                pt = self._open(src, pk, bytes(src_token), src_version)
                 plaintexts[src.label] = pt
             value = crypto.blind_index(self._idx_target[col.label], col.index_input(pt), col.length)
             new += [value, col.target]
