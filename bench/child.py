@@ -1,8 +1,8 @@
 """Subprocess entry points of ``bench/run.py`` (so that RSS and CPU are measured per process).
 
-    python -m bench.child reencrypt --model benchapp.Customer [--workers N]   -> JSON on stdout
-    python -m bench.child writer --rows N --stop FILE --out FILE [--pause-ms 5]
-    python -m bench.child noop                                                -> baseline RSS
+python -m bench.child reencrypt --model benchapp.Customer [--workers N]   -> JSON on stdout
+python -m bench.child writer --rows N --stop FILE --out FILE [--pause-ms 5]
+python -m bench.child noop                                                -> baseline RSS
 """
 
 from __future__ import annotations

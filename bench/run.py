@@ -107,7 +107,9 @@ class Meter:
         time.sleep(1.1)  # other backends flush their statistics at most once a second
         sql("SELECT pg_stat_clear_snapshot()")
         return tuple(
-            sql("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = %s", [self.table])[0]
+            sql("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = %s", [self.table])[
+                0
+            ]
         )
 
     def __enter__(self):
@@ -181,7 +183,10 @@ def load_encrypted(model, n: int) -> None:
     pool = notes_pool()
     table = model._meta.db_table
     cols = "id, email, email_key_version, email_bidx, email_bidx_key_version, notes, notes_key_version"
-    with connection.cursor() as cur, cur.cursor.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
+    with (
+        connection.cursor() as cur,
+        cur.cursor.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp,
+    ):
         cp.set_types(["int8", "bytea", "int2", "bytea", "int2", "bytea", "int2"])
         for i in range(1, n + 1):
             email = f"customer{i}@example.com"
@@ -211,11 +216,17 @@ def load_twins(n: int) -> None:
             cp.set_types(["int8", "text", "text"])
             for i in range(1, n + 1):
                 cp.write_row((i, f"customer{i}@example.com", f"{i}: {pool[i % 1000]}"))
-        with cur.cursor.copy("COPY bench_customer_fernet (id, email, notes) FROM STDIN (FORMAT BINARY)") as cp:
+        with cur.cursor.copy(
+            "COPY bench_customer_fernet (id, email, notes) FROM STDIN (FORMAT BINARY)"
+        ) as cp:
             cp.set_types(["int8", "bytea", "bytea"])
             for i in range(1, n + 1):
                 cp.write_row(
-                    (i, f.encrypt(f"customer{i}@example.com".encode()), f.encrypt(f"{i}: {pool[i % 1000]}".encode()))
+                    (
+                        i,
+                        f.encrypt(f"customer{i}@example.com".encode()),
+                        f.encrypt(f"{i}: {pool[i % 1000]}".encode()),
+                    )
                 )
 
 
@@ -467,12 +478,20 @@ def machine(ctx) -> dict:
     import django
     import psycopg
 
-    mem_kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])
+    mem_kb = int(
+        next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1]
+    )
     cpu = next(
-        (x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name")),
+        (
+            x.split(":", 1)[1].strip()
+            for x in Path("/proc/cpuinfo").read_text().splitlines()
+            if x.startswith("model name")
+        ),
         platform.processor(),
     )
-    bao = subprocess.run([servers.find_bao(), "version"], capture_output=True, text=True, check=False).stdout.strip()
+    bao = subprocess.run(
+        [servers.find_bao(), "version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     return {
         "cores": os.cpu_count(),
         "cpu": cpu,
@@ -657,7 +676,15 @@ def report(ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info:
     for title, ok, measured in targets:
         status = "n/a at this size" if ok is None else ("**met**" if ok else "**not met**")
         lines.append(f"| {title} | {status} | {measured} |")
-    lines += ["", "## Raw numbers", "", "```json", json.dumps({"runs": runs, "reads": reads}, indent=1), "```", ""]
+    lines += [
+        "",
+        "## Raw numbers",
+        "",
+        "```json",
+        json.dumps({"runs": runs, "reads": reads}, indent=1),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -698,7 +725,11 @@ def main(argv=None) -> int:
         from django.core.management import call_command
         from django.db import connection
 
-        for setting, value in (("full_page_writes", "on"), ("shared_buffers", "1GB"), ("max_wal_size", "4GB")):
+        for setting, value in (
+            ("full_page_writes", "on"),
+            ("shared_buffers", "1GB"),
+            ("max_wal_size", "4GB"),
+        ):
             sql(f"ALTER SYSTEM SET {setting} = '{value}'", fetch=False)
         connection.close()
         pg.restart()
@@ -709,12 +740,19 @@ def main(argv=None) -> int:
         lifecycle.init(actor="bench")
         from bench.benchapp.models import Customer, CustomerIndexed
 
-        log(f"loading {ctx.rows:,} rows x 2 encrypted tables, {ctx.read_rows:,} plaintext + Fernet rows (COPY)")
+        log(
+            f"loading {ctx.rows:,} rows x 2 encrypted tables, {ctx.read_rows:,} plaintext + Fernet rows (COPY)"
+        )
         t = time.perf_counter()
         load_encrypted(Customer, ctx.rows)
         load_encrypted(CustomerIndexed, ctx.rows)
         load_twins(ctx.read_rows)
-        for table in ("bench_customer", "bench_customer_indexed", "bench_customer_plain", "bench_customer_fernet"):
+        for table in (
+            "bench_customer",
+            "bench_customer_indexed",
+            "bench_customer_plain",
+            "bench_customer_fernet",
+        ):
             sql(f"ALTER TABLE {table} SET (autovacuum_enabled = false)", fetch=False)
         log(f"loaded in {time.perf_counter() - t:.1f}s; warm-up pass (one new version of every row), VACUUM")
         for table in ("bench_customer", "bench_customer_indexed"):
@@ -745,7 +783,9 @@ def main(argv=None) -> int:
     path = out_dir / f"{size}-{dt.date.today().isoformat()}.md"
     path.write_text(text)
     print(text)
-    log(f"written {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} in {time.monotonic() - started:.0f}s")
+    log(
+        f"written {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} in {time.monotonic() - started:.0f}s"
+    )
     return 0
 
 
