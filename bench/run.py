@@ -30,6 +30,7 @@ import os
 import platform
 import random
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -459,6 +460,7 @@ def repetition(ctx, rep: int) -> dict:
         out["rss_100k_kb"] = ru["maxrss_kb"]
     else:
         out["rss_100k_kb"] = out["engine"]["maxrss_kb"] if n == 100_000 else None
+    out["loadavg_end"] = os.getloadavg()
     return out
 
 
@@ -503,6 +505,7 @@ def machine(ctx) -> dict:
         "psycopg": psycopg.__version__,
         "cryptography": cryptography.__version__,
         "openbao": bao,
+        "load average at start (1/5/15 min)": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 
@@ -511,7 +514,7 @@ def med(runs: list[dict], *path):
     for r in runs:
         v = r
         for k in path:
-            v = v[k] if v is not None else None
+            v = v.get(k) if v is not None else None
         if v is not None:
             vals.append(v)
     return statistics.median(vals) if vals else None
@@ -704,6 +707,7 @@ def main(argv=None) -> int:
     parser.add_argument("--writer-idle", type=float, default=8.0, help="seconds of idle writer latency")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # stop the servers
     ctx = Ctx()
     ctx.rows, ctx.runs, ctx.writer_idle = args.rows, args.runs, args.writer_idle
     ctx.naive_rows = min(args.naive_rows, max(100, args.rows // 5))
