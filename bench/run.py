@@ -633,9 +633,9 @@ def report(ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info:
         f"| idle | {fmt(w('idle_n'))} | {fmt(w('idle_p50') * 1000, 2)} | {fmt(w('idle_p99') * 1000, 2)} | {fmt(w('idle_max') * 1000, 1)} |",
         f"| during `reencrypt` | {fmt(w('busy_n'))} | {fmt(w('busy_p50') * 1000, 2)} | {fmt(w('busy_p99') * 1000, 2)} | {fmt(w('busy_max') * 1000, 1)} |",
         "",
-        f"Longest engine batch during these runs: {fmt(w('batch_max') * 1000, 0)} ms (median batch "
+        f"Longest engine batch (median over runs of each run's longest): {fmt(w('batch_max') * 1000, 0)} ms (median batch "
         f"{fmt(w('batch_median') * 1000, 0)} ms); engine rate with the writer running: {fmt(w('engine_rate'))} rows/s. "
-        "The longest application write (the max above) bounds its longest lock wait.",
+        "The longest application write (the max above, median over runs of each run's longest) bounds its longest lock wait.",
         "",
         "## Version-column index (DESIGN §4)",
         "",
