@@ -1,6 +1,7 @@
 # Development entry points. Only Python is needed: everything else goes into .venv.
 #   make demo                     run the example project (SQLite, local master key)
 #   make test [ARGS="-k crypto"]  SQLite + PostgreSQL + OpenBao + docs build (scripts/runtests.py)
+#   make bench [ROWS=100000]      re-encryption and read benchmarks (bench/run.py); results in bench/results/
 #   make lint | docs | clean
 # PYTHON picks the interpreter that creates .venv (default python3): make test PYTHON=python3.12
 # (after `make clean` if .venv already exists with another one).
@@ -9,9 +10,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
+ROWS ?= 100000
+RUNS ?= 3
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: demo test lint docs clean
+.PHONY: demo test bench lint docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +28,18 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install -e ".[test,docs]"
 	@touch $@ $(VENV)/.installed-base
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(PIP) install -e ".[test,bench]"
+	@touch $@
+
 demo: $(VENV)/.installed-base
 	$(BIN)/python example_project/demo.py
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python scripts/runtests.py -- $(ARGS)
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python bench/run.py --rows $(ROWS) --runs $(RUNS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

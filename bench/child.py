@@ -1,0 +1,93 @@
+"""Subprocess entry points of ``bench/run.py`` (so that RSS and CPU are measured per process).
+
+python -m bench.child reencrypt --model benchapp.Customer [--workers N]   -> JSON on stdout
+python -m bench.child writer --rows N --stop FILE --out FILE [--pause-ms 5]
+python -m bench.child noop                                                -> baseline RSS
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+
+
+def _setup() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+    import django
+
+    django.setup()
+
+
+def reencrypt(args) -> None:
+    _setup()
+    from keyrotation import engine, keyring
+
+    batches: list[float] = []
+    report = engine.reencrypt(
+        args.model, workers=args.workers, on_batch=lambda p: batches.append(p["seconds"])
+    )
+    out = report.as_dict()
+    out["batches"] = len(batches)
+    out["batch_seconds_max"] = max(batches) if batches else None
+    out["batch_seconds_median"] = statistics.median(batches) if batches else None
+    # With --workers > 1 the unwraps happen in the forked children (their own counters).
+    out["kek_requests"] = getattr(keyring.kek_backend(), "requests", None) if args.workers == 1 else None
+    out["kek_backend"] = keyring.kek_backend().describe()
+    json.dump(out, sys.stdout)
+
+
+def writer(args) -> None:
+    """The application: single-row ORM updates of an encrypted field, in autocommit, until the
+    stop file appears. Writes [[monotonic start, seconds], ...] to ``--out``."""
+    _setup()
+    from bench.benchapp.models import Customer
+
+    rng = random.Random(os.getpid())
+    pause = args.pause_ms / 1000.0
+    samples: list[tuple[float, float]] = []
+    n = 0
+    while not os.path.exists(args.stop):
+        pk = rng.randint(1, args.rows)
+        start = time.monotonic()
+        Customer.objects.filter(pk=pk).update(notes=f"note rewritten by the application ({n})")
+        samples.append((start, time.monotonic() - start))
+        n += 1
+        if pause:
+            time.sleep(pause)
+    with open(args.out, "w") as fh:
+        json.dump(samples, fh)
+
+
+def noop(args) -> None:
+    _setup()
+    from django.db import connection
+
+    from keyrotation import engine  # noqa: F401 - import what a reencrypt process imports
+
+    connection.ensure_connection()
+    print("{}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("reencrypt")
+    p.add_argument("--model", action="append", required=True)
+    p.add_argument("--workers", type=int, default=1)
+    p = sub.add_parser("writer")
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--stop", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--pause-ms", type=float, default=5.0)
+    sub.add_parser("noop")
+    args = parser.parse_args()
+    {"reencrypt": reencrypt, "writer": writer, "noop": noop}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

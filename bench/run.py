@@ -1,0 +1,797 @@
+#!/usr/bin/env python3
+"""``make bench [ROWS=100000]``: speed, cost and scale of re-encryption and of encrypted reads.
+
+Starts a throwaway PostgreSQL cluster and an OpenBao server (``tests/servers.py``), loads
+``--rows`` customers with COPY (valid ciphertexts made by the library), then repeats ``--runs``
+times (ratios are computed inside each repetition, the table shows medians):
+
+A  rotate; ``keyrotation.engine.reencrypt`` on ``benchapp.Customer``, one worker, in a subprocess
+   (peak RSS, CPU, KEK requests against OpenBao, WAL bytes, database CPU, HOT updates)
+B  rotate; the naive Django loop (``obj.f = obj.f; obj.save()``, 100 rows per transaction) on the
+   first ``--naive-rows`` rows, then the hand-written raw-SQL set-based loop on the rest
+C  rotate; the same raw SQL without crypto (the database ceiling)
+D  rotate; ``reencrypt --workers 2``
+E  ``reencrypt`` on ``benchapp.CustomerIndexed`` (version columns indexed), then census timings
+F  rotate; an application process doing single-row ORM updates, idle then during ``reencrypt``
+G  (rows > 100k, first run only) rotate; move all rows but the first 100k with the raw loop; ``reencrypt``
+   subprocess with 100k rows to do (peak RSS at 100k)
+
+and once: ORM reads of ``--read-rows`` rows, plaintext vs EncryptedField vs Fernet.
+
+Results: a Markdown file under ``bench/results/`` and the same table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import servers  # noqa: E402
+
+LABEL_PREFIX = "benchapp."
+WORDS = (
+    "account invoice delivery address contact request support order refund payment shipping "
+    "customer priority note follow call email update change review pending approved escalated"
+).split()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# database helpers
+
+
+def sql(query: str, params=None, fetch: bool = True):
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchall() if fetch and cur.description else None
+
+
+def one(query: str, params=None):
+    return sql(query, params)[0][0]
+
+
+def vacuum(*tables: str) -> None:
+    for t in tables:
+        sql(f"VACUUM (ANALYZE) {t}", fetch=False)
+
+
+def db_cpu_seconds(postmaster_pid: int) -> float:
+    """CPU of the whole cluster: live children + the postmaster with its reaped children."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        if ppid == postmaster_pid:
+            total += int(fields[11]) + int(fields[12])
+        elif pid == postmaster_pid:
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / tick
+
+
+class Meter:
+    """Wall time, WAL bytes, database CPU and update counters around one step."""
+
+    def __init__(self, ctx, table: str | None):
+        self.ctx, self.table = ctx, table
+
+    def _counters(self):
+        if not self.table:
+            return (0, 0)
+        sql("SELECT pg_stat_force_next_flush()")
+        sql("SELECT pg_stat_clear_snapshot()")
+        time.sleep(1.1)  # other backends flush their statistics at most once a second
+        sql("SELECT pg_stat_clear_snapshot()")
+        return tuple(
+            sql("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = %s", [self.table])[
+                0
+            ]
+        )
+
+    def __enter__(self):
+        sql("CHECKPOINT", fetch=False)  # every page's first change in the step writes a full image
+        self.upd0 = self._counters()
+        self.lsn0 = one("SELECT pg_current_wal_lsn()")
+        self.cpu0 = db_cpu_seconds(self.ctx.postmaster)
+        self.ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        self.self_cpu = (ru.ru_utime + ru.ru_stime) - (self.ru0.ru_utime + self.ru0.ru_stime)
+        self.db_cpu = db_cpu_seconds(self.ctx.postmaster) - self.cpu0
+        self.wal = int(one("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [self.lsn0]))
+        upd1 = self._counters()
+        self.updates = upd1[0] - self.upd0[0]
+        self.hot = upd1[1] - self.upd0[1]
+
+    def metrics(self, rows: int, seconds: float | None = None, client_cpu: float | None = None) -> dict:
+        seconds = seconds or self.seconds
+        client_cpu = self.self_cpu if client_cpu is None else client_cpu
+        return {
+            "rows": rows,
+            "seconds": seconds,
+            "rate": rows / seconds if seconds else 0.0,
+            "wal_per_row": self.wal / rows if rows else None,
+            "db_cpu_us_per_row": 1e6 * self.db_cpu / rows if rows else None,
+            "client_cpu_us_per_row": 1e6 * client_cpu / rows if rows else None,
+            "hot_percent": 100.0 * self.hot / self.updates if self.updates else None,
+        }
+
+
+def child(ctx, *argv: str) -> tuple[dict, dict]:
+    """Run ``python -m bench.child ...``; return (its JSON, its rusage as a dict)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.child", *argv], cwd=ROOT, env=ctx.env, stdout=subprocess.PIPE
+    )
+    out = proc.stdout.read()
+    proc.stdout.close()
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"bench.child {' '.join(argv)} exited {proc.returncode}")
+    return json.loads(out or b"{}"), {"maxrss_kb": ru.ru_maxrss, "cpu": ru.ru_utime + ru.ru_stime}
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def notes_pool() -> list[str]:
+    rng = random.Random(1)
+    return [" ".join(rng.choice(WORDS) for _ in range(28)) for _ in range(1000)]
+
+
+def load_encrypted(model, n: int) -> None:
+    """COPY ``n`` rows of valid ciphertexts, made by the library under the active versions."""
+    from django.db import connection
+
+    from keyrotation import codecs, crypto, keyring
+
+    email_f, notes_f = model._meta.get_field("email"), model._meta.get_field("notes")
+    bidx_f = model._meta.get_field("email_bidx")
+    ring_e, ring_i = keyring.get_keyring("default", "encrypt"), keyring.get_keyring("default", "index")
+    ve, vi = ring_e.active_version, ring_i.active_version
+    sk_email, sk_notes = ring_e.subkey(ve, email_f.label), ring_e.subkey(ve, notes_f.label)
+    sk_bidx, length = ring_i.subkey(vi, bidx_f.label), bidx_f.index_length()
+    pool = notes_pool()
+    table = model._meta.db_table
+    cols = "id, email, email_key_version, email_bidx, email_bidx_key_version, notes, notes_key_version"
+    with (
+        connection.cursor() as cur,
+        cur.cursor.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp,
+    ):
+        cp.set_types(["int8", "bytea", "int2", "bytea", "int2", "bytea", "int2"])
+        for i in range(1, n + 1):
+            email = f"customer{i}@example.com"
+            note = f"{i}: {pool[i % 1000]}"
+            cp.write_row(
+                (
+                    i,
+                    crypto.encrypt(sk_email, ve, email_f.label, codecs.encode(email_f.base_field, email)),
+                    ve,
+                    crypto.blind_index(sk_bidx, bidx_f.index_input(email), length),
+                    vi,
+                    crypto.encrypt(sk_notes, ve, notes_f.label, codecs.encode(notes_f.base_field, note)),
+                    ve,
+                )
+            )
+    sql(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), %s)", [n])
+
+
+def load_twins(n: int) -> None:
+    from django.db import connection
+
+    from bench.benchapp.fernet import fernet
+
+    pool, f = notes_pool(), fernet()
+    with connection.cursor() as cur:
+        with cur.cursor.copy("COPY bench_customer_plain (id, email, notes) FROM STDIN (FORMAT BINARY)") as cp:
+            cp.set_types(["int8", "text", "text"])
+            for i in range(1, n + 1):
+                cp.write_row((i, f"customer{i}@example.com", f"{i}: {pool[i % 1000]}"))
+        with cur.cursor.copy(
+            "COPY bench_customer_fernet (id, email, notes) FROM STDIN (FORMAT BINARY)"
+        ) as cp:
+            cp.set_types(["int8", "bytea", "bytea"])
+            for i in range(1, n + 1):
+                cp.write_row(
+                    (
+                        i,
+                        f.encrypt(f"customer{i}@example.com".encode()),
+                        f.encrypt(f"{i}: {pool[i % 1000]}".encode()),
+                    )
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# the contenders
+
+
+def rotate() -> int:
+    from keyrotation import keyring, lifecycle
+
+    key = lifecycle.rotate(purpose="encrypt", actor="bench")
+    keyring.invalidate()
+    return key.version
+
+
+def naive_loop(model, upto: int, batch: int = 100) -> int:
+    """The runbook loop: re-save every object, ``batch`` objects per transaction."""
+    from django.db import transaction
+
+    done = 0
+    for lo in range(0, upto, batch):
+        with transaction.atomic():
+            for obj in model.objects.filter(pk__gt=lo, pk__lte=min(lo + batch, upto)).order_by("pk"):
+                obj.email = obj.email
+                obj.notes = obj.notes
+                obj.save()
+                done += 1
+    return done
+
+
+class RawLoop:
+    """Hand-written set-based loop: ``SELECT … FOR UPDATE SKIP LOCKED LIMIT n`` + one
+    ``UPDATE … FROM unnest(...)`` per batch, AES-GCM straight from ``cryptography``."""
+
+    def __init__(self, dsn: str, model, crypto_on: bool = True, batch: int = 2000):
+        import psycopg
+
+        from keyrotation import keyring
+
+        self.conn = psycopg.connect(dsn.replace("postgres://", "postgresql://"), autocommit=True)
+        self.table = model._meta.db_table
+        self.crypto_on, self.batch = crypto_on, batch
+        self.labels = {c: f"{model._meta.label}.{c}".encode() for c in ("email", "notes")}
+        self.keyring = keyring
+        self._aes: dict = {}
+
+    def aes(self, version: int, col: str):
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        key = (version, col)
+        if key not in self._aes:
+            ring = self.keyring.keyring_for_version("default", "encrypt", version)
+            self._aes[key] = AESGCM(ring.subkey(version, self.labels[col].decode()))
+        return self._aes[key]
+
+    def reseal(self, token: bytes, version: int, col: str, target: int) -> bytes:
+        label = self.labels[col]
+        pt = self.aes(version, col).decrypt(token[5:17], token[17:], token[:5] + label)
+        header = b"\x01" + target.to_bytes(4, "big")
+        nonce = os.urandom(12)
+        return header + nonce + self.aes(target, col).encrypt(nonce, pt, header + label)
+
+    def run(self, target: int, lo: int = 0) -> int:
+        t = self.table
+        select = (
+            f"SELECT id, email, email_key_version, notes, notes_key_version FROM {t} "
+            f"WHERE (email_key_version <> %s OR notes_key_version <> %s) AND id > %s "
+            f"ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+        )
+        update = (
+            f"UPDATE {t} AS t SET email = v.e, email_key_version = v.ev, notes = v.n, notes_key_version = v.nv "
+            f"FROM unnest(%b::bigint[], %b::bytea[], %b::smallint[], %b::bytea[], %b::smallint[]) "
+            f"AS v(id, e, ev, n, nv) WHERE t.id = v.id"
+        )
+        done, last = 0, lo
+        with self.conn.cursor() as cur:
+            while True:
+                with self.conn.transaction():
+                    cur.execute(select, [target, target, last, self.batch], binary=True)
+                    rows = cur.fetchall()
+                    if not rows:
+                        return done
+                    cols: list[list] = [[], [], [], [], []]
+                    for pk, e, ev, n, nv in rows:
+                        if self.crypto_on:
+                            if ev != target:
+                                e, ev = self.reseal(e, ev, "email", target), target
+                            if nv != target:
+                                n, nv = self.reseal(n, nv, "notes", target), target
+                        for k, v in enumerate((pk, e, ev, n, nv)):
+                            cols[k].append(v)
+                    cur.execute(update, cols, binary=True)
+                    done += len(rows)
+                    last = rows[-1][0]
+
+
+def read_rows(model, n: int) -> float:
+    start = time.perf_counter()
+    for obj in model.objects.order_by("pk")[:n].iterator(chunk_size=2000):
+        obj.email  # noqa: B018 - the read is the point (EncryptedField decrypts here)
+        obj.notes  # noqa: B018
+    return time.perf_counter() - start
+
+
+def timed(fn, *a) -> float:
+    start = time.perf_counter()
+    fn(*a)
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------
+# one repetition
+
+
+def repetition(ctx, rep: int) -> dict:
+    from bench.benchapp.models import Customer, CustomerIndexed
+    from keyrotation import census, engine, registry
+    from keyrotation.engine import plan as plan_mod
+
+    n, out = ctx.rows, {}
+    T, TI = "bench_customer", "bench_customer_indexed"
+
+    log(f"run {rep}: A reencrypt, 1 worker")
+    vacuum(T)
+    rotate()
+    with Meter(ctx, T) as m:
+        res, ru = child(ctx, "reencrypt", "--model", "benchapp.Customer")
+    assert res["status"] == "finished" and res["rows_done"] == n, res
+    out["engine"] = m.metrics(res["rows_done"], res["seconds"], ru["cpu"])
+    out["engine"].update(
+        maxrss_kb=ru["maxrss_kb"],
+        kek_requests=res["kek_requests"],
+        batch_max=res["batch_seconds_max"],
+        batch_median=res["batch_seconds_median"],
+    )
+
+    log(f"run {rep}: B naive loop on {ctx.naive_rows} rows, raw-SQL loop on the rest")
+    vacuum(T)
+    target = rotate()
+    with Meter(ctx, T) as m:
+        done = naive_loop(Customer, ctx.naive_rows)
+    out["naive"] = m.metrics(done)
+    raw = RawLoop(ctx.dsn, Customer)
+    with Meter(ctx, T) as m:
+        done = raw.run(target)
+    out["raw"] = m.metrics(done)
+
+    log(f"run {rep}: C database ceiling (raw SQL, no crypto)")
+    vacuum(T)
+    target = rotate()
+    raw = RawLoop(ctx.dsn, Customer, crypto_on=False)
+    with Meter(ctx, T) as m:
+        done = raw.run(target)
+    out["ceiling"] = m.metrics(done)
+
+    log(f"run {rep}: D reencrypt --workers 2")
+    vacuum(T)
+    rotate()
+    with Meter(ctx, T) as m:
+        res, ru = child(ctx, "reencrypt", "--model", "benchapp.Customer", "--workers", "2")
+    assert res["status"] == "finished" and res["rows_done"] == n, res
+    out["workers2"] = m.metrics(res["rows_done"], res["seconds"], ru["cpu"])
+    out["workers2"]["maxrss_kb"] = ru["maxrss_kb"]
+
+    log(f"run {rep}: E reencrypt on the indexed-version-column twin")
+    vacuum(TI)
+    with Meter(ctx, TI) as m:
+        res, ru = child(ctx, "reencrypt", "--model", "benchapp.CustomerIndexed")
+    assert res["status"] == "finished" and res["rows_done"] == n, res
+    out["indexed"] = m.metrics(res["rows_done"], res["seconds"], ru["cpu"])
+
+    log(f"run {rep}: census with and without version-column indexes")
+    vacuum(T, TI)
+    for key, model in (("census_plain", Customer), ("census_indexed", CustomerIndexed)):
+        cols = [c for c in registry.columns() if c.model is model]
+        plans = [p for p in plan_mod.build([model._meta.label])]
+        out[key] = {
+            "census_seconds": statistics.median(
+                timed(lambda cols=cols: [census.counts(c) for c in cols]) for _ in range(3)
+            ),
+            "pending_seconds": statistics.median(
+                timed(lambda plans=plans: [p.pending() for p in plans]) for _ in range(3)
+            ),
+        }
+    out["status_seconds"] = timed(engine.status)
+
+    log(f"run {rep}: F application writer, idle then during reencrypt")
+    vacuum(T)
+    rotate()
+    with tempfile.TemporaryDirectory() as tmp:
+        stop, samples_file = Path(tmp, "stop"), Path(tmp, "samples.json")
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "bench.child", "writer", "--rows", str(n), "--stop", str(stop),
+             "--out", str(samples_file)],
+            cwd=ROOT, env=ctx.env,
+        )  # fmt: skip
+        time.sleep(2.0)  # Django start-up
+        idle_from = time.monotonic()
+        time.sleep(ctx.writer_idle)
+        busy_from = time.monotonic()
+        res, ru = child(ctx, "reencrypt", "--model", "benchapp.Customer")
+        busy_to = time.monotonic()
+        stop.touch()
+        writer.wait(timeout=60)
+        samples = json.loads(samples_file.read_text())
+    assert res["status"] == "finished", res
+    idle = sorted(s for t, s in samples if idle_from <= t < busy_from)
+    busy = sorted(s for t, s in samples if busy_from <= t < busy_to)
+    out["writer"] = {
+        "idle_n": len(idle),
+        "busy_n": len(busy),
+        "idle_p50": pct(idle, 50),
+        "idle_p99": pct(idle, 99),
+        "busy_p50": pct(busy, 50),
+        "busy_p99": pct(busy, 99),
+        "busy_max": busy[-1] if busy else None,
+        "idle_max": idle[-1] if idle else None,
+        "batch_max": res["batch_seconds_max"],
+        "batch_median": res["batch_seconds_median"],
+        "engine_rate": res["rows_done"] / res["seconds"],
+    }
+
+    if n > 100_000 and rep == 1:  # once: RSS needs no median, and this costs a full raw pass
+        log(f"run {rep}: G reencrypt with 100k rows to do (peak RSS at 100k)")
+        vacuum(T)
+        target = rotate()
+        RawLoop(ctx.dsn, Customer).run(target, lo=100_000)
+        res, ru = child(ctx, "reencrypt", "--model", "benchapp.Customer")
+        assert res["rows_done"] == 100_000, res
+        out["rss_100k_kb"] = ru["maxrss_kb"]
+    else:
+        out["rss_100k_kb"] = out["engine"]["maxrss_kb"] if n == 100_000 else None
+    out["loadavg_end"] = os.getloadavg()
+    return out
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    k = min(len(values) - 1, max(0, round(p / 100 * len(values) + 0.5) - 1))
+    return values[k]
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def machine(ctx) -> dict:
+    import cryptography
+    import django
+    import psycopg
+
+    mem_kb = int(
+        next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1]
+    )
+    cpu = next(
+        (
+            x.split(":", 1)[1].strip()
+            for x in Path("/proc/cpuinfo").read_text().splitlines()
+            if x.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    bao = subprocess.run(
+        [servers.find_bao(), "version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gb": round(mem_kb / 1024 / 1024, 1),
+        "os": platform.platform(),
+        "postgresql": one("SELECT version()"),
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "psycopg": psycopg.__version__,
+        "cryptography": cryptography.__version__,
+        "openbao": bao,
+        "load average at start (1/5/15 min)": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def med(runs: list[dict], *path):
+    vals = []
+    for r in runs:
+        v = r
+        for k in path:
+            v = v.get(k) if v is not None else None
+        if v is not None:
+            vals.append(v)
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v, digits=0) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}"
+
+
+def report(ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info: dict) -> str:
+    n = ctx.rows
+    ratio = lambda a, b: [r[a]["rate"] / r[b]["rate"] for r in runs]  # noqa: E731
+    lines = [
+        f"# keyrotation benchmark — {n:,} rows, {ctx.runs} runs ({dt.date.today().isoformat()})",
+        "",
+        f"Produced by `make bench ROWS={n}` (`bench/run.py`). Medians over {ctx.runs} runs; every ratio "
+        "is computed inside one run (same table state, same minute) and the median of those ratios "
+        "is shown. Rates are rows per second.",
+        "",
+        "## Machine",
+        "",
+        *[f"- **{k}**: {v}" for k, v in info.items()],
+        "- **PostgreSQL settings**: throwaway cluster from `tests/servers.py` (fsync off, "
+        "synchronous_commit off) with, for the bench, full_page_writes on, shared_buffers 1GB, "
+        "max_wal_size 4GB; autovacuum off on the bench tables (the bench runs `VACUUM (ANALYZE)` "
+        "before every step) and a `CHECKPOINT` before every measured step, so WAL includes a full "
+        "page image of every page touched.",
+        "- **KEK**: OpenBao Transit (real server on loopback) for every step.",
+        "",
+        "## Re-encryption (rotate the encrypt key, move every row: email + notes, ~270 bytes of ciphertext per row)",
+        "",
+        "| contender | rows per run | rows/s (median) | per-run rows/s | WAL bytes/row | DB CPU µs/row | client CPU µs/row | HOT updates |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    names = [
+        ("engine", "`reencrypt`, 1 worker"),
+        ("workers2", "`reencrypt --workers 2`"),
+        ("naive", f"naive Django loop (first {ctx.naive_rows:,} rows)"),
+        ("raw", "hand-written raw-SQL loop (the other rows)"),
+        ("ceiling", "database ceiling (same SQL, no crypto)"),
+        ("indexed", "`reencrypt`, 1 worker, version columns indexed"),
+    ]
+    for key, title in names:
+        lines.append(
+            f"| {title} | {fmt(med(runs, key, 'rows'))} | **{fmt(med(runs, key, 'rate'))}** | "
+            f"{', '.join(fmt(r[key]['rate']) for r in runs)} | {fmt(med(runs, key, 'wal_per_row'))} | "
+            f"{fmt(med(runs, key, 'db_cpu_us_per_row'), 1)} | {fmt(med(runs, key, 'client_cpu_us_per_row'), 1)} | "
+            f"{fmt(med(runs, key, 'hot_percent'), 0)} % |"
+        )
+    r_naive = statistics.median(ratio("engine", "naive"))
+    r_raw = statistics.median(ratio("engine", "raw"))
+    r_ceiling = statistics.median(ratio("engine", "ceiling"))
+    r_w2 = statistics.median(ratio("workers2", "engine"))
+    r_idx = statistics.median(ratio("indexed", "engine"))
+    lines += [
+        "",
+        f"The naive loop runs on a {ctx.naive_rows:,}-row subset (a full pass would take far too long); "
+        "ratios are ratios of rates, so the comparison is fair. Database CPU counts every PostgreSQL "
+        "process of the cluster; client CPU is the measured process (its workers included).",
+        "",
+        "| ratio (median of per-run ratios) | value |",
+        "|---|---:|",
+        f"| `reencrypt` / naive loop | {r_naive:.1f}× |",
+        f"| `reencrypt` / raw-SQL loop | {r_raw:.2f}× |",
+        f"| `reencrypt` / database ceiling | {r_ceiling:.2f}× |",
+        f"| `--workers 2` / `--workers 1` | {r_w2:.2f}× |",
+        f"| version columns indexed / not indexed (rows/s) | {r_idx:.2f}× |",
+        "",
+        "## Memory and KEK",
+        "",
+        f"- Peak RSS of the `reencrypt` process: **{fmt(med(runs, 'engine', 'maxrss_kb') / 1024, 1)} MiB** "
+        f"with {n:,} rows to do (runs: {', '.join(fmt(r['engine']['maxrss_kb'] / 1024, 1) for r in runs)}), "
+        + (
+            f"**{fmt(med(runs, 'rss_100k_kb') / 1024, 1)} MiB** with 100,000 rows to do; "
+            if med(runs, "rss_100k_kb")
+            else ""
+        )
+        + f"a Django process that only imports the engine and connects: {baseline_rss_kb / 1024:.1f} MiB. "
+        f"`--workers 2` (parent + children, largest process): {fmt(med(runs, 'workers2', 'maxrss_kb') / 1024, 1)} MiB.",
+        f"- KEK (OpenBao Transit) requests during one {n:,}-row `reencrypt` run: "
+        f"**{', '.join(str(r['engine']['kek_requests']) for r in runs)}** (per run); "
+        "one unwrap per data-key version the run meets (old encrypt version, new encrypt version, index version).",
+        f"- Engine batch time (default batch size): median {fmt(med(runs, 'engine', 'batch_median') * 1000, 0)} ms, "
+        f"max {fmt(med(runs, 'engine', 'batch_max') * 1000, 0)} ms.",
+        "",
+        f"## Encrypted reads (ORM, {ctx.read_rows:,} rows, reading both attributes)",
+        "",
+        "| model | seconds (median) | per-run | rows/s | vs plaintext |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for key, title in (("plain", "plaintext columns"), ("enc", "EncryptedField (decrypt on access)"),
+                       ("fernet", "Fernet (MultiFernet, decrypt in from_db_value)")):  # fmt: skip
+        secs = statistics.median(r[key] for r in reads)
+        rel = statistics.median(r[key] / r["plain"] for r in reads)
+        lines.append(
+            f"| {title} | {secs:.3f} | {', '.join(f'{r[key]:.3f}' for r in reads)} | "
+            f"{ctx.read_rows / secs:,.0f} | {rel:.2f}× |"
+        )
+    read_ratio = statistics.median(r["enc"] / r["plain"] for r in reads)
+    read_vs_fernet = statistics.median(r["enc"] / r["fernet"] for r in reads)
+    w = lambda k: med(runs, "writer", k)  # noqa: E731
+    lines += [
+        "",
+        "## Concurrent application writes",
+        "",
+        "One process doing `Customer.objects.filter(pk=<random>).update(notes=...)` (ORM, encrypted field, "
+        "autocommit) with a 5 ms pause between updates; latencies of the UPDATE statement, first with nothing "
+        "else running, then while `reencrypt` (1 worker, default batch size, no rate cap) runs.",
+        "",
+        "| | samples | p50 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|",
+        f"| idle | {fmt(w('idle_n'))} | {fmt(w('idle_p50') * 1000, 2)} | {fmt(w('idle_p99') * 1000, 2)} | {fmt(w('idle_max') * 1000, 1)} |",
+        f"| during `reencrypt` | {fmt(w('busy_n'))} | {fmt(w('busy_p50') * 1000, 2)} | {fmt(w('busy_p99') * 1000, 2)} | {fmt(w('busy_max') * 1000, 1)} |",
+        "",
+        f"Longest engine batch (median over runs of each run's longest): {fmt(w('batch_max') * 1000, 0)} ms (median batch "
+        f"{fmt(w('batch_median') * 1000, 0)} ms); engine rate with the writer running: {fmt(w('engine_rate'))} rows/s. "
+        "The longest application write (the max above, median over runs of each run's longest) bounds its longest lock wait.",
+        "",
+        "## Version-column index (DESIGN §4)",
+        "",
+        "| | not indexed (default) | indexed |",
+        "|---|---:|---:|",
+        f"| re-encryption rows/s (1 worker) | {fmt(med(runs, 'engine', 'rate'))} | {fmt(med(runs, 'indexed', 'rate'))} |",
+        f"| HOT updates during re-encryption | {fmt(med(runs, 'engine', 'hot_percent'))} % | {fmt(med(runs, 'indexed', 'hot_percent'))} % |",
+        f"| WAL bytes per row | {fmt(med(runs, 'engine', 'wal_per_row'))} | {fmt(med(runs, 'indexed', 'wal_per_row'))} |",
+        f"| census of the model's 3 version columns (s) | {fmt(med(runs, 'census_plain', 'census_seconds'), 3)} | {fmt(med(runs, 'census_indexed', 'census_seconds'), 3)} |",
+        f"| pending-row count, nothing pending (final sweep check) (s) | {fmt(med(runs, 'census_plain', 'pending_seconds'), 3)} | {fmt(med(runs, 'census_indexed', 'pending_seconds'), 3)} |",
+        f"| `engine.status()` (every registered column, both tables) (s) | {fmt(med(runs, 'status_seconds'), 3)} | |",
+        "",
+        "## Targets",
+        "",
+    ]
+    rss_n, rss_100k = med(runs, "engine", "maxrss_kb"), med(runs, "rss_100k_kb")
+    kek = max(r["engine"]["kek_requests"] for r in runs)
+    targets = [
+        ("`reencrypt` ≥ 25× the naive loop", r_naive >= 25, f"{r_naive:.1f}×"),
+        ("`reencrypt` ≥ 0.75× the raw-SQL loop", r_raw >= 0.75, f"{r_raw:.2f}×"),
+        ("encrypted read ≤ 1.25× plaintext", read_ratio <= 1.25, f"{read_ratio:.2f}×"),
+        ("encrypted read faster than Fernet", read_vs_fernet < 1, f"{read_vs_fernet:.2f}× Fernet's time"),
+        (
+            f"peak RSS at {n:,} within 10 % of 100k",
+            None if n < 1_000_000 or not rss_100k else rss_n <= 1.10 * rss_100k,
+            f"{rss_n / 1024:.1f} MiB vs {rss_100k / 1024:.1f} MiB" if rss_100k else "100k point not measured",
+        ),
+        ("KEK requests ∝ key versions (a handful)", kek <= 10, f"max {kek} requests per run"),
+        (
+            "concurrent writers never wait longer than one batch",
+            w("busy_max") <= w("batch_max"),
+            f"longest write {w('busy_max') * 1000:.0f} ms vs longest batch {w('batch_max') * 1000:.0f} ms",
+        ),
+        (
+            "writer p99 ≤ 2× idle p99 at the default throttle",
+            w("busy_p99") <= 2 * w("idle_p99"),
+            f"{w('busy_p99') * 1000:.2f} ms vs idle {w('idle_p99') * 1000:.2f} ms ({w('busy_p99') / w('idle_p99'):.1f}×)",
+        ),
+    ]
+    lines += ["| target | status | measured |", "|---|---|---|"]
+    for title, ok, measured in targets:
+        status = "n/a at this size" if ok is None else ("**met**" if ok else "**not met**")
+        lines.append(f"| {title} | {status} | {measured} |")
+    lines += [
+        "",
+        "## Raw numbers",
+        "",
+        "```json",
+        json.dumps({"runs": runs, "reads": reads}, indent=1),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Ctx:
+    pass
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--naive-rows", type=int, default=20_000)
+    parser.add_argument("--read-rows", type=int, default=100_000)
+    parser.add_argument("--writer-idle", type=float, default=8.0, help="seconds of idle writer latency")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # stop the servers
+    ctx = Ctx()
+    ctx.rows, ctx.runs, ctx.writer_idle = args.rows, args.runs, args.writer_idle
+    ctx.naive_rows = min(args.naive_rows, max(100, args.rows // 5))
+    ctx.read_rows = min(args.read_rows, args.rows)
+    started = time.monotonic()
+
+    with servers.postgres_cluster() as pg, servers.openbao_dev_server() as bao:
+        pg_env = {
+            "BENCH_DATABASE_URL": pg.dsn,
+            "BENCH_VAULT_ADDR": bao.addr,
+            "BENCH_VAULT_TOKEN": bao.token,
+            "DJANGO_SETTINGS_MODULE": "bench.settings",
+        }
+        os.environ.update(pg_env)
+        ctx.env, ctx.dsn = dict(os.environ), pg.dsn
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.db import connection
+
+        for setting, value in (
+            ("full_page_writes", "on"),
+            ("shared_buffers", "1GB"),
+            ("max_wal_size", "4GB"),
+        ):
+            sql(f"ALTER SYSTEM SET {setting} = '{value}'", fetch=False)
+        connection.close()
+        pg.restart()
+        ctx.postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+        call_command("migrate", verbosity=0)
+        from keyrotation import lifecycle
+
+        lifecycle.init(actor="bench")
+        from bench.benchapp.models import Customer, CustomerIndexed
+
+        log(
+            f"loading {ctx.rows:,} rows x 2 encrypted tables, {ctx.read_rows:,} plaintext + Fernet rows (COPY)"
+        )
+        t = time.perf_counter()
+        load_encrypted(Customer, ctx.rows)
+        load_encrypted(CustomerIndexed, ctx.rows)
+        load_twins(ctx.read_rows)
+        for table in (
+            "bench_customer",
+            "bench_customer_indexed",
+            "bench_customer_plain",
+            "bench_customer_fernet",
+        ):
+            sql(f"ALTER TABLE {table} SET (autovacuum_enabled = false)", fetch=False)
+        log(f"loaded in {time.perf_counter() - t:.1f}s; warm-up pass (one new version of every row), VACUUM")
+        for table in ("bench_customer", "bench_customer_indexed"):
+            sql(f"UPDATE {table} SET notes_key_version = notes_key_version", fetch=False)
+        vacuum("bench_customer", "bench_customer_indexed", "bench_customer_plain", "bench_customer_fernet")
+        info = machine(ctx)
+        baseline = child(ctx, "noop")[1]["maxrss_kb"]
+
+        from bench.benchapp.models import CustomerFernet, CustomerPlain
+
+        reads = []
+        for rep in range(ctx.runs):
+            log(f"reads {rep + 1}: {ctx.read_rows:,} rows x 3 models")
+            reads.append(
+                {
+                    "plain": read_rows(CustomerPlain, ctx.read_rows),
+                    "enc": read_rows(Customer, ctx.read_rows),
+                    "fernet": read_rows(CustomerFernet, ctx.read_rows),
+                }
+            )
+        runs = [repetition(ctx, rep + 1) for rep in range(ctx.runs)]
+        text = report(ctx, runs, reads, baseline, info)
+        connection.close()
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = f"{ctx.rows // 1_000_000}M" if ctx.rows % 1_000_000 == 0 else f"{ctx.rows // 1000}k"
+    path = out_dir / f"{size}-{dt.date.today().isoformat()}.md"
+    path.write_text(text)
+    print(text)
+    log(
+        f"written {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} in {time.monotonic() - started:.0f}s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
