@@ -106,7 +106,7 @@ class BlindIndexField(models.BinaryField):
     def index_input(self, value: Any) -> bytes:
         """The bytes the HMAC covers: the normalised value in the source codec form."""
         base = self.source_field.base_field
-        value = base.to_python(value)
+        value = codecs.to_python(base, value)
         if self.normalize is not None:
             value = self.normalize(value)
         elif isinstance(value, str):

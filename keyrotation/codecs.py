@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.fields import AutoFieldMixin
 from django.utils import timezone
@@ -158,11 +159,50 @@ _DECODERS: dict[str, Callable[[models.Field, bytes], Any]] = {
 }
 
 
+HIDDEN = "(value hidden)"
+
+
+def hide_value(exc: ValidationError) -> ValidationError:
+    """The same validation error without the rejected value.
+
+    Django's messages quote the value (``“%(value)s” value must be an integer.``); for an
+    encrypted field that value is the plaintext, and the message ends up in logs, tracebacks and
+    error reports. Codes and every other parameter are kept, so forms and callers that check
+    ``code`` behave the same.
+    """
+    if hasattr(exc, "error_dict"):
+        return ValidationError(
+            {k: hide_value(ValidationError(v)).error_list for k, v in exc.error_dict.items()}
+        )
+    errors = []
+    for err in exc.error_list:
+        params = err.params
+        if isinstance(params, dict) and "value" in params:
+            params = {**params, "value": HIDDEN}
+        errors.append(ValidationError(err.message, code=err.code, params=params))
+    return ValidationError(errors)
+
+
+def to_python(field: models.Field, value: Any) -> Any:
+    """``field.to_python(value)``, whose validation error never quotes the value."""
+    try:
+        return field.to_python(value)
+    except ValidationError as exc:
+        raise hide_value(exc) from None
+
+
 def encode(field: models.Field, value: Any) -> bytes:
-    """Canonical bytes of a non-``None`` value of ``field`` (a supported base field)."""
+    """Canonical bytes of a non-``None`` value of ``field`` (a supported base field).
+
+    Raises:
+        ValidationError: the value is not valid for ``field`` (the message does not quote it).
+    """
     if value is None:
         raise ValueError("None is stored as NULL and has no encoding")
-    return _ENCODERS[_require(field)](field, value)
+    try:
+        return _ENCODERS[_require(field)](field, value)
+    except ValidationError as exc:
+        raise hide_value(exc) from None
 
 
 def decode(field: models.Field, data: bytes) -> Any:

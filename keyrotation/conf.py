@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
@@ -28,6 +29,7 @@ KNOWN_KEYS = frozenset(
         "INDEX_VERSION_COLUMNS",
         "BATCH_SIZE",
         "MASK_IN_CHANGELIST",
+        "REDACT_PATTERNS",
     }
 )
 
@@ -106,6 +108,45 @@ def mask_in_changelist() -> bool:
     """``KEYROTATION["MASK_IN_CHANGELIST"]`` (default ``False``): show encrypted fields masked in
     admin change lists."""
     return bool(_get("MASK_IN_CHANGELIST", False))
+
+
+# Defaults of REDACT_PATTERNS: what a log line must never carry, whatever the application logs.
+DEFAULT_REDACT_PATTERNS = (
+    # e-mail addresses
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+",
+    # SSN-style national ids written with dashes (123-45-6789)
+    r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])",
+    # card numbers in groups of four (4111 1111 1111 1111, 4111-1111-1111-1111)
+    r"(?<![\w-])\d{4}(?:[ -]\d{4}){3}(?![\w-])",
+    # any run of 9 or more digits: national ids, card and phone numbers, account numbers
+    r"(?<!\d)\d{9,}(?!\d)",
+)
+
+
+def redact_patterns() -> tuple[str, ...]:
+    """``KEYROTATION["REDACT_PATTERNS"]``: regular expressions that
+    :class:`keyrotation.redaction.RedactingFilter` replaces in every log record.
+
+    Default :data:`DEFAULT_REDACT_PATTERNS`: e-mail addresses, ``123-45-6789`` style national ids,
+    card numbers in groups of four, and runs of 9 or more digits. A list replaces the defaults; to
+    extend them, write ``[*conf.DEFAULT_REDACT_PATTERNS, r"my pattern"]``.
+    """
+    value = _get("REDACT_PATTERNS", DEFAULT_REDACT_PATTERNS)
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigurationError('KEYROTATION["REDACT_PATTERNS"] must be a list of regular expressions')
+    out = []
+    for pattern in value:
+        source = getattr(pattern, "pattern", pattern)
+        if not isinstance(source, str) or not source:
+            raise ConfigurationError('KEYROTATION["REDACT_PATTERNS"] entries must be non-empty strings')
+        try:
+            re.compile(source)
+        except re.error as exc:
+            raise ConfigurationError(
+                f'KEYROTATION["REDACT_PATTERNS"]: {source!r} is not a valid regular expression: {exc}'
+            ) from None
+        out.append(source)
+    return tuple(out)
 
 
 def unknown_keys() -> set[str]:

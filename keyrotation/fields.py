@@ -366,7 +366,7 @@ class EncryptedField(models.Field):
     def to_python(self, value: Any) -> Any:
         if value is None or value is NOT_ADOPTED or isinstance(value, Sealed):
             return value
-        return self.base_field.to_python(value)
+        return codecs.to_python(self.base_field, value)
 
     def validate(self, value: Any, model_instance: models.Model | None) -> None:
         self.base_field.validate(value, model_instance)

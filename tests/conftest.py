@@ -99,3 +99,13 @@ def postgres_server():
     """A private PostgreSQL cluster (not Django's database) that tests may restart."""
     with servers.postgres_cluster() as cluster:
         yield cluster
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say how many randomised reliability trials ran (``KEYROTATION_TRIALS`` sets how many)."""
+    from tests.reliability_support import LOG
+
+    if LOG.lines:
+        terminalreporter.section("reliability trials")
+        for line in LOG.lines:
+            terminalreporter.write_line(line)

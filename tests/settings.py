@@ -8,6 +8,7 @@ The database is chosen by the environment:
 """
 
 import base64
+import json
 import os
 from urllib.parse import unquote, urlparse
 
@@ -88,3 +89,6 @@ KEYROTATION = {
     "KEK": {"BACKEND": "local", "KEYS": [TEST_MASTER_KEY]},
     "CACHE_SECONDS": float(os.environ.get("KEYROTATION_TEST_CACHE_SECONDS", "60")),
 }
+# A subprocess started by a test may be pointed at another KEK (e.g. an OpenBao), as JSON.
+if os.environ.get("KEYROTATION_TEST_KEK"):
+    KEYROTATION["KEK"] = json.loads(os.environ["KEYROTATION_TEST_KEK"])

@@ -97,3 +97,17 @@ def test_unsupported_fields(field):
     assert codecs.kind(field) is None
     with pytest.raises(TypeError, match="not supported"):
         codecs.encode(field, 1)
+
+
+def test_validation_errors_never_quote_the_value():
+    from django.core.exceptions import ValidationError
+
+    field = models.IntegerField()
+    with pytest.raises(ValidationError) as info:
+        codecs.encode(field, "123-45-6789")
+    assert "123-45-6789" not in str(info.value) and codecs.HIDDEN in str(info.value)
+    assert info.value.error_list[0].code == "invalid"
+    assert info.value.__suppress_context__
+    inner = ValidationError("%(value)s bad", params={"value": "x1"})
+    nested = codecs.hide_value(ValidationError({"ssn": inner}))
+    assert "x1" not in str(nested) and "ssn" in nested.message_dict

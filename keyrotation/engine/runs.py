@@ -166,7 +166,17 @@ def _dead_local_worker(worker: str) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """A killed worker whose parent died too is re-parented to PID 1, which in a container often
+    never reaps it: it still answers ``kill(pid, 0)`` but will never work again (Linux only)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def claim_chunk(run_id: int, *, stale_after: float = 60.0, using=None) -> ReencryptionChunk | None:

@@ -1,0 +1,143 @@
+"""A ``logging.Filter`` that redacts personal data from every log record it sees.
+
+keyrotation itself never logs a plaintext (its own test suite proves it, see
+:mod:`keyrotation.testing`). This filter is the second line of defence for everything else that
+logs in the same process: application code, third-party libraries, Django's SQL log at DEBUG. It
+replaces every match of ``KEYROTATION["REDACT_PATTERNS"]`` (e-mail addresses, national ids, card
+numbers and long digit runs by default, see :func:`keyrotation.conf.redact_patterns`) in:
+
+* the message template and its arguments (strings, and the ``str()`` of any other argument:
+  a list of SQL parameters, a dict, an exception);
+* the formatted traceback of ``exc_info`` and the ``stack_info``;
+* Django's ``sql`` and ``params`` extras on ``django.db.backends`` records.
+
+Attach it to *handlers* (a filter on a logger does not see records propagated from its
+children)::
+
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact": {"()": "keyrotation.redaction.RedactingFilter"}},
+        "handlers": {
+            "console": {"class": "logging.StreamHandler", "filters": ["redact"]},
+        },
+        "root": {"handlers": ["console"], "level": "INFO"},
+    }
+
+The filter never drops a record (it always returns ``True``) and never raises: a record it
+cannot render is replaced by a fixed text rather than passed on unredacted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+from collections.abc import Iterable
+
+from . import conf
+
+REPLACEMENT = "[REDACTED]"
+
+
+class Redactor:
+    """Replaces every match of a set of regular expressions in a text."""
+
+    def __init__(self, patterns: Iterable[str], replacement: str = REPLACEMENT) -> None:
+        sources = [getattr(p, "pattern", p) for p in patterns]
+        self.pattern = re.compile("|".join(f"(?:{s})" for s in sources)) if sources else None
+        self.replacement = replacement
+
+    def __call__(self, text: str) -> str:
+        if self.pattern is None:
+            return text
+        return self.pattern.sub(self.replacement, text)
+
+    def hits(self, text: str) -> bool:
+        return self.pattern is not None and self.pattern.search(text) is not None
+
+
+class RedactingFilter(logging.Filter):
+    """Redact configured patterns from the message, arguments and traceback of each record.
+
+    Args:
+        patterns: regular expressions; default ``KEYROTATION["REDACT_PATTERNS"]``, read when the
+            first record arrives (so the filter can be built by ``LOGGING`` before settings are
+            fully loaded).
+        replacement: the text put in place of each match (default ``"[REDACTED]"``).
+        name: as for :class:`logging.Filter`.
+
+    Example::
+
+        >>> f = RedactingFilter(patterns=[r"\\d{3}-\\d{2}-\\d{4}"])
+        >>> r = logging.LogRecord("app", logging.INFO, __file__, 1, "ssn %s", ("123-45-6789",), None)
+        >>> f.filter(r), r.getMessage()
+        (True, 'ssn [REDACTED]')
+    """
+
+    def __init__(
+        self, patterns: Iterable[str] | None = None, replacement: str = REPLACEMENT, name: str = ""
+    ) -> None:
+        super().__init__(name)
+        self._patterns = None if patterns is None else tuple(patterns)
+        self._replacement = replacement
+        self._redactor: Redactor | None = None
+
+    @property
+    def redactor(self) -> Redactor:
+        if self._redactor is None:
+            patterns = self._patterns if self._patterns is not None else conf.redact_patterns()
+            self._redactor = Redactor(patterns, self._replacement)
+        return self._redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not super().filter(record):
+            return False  # pragma: no cover - a named filter for another logger: not ours to touch
+        try:
+            self._redact(record)
+        except Exception:  # never let a record through unredacted, never break logging
+            record.msg, record.args = "[log record withheld: redaction failed]", ()
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+    def _redact(self, record: logging.LogRecord) -> None:
+        redact = self.redactor
+        args = record.args
+        if args:
+            values = args.values() if isinstance(args, dict) else args
+            if all(isinstance(a, str) or not redact.hits(str(a)) for a in values):
+                # Keep the template and the argument types (for %d and friends, and for tools that
+                # group records by template); only string arguments change.
+                record.msg = redact(record.msg) if isinstance(record.msg, str) else record.msg
+                if isinstance(args, dict):
+                    record.args = {k: redact(v) if isinstance(v, str) else v for k, v in args.items()}
+                else:
+                    record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
+            else:
+                # A non-string argument renders personal data (a list of SQL parameters, a
+                # dict...): render the whole message and redact it.
+                record.msg, record.args = redact(record.getMessage()), ()
+        elif isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        elif record.msg is not None:
+            text = str(record.msg)
+            if redact.hits(text):
+                record.msg = redact(text)
+        if record.exc_info and record.exc_info[0] is not None:
+            text = record.exc_text or "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_text = redact(text)
+            # The formatter renders exc_text when set; dropping exc_info keeps a handler that
+            # re-formats the exception (e.g. for e-mail) from putting the original text back.
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        sql = getattr(record, "sql", None)
+        if isinstance(sql, str):
+            record.sql = redact(sql)
+        params = getattr(record, "params", None)
+        if isinstance(params, (list, tuple)):
+            record.params = type(params)(redact(p) if isinstance(p, str) else p for p in params)
+        elif isinstance(params, dict):
+            record.params = {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}

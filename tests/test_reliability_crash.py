@@ -1,0 +1,186 @@
+"""Crash and resume on PostgreSQL: ``reencrypt`` killed with SIGKILL at random moments, inside a
+batch transaction (between claim and write) and during the final sweep; the rerun must finish with
+every row decrypting to its original value on the active version.
+
+``KEYROTATION_TRIALS`` (default 20) sets the number of random-kill trials.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+
+import psycopg
+import pytest
+from django.db import connection
+
+from keyrotation import engine
+from keyrotation.models import ReencryptionChunk, ReencryptionRun
+from tests.helpers.db import child_env
+from tests.reliability_support import LOG, TRIALS, kill_group, manage, rotate, seed, state, versions, wait_for
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+ROWS = 1200
+
+
+def _committed() -> int:
+    return sum(ReencryptionChunk.objects.values_list("rows_done", flat=True))
+
+
+def _run_for(target: int):
+    return ReencryptionRun.objects.filter(targets__contains={"testapp.Person.email": target}).first()
+
+
+def _committed_for(target: int) -> int:
+    run = _run_for(target)
+    return sum(ReencryptionChunk.objects.filter(run=run).values_list("rows_done", flat=True)) if run else 0
+
+
+def _psycopg():
+    sd = connection.settings_dict
+    return psycopg.connect(
+        host=sd["HOST"], port=sd["PORT"], user=sd["USER"], dbname=sd["NAME"], autocommit=True
+    )
+
+
+def _finish_and_check(original, target):
+    """Rerun in this process until done; every row decrypts to its original value on ``target``."""
+    report = engine.reencrypt(batch_size=200)
+    assert report.ok, report.as_dict()
+    assert versions() == {(target, target, target)}
+    assert state() == original
+    assert engine.verify()["failure_count"] == 0
+    return report
+
+
+def test_sigkill_at_random_moments_then_rerun(keys):
+    rng = random.Random(int(time.time()))
+    original = seed(ROWS)
+    outcomes = Counter()
+    started = time.monotonic()
+    for trial in range(TRIALS):
+        target = rotate()
+        workers = 2 if trial % 3 == 2 else 1
+        proc = manage(
+            "reencrypt", "--batch-size", str(rng.choice([10, 25, 60])), "--rate", "1500",
+            "--workers", str(workers), "--no-progress", env=child_env(),
+        )
+        # Kill once a random share of the rows is committed (0: as soon as the run exists).
+        threshold = rng.randint(0, ROWS)
+        wait_for(
+            lambda p=proc, t=target, th=threshold: p.poll() is not None
+            or (_run_for(t) and _committed_for(t) >= th),
+            30,
+            step=0.005,
+        )
+        time.sleep(rng.uniform(0, 0.05))
+        kill_group(proc)
+        committed = _committed_for(target)
+        run = _run_for(target)
+        with connection.cursor() as cur:
+            cur.execute("SELECT count(*) FROM testapp_person WHERE email_key_version = %s", [target])
+            rows_on_target = cur.fetchone()[0]
+        if run is not None:
+            # progress and data are committed together: the counters never disagree with the rows
+            assert rows_on_target == committed, (trial, rows_on_target, committed)
+        outcome = (
+            "before the run" if rows_on_target == 0
+            else "finished" if rows_on_target == ROWS
+            else "mid-run"
+        )
+        outcomes[f"{outcome}, {workers} worker(s)"] += 1
+        _finish_and_check(original, target)
+    LOG.add("crash: SIGKILL at a random moment", TRIALS, time.monotonic() - started, outcomes)
+    assert outcomes  # at least one trial ran
+
+
+@pytest.fixture
+def slow_engine_update():
+    """A trigger that sleeps in every UPDATE made by a session named ``victim``: the engine's batch
+    transaction is held open after it claimed (locked) its rows and before its write completes."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "CREATE FUNCTION victim_sleep() RETURNS trigger AS $$ BEGIN "
+            "IF current_setting('application_name') = 'victim' THEN PERFORM pg_sleep(30); END IF; "
+            "RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        cur.execute(
+            "CREATE TRIGGER victim_sleep BEFORE UPDATE ON testapp_person "
+            "FOR EACH ROW EXECUTE FUNCTION victim_sleep()"
+        )
+    yield
+    with connection.cursor() as cur:
+        cur.execute("DROP TRIGGER victim_sleep ON testapp_person")
+        cur.execute("DROP FUNCTION victim_sleep()")
+
+
+def _victim_backend(other, wait_event: str):
+    rows = other.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'victim' AND wait_event = %s",
+        [wait_event],
+    ).fetchall()
+    return rows[0][0] if rows else None
+
+
+def test_sigkill_between_claim_and_write(keys, slow_engine_update):
+    started = time.monotonic()
+    original = seed(400)
+    target = rotate()
+    env = child_env(PGAPPNAME="victim", PGOPTIONS="-c client_connection_check_interval=100")
+    with _psycopg() as other:
+        for workers in (1, 2):
+            args = ("--batch-size", "50", "--workers", str(workers), "--no-progress")
+            proc = manage("reencrypt", *args, env=env)
+            try:
+                assert wait_for(lambda: _victim_backend(other, "PgSleep"), 30), "the engine never wrote"
+                before = _raw_rows(other)
+                kill_group(proc)
+                # the server notices the dead client and rolls the batch back
+                assert wait_for(lambda: not _victim_backend(other, "PgSleep"), 15)
+            finally:
+                kill_group(proc)
+            assert _raw_rows(other) == before  # nothing of the killed batch was written
+    assert _committed() == 0
+    _finish_and_check(original, target)
+    LOG.add("crash: SIGKILL inside a batch transaction (1 and 2 workers)", 2, time.monotonic() - started)
+
+
+def _raw_rows(conn) -> list[tuple]:
+    sql = "SELECT id, email, email_key_version, ssn, email_bidx FROM testapp_person ORDER BY id"
+    return conn.execute(sql).fetchall()
+
+
+def test_sigkill_during_the_final_sweep(keys):
+    """Rows locked by the application are skipped by the chunk pass and left to the sweep, which
+    waits for their locks: the run is killed while the sweep waits."""
+    started = time.monotonic()
+    original = seed(600)
+    target = rotate()
+    pks = sorted(original)
+    locked = pks[::50]
+    with _psycopg() as app:
+        app.autocommit = False
+        app.execute("SELECT id FROM testapp_person WHERE id = ANY(%s) FOR UPDATE", [locked])
+        proc = manage("reencrypt", "--batch-size", "40", "--no-progress", env=child_env(PGAPPNAME="victim"))
+        try:
+            with _psycopg() as other:
+                # the chunk pass is over and the sweep waits on the application's row lock
+                assert wait_for(
+                    lambda: other.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE application_name = 'victim' "
+                        "AND wait_event_type = 'Lock'"
+                    ).fetchone(),
+                    30,
+                )
+                assert ReencryptionChunk.objects.exclude(status="done").count() == 0
+        finally:
+            kill_group(proc)
+        app.rollback()
+    with connection.cursor() as cur:
+        cur.execute("SELECT id FROM testapp_person WHERE email_key_version <> %s", [target])
+        assert sorted(r[0] for r in cur.fetchall()) == locked  # exactly the rows the sweep had left
+    assert ReencryptionRun.objects.get().status == "running"
+    report = _finish_and_check(original, target)
+    assert report.joined and report.rows_done == len(locked)
+    LOG.add("crash: SIGKILL during the final sweep", 1, time.monotonic() - started)
