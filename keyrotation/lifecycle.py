@@ -13,7 +13,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from . import audit, census, conf, crypto, keyring
+from . import audit, census, conf, crypto, keyring, signals
 from .exceptions import KeyStateError, NoActiveKey, UnknownKeyVersion
 from .kek import context_for
 from .models import DataKey, KeyState
@@ -60,6 +60,18 @@ def _after_commit() -> None:
     transaction.on_commit(keyring.invalidate)
 
 
+def _announce(key: DataKey, from_state: str | None) -> None:
+    """Send ``key_state_changed`` once the change is committed (never for a rolled-back one)."""
+    payload = {
+        "keyring": key.keyring,
+        "purpose": key.purpose,
+        "version": key.version,
+        "from_state": from_state,
+        "to_state": key.state,
+    }
+    transaction.on_commit(lambda: signals.key_state_changed.send(sender=DataKey, **payload))
+
+
 MAX_KEY_VERSION = 32767  # the <field>_key_version columns are small integers
 
 
@@ -74,7 +86,7 @@ def _new_key(keyring_name: str, purpose: str, version: int) -> DataKey:
     backend = keyring.kek_backend()
     wrapped, kek_id = backend.wrap(os.urandom(crypto.KEY_BYTES), context_for(keyring_name, purpose, version))
     now = timezone.now()
-    return DataKey.objects.create(
+    key = DataKey.objects.create(
         keyring=keyring_name,
         purpose=purpose,
         version=version,
@@ -83,6 +95,8 @@ def _new_key(keyring_name: str, purpose: str, version: int) -> DataKey:
         kek_id=kek_id,
         activated_at=now,
     )
+    _announce(key, None)
+    return key
 
 
 def init(
@@ -142,8 +156,10 @@ def _set_state(key: DataKey, to: str) -> None:
     elif to == DESTROYED:
         key.destroyed_at = now
         key.wrapped_key = None
+    from_state = key.state
     key.state = to
     key.save()
+    _announce(key, from_state)
 
 
 def _find(keys: list[DataKey], version: int, keyring_name: str, purpose: str) -> DataKey:

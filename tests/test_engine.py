@@ -359,3 +359,12 @@ def test_uuid_primary_keys(keys):
     }
     assert Secret.objects.get(value="s7").value == "s7"
     assert engine.verify(["testapp.Secret"])["failure_count"] == 0
+
+
+def test_rate_sleep_never_runs_past_the_deadline():
+    from keyrotation.engine.throttle import Throttle
+
+    slept = []
+    t = Throttle(2000, rate=500, clock=lambda: 10.0, sleep=slept.append, deadline=11.0)
+    t.after_batch(2000, 0.1)  # 4 s of rate budget, but only 1 s left before the deadline
+    assert slept == [1.0]

@@ -164,3 +164,27 @@ def test_audit_chain_key_is_never_destroyed(keys):
 
     with pytest.raises(KeyStateError, match="never destroyed"):
         lifecycle.destroy(AUDIT_KEYRING, "index", 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_key_state_changed_is_sent_after_commit():
+    from keyrotation import signals
+
+    seen = []
+
+    def receiver(sender, **kw):
+        seen.append((kw["purpose"], kw["version"], kw["from_state"], kw["to_state"]))
+
+    signals.key_state_changed.connect(receiver)
+    try:
+        lifecycle.init("default", purposes=("encrypt",))
+        lifecycle.rotate("default", "encrypt")
+        with pytest.raises(NoActiveKey):
+            lifecycle.rollback("default", "index")  # refused: nothing sent
+    finally:
+        signals.key_state_changed.disconnect(receiver)
+    assert seen == [
+        ("encrypt", 1, None, "active"),
+        ("encrypt", 1, "active", "decrypt_only"),
+        ("encrypt", 2, None, "active"),
+    ]

@@ -63,14 +63,22 @@ def test_sigkill_at_random_moments_then_rerun(keys):
         target = rotate()
         workers = 2 if trial % 3 == 2 else 1
         proc = manage(
-            "reencrypt", "--batch-size", str(rng.choice([10, 25, 60])), "--rate", "1500",
-            "--workers", str(workers), "--no-progress", env=child_env(),
+            "reencrypt",
+            "--batch-size",
+            str(rng.choice([10, 25, 60])),
+            "--rate",
+            "1500",
+            "--workers",
+            str(workers),
+            "--no-progress",
+            env=child_env(),
         )
         # Kill once a random share of the rows is committed (0: as soon as the run exists).
         threshold = rng.randint(0, ROWS)
         wait_for(
-            lambda p=proc, t=target, th=threshold: p.poll() is not None
-            or (_run_for(t) and _committed_for(t) >= th),
+            lambda p=proc, t=target, th=threshold: (
+                p.poll() is not None or (_run_for(t) and _committed_for(t) >= th)
+            ),
             30,
             step=0.005,
         )
@@ -85,9 +93,7 @@ def test_sigkill_at_random_moments_then_rerun(keys):
             # progress and data are committed together: the counters never disagree with the rows
             assert rows_on_target == committed, (trial, rows_on_target, committed)
         outcome = (
-            "before the run" if rows_on_target == 0
-            else "finished" if rows_on_target == ROWS
-            else "mid-run"
+            "before the run" if rows_on_target == 0 else "finished" if rows_on_target == ROWS else "mid-run"
         )
         outcomes[f"{outcome}, {workers} worker(s)"] += 1
         _finish_and_check(original, target)

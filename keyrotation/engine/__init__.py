@@ -360,7 +360,8 @@ def status(using: str = "default") -> dict:
             "chunks": prog["chunks"],
             "chunks_done": prog["done"],
             "rows_per_second": round(rate, 1) if rate else None,
-            "eta_seconds": round(left / rate) if rate and run.status in runs.OPEN_STATUSES else None,
+            # Only a running run has an ETA; the rate is rows done over the run's active span.
+            "eta_seconds": round(left / rate) if rate and run.status == RunStatus.RUNNING else None,
             "error": run.error,
         }
     return out

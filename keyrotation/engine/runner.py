@@ -59,8 +59,8 @@ class _Worker:
         self.run = run
         self.plans = {p.label: p for p in plans}
         self.opts = opts
-        self.throttle = Throttle(opts.batch_size, opts.rate, opts.target_batch_ms)
         self.deadline = time.monotonic() + opts.max_duration if opts.max_duration else None
+        self.throttle = Throttle(opts.batch_size, opts.rate, opts.target_batch_ms, deadline=self.deadline)
         self.result = WorkResult()
 
     # -- helpers ---------------------------------------------------------------------------

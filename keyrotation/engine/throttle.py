@@ -17,6 +17,7 @@ class Throttle:
     batch_size: int
     rate: float | None = None
     target_ms: float | None = None
+    deadline: float | None = None  # clock() value; the rate sleep never runs past it
     clock: callable = field(default=time.monotonic, repr=False)
     sleep: callable = field(default=time.sleep, repr=False)
     _start: float | None = field(default=None, init=False, repr=False)
@@ -33,5 +34,7 @@ class Throttle:
             self.batch_size = int(min(MAX_BATCH, max(MIN_BATCH, self.batch_size * factor)))
         if self.rate:
             ahead = self._rows / self.rate - (now - self._start)
+            if self.deadline is not None:
+                ahead = min(ahead, self.deadline - now)
             if ahead > 0:
                 self.sleep(ahead)
