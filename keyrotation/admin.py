@@ -11,7 +11,7 @@ The classes are registered on ``admin.site``; for a custom ``AdminSite`` call :f
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path, reverse
+from django.urls import path, register_converter, reverse
 from django.utils.html import format_html
 
 from . import admin_views, audit_chain, census, conf, registry
@@ -19,6 +19,21 @@ from .engine import runs
 from .models import DataKey, KeyRotationAudit, QuarantinedValue, ReencryptionRun
 
 MASK = "••••••••"
+
+
+class _RunAction:
+    """URL converter for the run controls (``pause``, ``resume``, ``abort``) and nothing else."""
+
+    regex = "pause|resume|abort"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(_RunAction, "keyrotation_run_action")
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -170,7 +185,8 @@ class ReencryptionRunAdmin(ReadOnlyAdmin):
                 name="keyrotation_status_json",
             ),
             path(
-                "<int:run_id>/<str:action>/",
+                # Only the three actions: a catch-all <str:action> would swallow "<id>/change/".
+                "<int:run_id>/<keyrotation_run_action:action>/",
                 view(admin_views.ControlView.as_view(model_admin=self)),
                 name="keyrotation_run_control",
             ),
