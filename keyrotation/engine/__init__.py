@@ -21,7 +21,7 @@ from ..exceptions import KeyRotationError
 from ..models import QuarantinedValue, ReencryptionRun, RunStatus
 from . import plan as _plan
 from . import runs, sql
-from .runner import Options, RunFailed, WorkResult, work
+from .runner import Options, RunFailed, WorkResult, retrying, work
 from .transform import BatchTransformer, Rings, RowFailureError, open_value
 
 __all__ = [
@@ -130,8 +130,18 @@ def reencrypt(
         on_batch=on_batch,
         stale_after=stale_after,
     )
-    run, joined = runs.open_run(
-        plans, models, actor=actor, options=_public_options(opts, workers), chunk_span=chunk_span, using=using
+    # Opening a run writes an audit row, which needs the KEK (the chain key): ride out an outage.
+    run, joined = retrying(
+        "opening the run",
+        lambda: runs.open_run(
+            plans,
+            models,
+            actor=actor,
+            options=_public_options(opts, workers),
+            chunk_span=chunk_span,
+            using=using,
+        ),
+        opts,
     )
     report = Report(run_id=run.pk, status=run.status, joined=joined, rows_total=run.rows_total)
     if workers == 1:

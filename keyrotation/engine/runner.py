@@ -54,6 +54,30 @@ class WorkResult:
     stopped: str = ""  # "", "deadline", "paused-deadline", "aborted", "superseded", "failed"
 
 
+def retrying(what: str, fn, opts: Options):
+    """Run ``fn``; on a lost connection or KEK outage, back off and try again (``opts.retries``
+    times, doubling the delay up to ``opts.backoff_max``); then let the error through."""
+    delay = 0.5
+    for attempt in range(opts.retries + 1):
+        try:
+            return fn()
+        except TRANSIENT as exc:
+            if attempt == opts.retries:
+                raise
+            logger.warning(
+                "%s failed (%s); retry %d/%d in %.1fs",
+                what,
+                type(exc).__name__,
+                attempt + 1,
+                opts.retries,
+                delay,
+            )
+            connections[opts.using].close()
+            time.sleep(delay)
+            delay = min(opts.backoff_max, delay * 2)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class _Worker:
     def __init__(self, run: ReencryptionRun, plans: list[ModelPlan], opts: Options):
         self.run = run
@@ -81,27 +105,7 @@ class _Worker:
             time.sleep(self.opts.poll_seconds)
 
     def _retrying(self, what: str, fn):
-        """Run ``fn``; on a lost connection or KEK outage, back off and try again."""
-        delay = 0.5
-        for attempt in range(self.opts.retries + 1):
-            try:
-                return fn()
-            except TRANSIENT as exc:
-                if attempt == self.opts.retries:
-                    raise
-                logger.warning(
-                    "run #%s: %s failed (%s); retry %d/%d in %.1fs",
-                    self.run.pk,
-                    what,
-                    type(exc).__name__,
-                    attempt + 1,
-                    self.opts.retries,
-                    delay,
-                )
-                connections[self.opts.using].close()
-                time.sleep(delay)
-                delay = min(self.opts.backoff_max, delay * 2)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return retrying(f"run #{self.run.pk}: {what}", fn, self.opts)
 
     # -- one batch -------------------------------------------------------------------------
 
