@@ -235,8 +235,11 @@ class _Worker:
                 self._retrying("chunk release", lambda chunk=chunk: runs.release_chunk(chunk, using=using))
                 self.result.stopped = outcome
                 return self.result
-        if self._retrying("progress", lambda: runs.progress(self.run, using=using))["running"]:
-            return self.result  # another worker is still busy; the last one sweeps
+        prog = self._retrying("progress", lambda: runs.progress(self.run, using=using))
+        # Sweep only once every chunk is done. "No chunk running" is not enough: another worker
+        # may hold a pending chunk locked in its (not yet committed) claim, which our claim skipped.
+        if prog["done"] < prog["chunks"]:
+            return self.result  # another worker still owns chunks; the last one to finish sweeps
         self._sweep()
         self._retrying("finish", self._finish)
         return self.result
