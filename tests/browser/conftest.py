@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 
 import pytest
 
@@ -44,13 +45,45 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def is_replaced_page(exc: BaseException) -> bool:
+    """True for the ways Chromium says an element's page has been replaced (a navigation or the
+    status page's own refresh): Selenium's stale-element error, or an inspector error that says the
+    node no longer belongs to the document."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    if isinstance(exc, StaleElementReferenceException):
+        return True
+    return isinstance(exc, WebDriverException) and "does not belong to the document" in str(exc)
+
+
+def reading(fn, attempts: int = 10):
+    """Call ``fn`` (which reads the current page), again if the page was replaced meanwhile."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_replaced_page(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 def submit_and_wait(browser, element, timeout: float = 15) -> None:
     """Click ``element`` and return once the page it was on has been replaced."""
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     element.click()
-    WebDriverWait(browser, timeout).until(expected_conditions.staleness_of(element))
+
+    def replaced(_driver) -> bool:
+        try:
+            element.is_enabled()
+        except Exception as exc:
+            if is_replaced_page(exc):
+                return True
+            raise
+        return False
+
+    WebDriverWait(browser, timeout).until(replaced)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from django.db import connection
 
 from keyrotation import engine, keyring, lifecycle
 from keyrotation.models import ReencryptionRun
-from tests.browser.conftest import submit_and_wait
+from tests.browser.conftest import reading, submit_and_wait
 from tests.testapp.models import Person
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -47,15 +47,18 @@ def rotate_all() -> None:
 
 
 def version_counts(browser, label: str) -> dict[str, int]:
-    row = browser.find_element("css selector", f'tr.kr-column[data-label="{label}"]')
-    out = {}
-    for span in row.find_elements("css selector", ".kr-version"):
-        out[span.get_attribute("data-version")] = int(span.text.split(": ")[1])
-    return out
+    def read():
+        row = browser.find_element("css selector", f'tr.kr-column[data-label="{label}"]')
+        out = {}
+        for span in row.find_elements("css selector", ".kr-version"):
+            out[span.get_attribute("data-version")] = int(span.text.split(": ")[1])
+        return out
+
+    return reading(read)  # the page refreshes itself while a run is open
 
 
 def run_status(browser) -> str:
-    return browser.find_element("id", "kr-run-status").text
+    return reading(lambda: browser.find_element("id", "kr-run-status").text)
 
 
 def wait_for(predicate, timeout: float = 30.0, every: float = 0.5, what: str = "condition"):
