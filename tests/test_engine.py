@@ -278,12 +278,12 @@ def test_sqlite_guard_keeps_a_concurrent_write(people):
     rows = sql.select_batch(plan, "default", None, None, 5, lock=False)
     from keyrotation.engine.transform import BatchTransformer
 
-    t = BatchTransformer(plan)
-    new, guards = zip(*[t.transform(r) for r in rows], strict=True)
+    write, failures = BatchTransformer(plan).transform_batch(rows)
+    assert not failures and len(write) == len(rows)
     target = Person.objects.get(pk=rows[0][0])
     target.email = "changed@example.com"  # the application writes meanwhile (under v2 now)
     target.save()
-    written = sql.write_batch(plan, "default", list(new), list(guards))
+    written = sql.write_batch(plan, "default", write)
     assert written == len(rows) - 1
     keyring.clear_cache()
     assert Person.objects.get(pk=target.pk).email == "changed@example.com"

@@ -22,7 +22,7 @@ from ..models import QuarantinedValue, ReencryptionRun, RunStatus
 from . import plan as _plan
 from . import runs, sql
 from .runner import Options, RunFailed, WorkResult, retrying, work
-from .transform import BatchTransformer, RowFailureError
+from .transform import BatchTransformer
 from .verify import verify
 
 __all__ = [
@@ -197,13 +197,7 @@ def dry_run(models: list[str] | None = None, *, sample: int = 500, using: str = 
         pending = p.pending(using=using)
         rows = sql.select_batch(p, using, None, None, sample, lock=False) if pending else []
         start = time.monotonic()
-        transformer = BatchTransformer(p, using) if rows else None
-        failures = 0
-        for row in rows:
-            try:
-                transformer.transform(row)
-            except RowFailureError:
-                failures += 1
+        failures = len(BatchTransformer(p, using).transform_batch(rows, stop=False)[1]) if rows else 0
         per_row = (time.monotonic() - start) / len(rows) if rows else 0.0
         seconds_total += per_row * pending
         out_models.append(

@@ -121,19 +121,13 @@ class _Worker:
             )
             if not rows:
                 return 0, None, 0
-            transformer = BatchTransformer(plan, using)
-            new, guards, failures = [], [], []
-            for row in rows:
-                try:
-                    n, g = transformer.transform(row)
-                except RowFailureError as exc:
-                    if self.opts.on_error != "quarantine":
-                        raise RunFailed(str(exc)) from None
-                    failures.append(exc.failure)
-                    continue
-                new.append(n)
-                guards.append(g)
-            written = sql.write_batch(plan, using, new, guards)
+            try:
+                write, failures = BatchTransformer(plan, using).transform_batch(
+                    rows, stop=self.opts.on_error != "quarantine"
+                )
+            except RowFailureError as exc:
+                raise RunFailed(str(exc)) from None
+            written = sql.write_batch(plan, using, write)
             last = rows[-1][0]
             if chunk is not None:
                 runs.persist_batch(chunk, last, written, using=using)

@@ -9,20 +9,28 @@ A batch is one ``SELECT`` (claiming rows) and one ``UPDATE`` (writing them):
   its old key versions *and its old ciphertext*, so a value the application rewrote between our
   read and our write — even by a process whose cache still writes the old version — is left alone
   and examined again later.
-* Anything else: ``executemany`` with the same guards.
+* Anything else: one ``UPDATE`` per row with the same guards.
 
-Every write is guarded by the old ``<field>_key_version`` values (DESIGN §6.2); rows whose guard
-fails are simply not written and are picked up again by the final sweep.
+Only the columns that change in the batch are written, and their version columns are set to the
+target as a constant (no array). Every write is guarded by the old ``<field>_key_version`` values
+(DESIGN §6.2); rows whose guard fails are simply not written and are picked up again by the final
+sweep.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 
 from .plan import ModelPlan
+
+if TYPE_CHECKING:
+    from .transform import Write
+
+#: New-value markers of a :class:`~keyrotation.engine.transform.Write`: leave the column as it is /
+#: set it and its version to NULL.
+KEEP, CLEAR = None, b""
 
 Row = tuple[Any, ...]
 
@@ -120,18 +128,17 @@ def _pg_cursor(conn):
     return psycopg.Cursor(conn.connection)  # server-side binding: binary parameters work
 
 
-def write_batch(plan: ModelPlan, using: str, rows: Sequence[Row], guards: Sequence[Row]) -> int:
-    """Write new values. ``rows``: (pk, then value/version pairs for enc then idx columns).
-    ``guards``: per row, the old versions of every column and the old ciphertexts.
-    Returns how many rows were written (guard failures are not)."""
-    if not rows:
+def write_batch(plan: ModelPlan, using: str, write: Write) -> int:
+    """Write one batch (see :class:`~keyrotation.engine.transform.Write`) in one statement.
+    Returns how many rows were written (rows whose guard fails are not)."""
+    if not len(write) or not (write.enc or write.idx or write.legacy):
         return 0
     conn = connections[using]
     if conn.vendor == "postgresql":
-        return _write_postgresql(plan, conn, rows, guards)
+        return _write_postgresql(plan, conn, write)
     if conn.vendor == "sqlite":
-        return _write_sqlite(plan, conn, rows, guards)
-    return _write_generic(plan, conn, rows, guards)
+        return _write_sqlite(plan, conn, write)
+    return _write_generic(plan, conn, write)
 
 
 def _pk_type(plan: ModelPlan, conn) -> str:
@@ -141,60 +148,69 @@ def _pk_type(plan: ModelPlan, conn) -> str:
     return {"serial": "integer", "bigserial": "bigint", "smallserial": "smallint"}.get(pk_type, pk_type)
 
 
-def _set_columns(plan: ModelPlan) -> list[str]:
-    cols = []
-    for c in [*plan.enc, *plan.idx]:
-        cols += [c.column, c.version_column]
-    return cols
+def _assign(col, new: list, value: str, q, length: str = "length") -> list[str]:
+    """SET clauses of one written column and its version; ``value``: the SQL of its new value;
+    ``length``: the SQL function giving a bytes value's length (to recognise ``CLEAR``)."""
+    column, version, target = q(col.column), q(col.version_column), int(col.target)
+    if all(v is not KEEP and v != CLEAR for v in new):  # the usual case: every row gets a value
+        return [f"{column} = {value}", f"{version} = {target}"]
+    keep, clear = f"{value} IS NULL", f"{length}({value}) = 0"
+    return [
+        f"{column} = CASE WHEN {keep} THEN t.{column} WHEN {clear} THEN NULL ELSE {value} END",
+        f"{version} = CASE WHEN {keep} THEN t.{version} WHEN {clear} THEN NULL ELSE {target} END",
+    ]
 
 
-def _guard_columns(plan: ModelPlan) -> list[str]:
-    """Old versions of every written column, then old ciphertexts of encrypted columns, then old
-    legacy values (an application write that moved the row meanwhile fails the guard)."""
-    return (
-        [c.version_column for c in [*plan.enc, *plan.idx]]
-        + [c.column for c in plan.enc]
-        + [c.legacy_column for c in legacy_columns(plan)]
-    )
+def _clear_legacy(plan: ModelPlan, q) -> list[str]:
+    """SET clauses that empty the legacy columns of a written row (its value is now in the new column)."""
+    return [f"{q(c.legacy_column)} = NULL" for c in legacy_columns(plan)]
 
 
-def _clear_legacy(plan: ModelPlan, q, sep: str = ", ") -> str:
-    """SQL that empties the legacy columns of a written row (its value is now in the new column)."""
-    return "".join(f"{sep}{q(c.legacy_column)} = NULL" for c in legacy_columns(plan))
+def _columns(plan: ModelPlan, write: Write, *, tokens: bool) -> list[tuple[str, str, list, str | None]]:
+    """(role, SQL type, values, column) of every array of a write: pk, new values, guards.
+
+    ``tokens``: guard the old ciphertexts too (SQLite, which has no row locks)."""
+    out: list[tuple[str, str, list, str | None]] = [("pk", "pk", write.pks, None)]
+    for _col, new in [*write.enc, *write.idx]:
+        out.append(("new", "bytea", new, None))
+    for col, versions in zip(plan.enc, write.enc_versions, strict=True):
+        out.append(("guard", "smallint", versions, col.version_column))
+    for (col, _), versions in zip(write.idx, write.idx_versions, strict=True):
+        out.append(("guard", "smallint", versions, col.version_column))
+    if tokens:
+        for col, values in zip(plan.enc, write.enc_tokens, strict=True):
+            out.append(("guard", "bytea", values, col.column))
+    for col, values in zip(legacy_columns(plan), write.legacy, strict=True):
+        out.append(("guard", "legacy", values, col.legacy_column))
+    return out
 
 
-def _write_postgresql(plan, conn, rows, guards) -> int:
+def _write_postgresql(plan, conn, write: Write) -> int:
     q = conn.ops.quote_name
-    pk_type = _pk_type(plan, conn)
-    sets = _set_columns(plan)
-    guard_versions = [c.version_column for c in [*plan.enc, *plan.idx]]
-    legacy = legacy_columns(plan)
-    guard_cols = guard_versions + [c.legacy_column for c in legacy]
-    legacy_types = [_column_db_type(plan, conn, c.legacy_column) for c in legacy]
-    types = [pk_type] + ["bytea", "integer"] * (len(sets) // 2) + ["integer"] * len(guard_versions)
-    types += legacy_types
-    names = ["pk"] + [f"n{i}" for i in range(len(sets))] + [f"g{i}" for i in range(len(guard_cols))]
-    skip = len(guard_versions) + len(plan.enc)  # guard layout: versions, tokens, legacy values
-    arrays = list(
-        zip(
-            *[
-                tuple(r) + tuple(g[: len(guard_versions)]) + tuple(g[skip:])
-                for r, g in zip(rows, guards, strict=True)
-            ],
-            strict=True,
-        )
+    arrays = _columns(plan, write, tokens=False)
+    legacy_types = iter(_column_db_type(plan, conn, c.legacy_column) for c in legacy_columns(plan))
+    types = {"pk": _pk_type(plan, conn), "bytea": "bytea", "smallint": "smallint"}
+    unnest = ", ".join(f"%b::{next(legacy_types) if t == 'legacy' else types[t]}[]" for _, t, _, _ in arrays)
+    names = [f"a{i}" for i in range(len(arrays))]
+    written = [c for c, _ in [*write.enc, *write.idx]]
+    assign = [
+        clause
+        for i, (col, (_, new)) in enumerate(zip(written, [*write.enc, *write.idx], strict=True))
+        for clause in _assign(col, new, f"v.{names[1 + i]}", q, "octet_length")
+    ] + _clear_legacy(plan, q)
+    guard = " AND ".join(
+        f"t.{q(column)} IS NOT DISTINCT FROM v.{name}"
+        for (role, _, _, column), name in zip(arrays, names, strict=True)
+        if role == "guard"
+    )
+    sql = (
+        f"UPDATE {q(plan.table)} AS t SET {', '.join(assign)} FROM unnest({unnest}) AS v({', '.join(names)}) "
+        f"WHERE t.{q(plan.pk_column)} = v.a0" + (f" AND {guard}" if guard else "")
     )
     # %b: binary arrays. With %s psycopg dumps a list in text format, escaping every bytea
     # element in Python (bench: ~20 % of the engine's client time).
-    unnest = ", ".join(f"%b::{t}[]" for t in types)
-    assign = ", ".join(f"{q(col)} = v.n{i}" for i, col in enumerate(sets)) + _clear_legacy(plan, q)
-    guard = " AND ".join(f"t.{q(col)} IS NOT DISTINCT FROM v.g{i}" for i, col in enumerate(guard_cols))
-    sql = (
-        f"UPDATE {q(plan.table)} AS t SET {assign} FROM unnest({unnest}) AS v({', '.join(names)}) "
-        f"WHERE t.{q(plan.pk_column)} = v.pk AND {guard}"
-    )
     with _pg_cursor(conn) as cur:
-        cur.execute(sql, [list(a) for a in arrays], binary=True)
+        cur.execute(sql, [values for _, _, values, _ in arrays], binary=True)
         return cur.rowcount
 
 
@@ -203,41 +219,62 @@ def _column_db_type(plan: ModelPlan, conn, column: str) -> str:
     return field.cast_db_type(conn)
 
 
-def _write_sqlite(plan, conn, rows, guards) -> int:
+def _write_sqlite(plan, conn, write: Write) -> int:
     q = conn.ops.quote_name
-    sets = _set_columns(plan)
-    gcols = _guard_columns(plan)
-    width = 1 + len(sets) + len(gcols)
-    assign = ", ".join(f"{q(col)} = v.column{i + 2}" for i, col in enumerate(sets)) + _clear_legacy(plan, q)
-    guard = " AND ".join(f"t.{q(col)} IS v.column{i + 2 + len(sets)}" for i, col in enumerate(gcols))
+    arrays = _columns(plan, write, tokens=True)
+    width = len(arrays)
+    written = [*write.enc, *write.idx]
+    assign = [
+        clause for i, (col, new) in enumerate(written) for clause in _assign(col, new, f"v.column{i + 2}", q)
+    ] + _clear_legacy(plan, q)
+    guard = " AND ".join(
+        f"t.{q(column)} IS v.column{i + 1}"
+        for i, (role, _, _, column) in enumerate(arrays)
+        if role == "guard"
+    )
+    rows = list(zip(*[values for _, _, values, _ in arrays], strict=True))
     total = 0
     # SQLite allows 32766 bound parameters per statement.
     step = max(1, 32000 // width)
     with conn.cursor() as cur:
         for start in range(0, len(rows), step):
-            part = list(zip(rows[start : start + step], guards[start : start + step], strict=True))
+            part = rows[start : start + step]
             values = ", ".join("(" + ", ".join(["%s"] * width) + ")" for _ in part)
             sql = (
-                f"UPDATE {q(plan.table)} AS t SET {assign} FROM (VALUES {values}) AS v "
-                f"WHERE t.{q(plan.pk_column)} = v.column1 AND {guard}"
+                f"UPDATE {q(plan.table)} AS t SET {', '.join(assign)} FROM (VALUES {values}) AS v "
+                f"WHERE t.{q(plan.pk_column)} = v.column1" + (f" AND {guard}" if guard else "")
             )
-            cur.execute(sql, [x for r, g in part for x in (*r, *g)])
+            cur.execute(sql, [x for row in part for x in row])
             total += cur.rowcount
     return total
 
 
-def _write_generic(plan, conn, rows, guards) -> int:  # pragma: no cover - MySQL/Oracle path
+def _write_generic(plan, conn, write: Write) -> int:  # pragma: no cover - MySQL/Oracle path
+    """One UPDATE per row, setting only the columns that change in that row."""
     q = conn.ops.quote_name
-    sets, gcols = _set_columns(plan), _guard_columns(plan)
-    assign = ", ".join(f"{q(c)} = %s" for c in sets) + _clear_legacy(plan, q)
-    guard = " AND ".join(f"({q(c)} = %s OR ({q(c)} IS NULL AND %s IS NULL))" for c in gcols)
-    sql = f"UPDATE {q(plan.table)} SET {assign} WHERE {q(plan.pk_column)} = %s AND {guard}"
-    params = []
-    for r, g in zip(rows, guards, strict=True):
-        params.append([*r[1:], r[0], *[x for v in g for x in (v, v)]])
+    guards = [
+        (values, column) for role, _, values, column in _columns(plan, write, tokens=True) if role == "guard"
+    ]
     total = 0
     with conn.cursor() as cur:
-        for p in params:
-            cur.execute(sql, p)
+        for k, pk in enumerate(write.pks):
+            sets, params = [], []
+            for col, new in [*write.enc, *write.idx]:
+                if new[k] is KEEP:
+                    continue
+                if new[k] == CLEAR:
+                    sets += [f"{q(col.column)} = NULL", f"{q(col.version_column)} = NULL"]
+                else:
+                    sets += [f"{q(col.column)} = %s", f"{q(col.version_column)} = %s"]
+                    params += [new[k], col.target]
+            sets += _clear_legacy(plan, q)
+            if not sets:
+                continue
+            where = [f"{q(plan.pk_column)} = %s"]
+            params.append(pk)
+            for values, column in guards:
+                where.append(f"({q(column)} = %s OR ({q(column)} IS NULL AND %s IS NULL))")
+                params += [values[k], values[k]]
+            cur.execute(f"UPDATE {q(plan.table)} SET {', '.join(sets)} WHERE {' AND '.join(where)}", params)
             total += cur.rowcount
     return total

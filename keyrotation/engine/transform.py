@@ -1,19 +1,25 @@
-"""Turning one claimed row into its new values: no SQL, no model instances.
+"""Turning a batch of claimed rows into its new values: no SQL, no model instances.
 
-Row layout is the one of :func:`engine.sql.read_columns`: pk, (value, version) per encrypted
+Rows come in the layout of :func:`engine.sql.read_columns`: pk, (value, version) per encrypted
 column, (value, version) per index column, (value, version) per extra index source, then the
-legacy value per adopting column. Guards: old versions, old ciphertexts, old legacy values.
+legacy value per adopting column. The result, a :class:`Write`, is column by column (what one
+``UPDATE … FROM unnest(…)`` takes) and carries only the columns that change in this batch, with
+the guards: old versions (and, for SQLite, old ciphertexts and legacy values).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import crypto, keyring
 from ..exceptions import KEKUnavailable, KeyRotationError
-from .plan import EncColumn, ModelPlan
-from .sql import extra_sources, legacy_columns
+from .plan import EncColumn, IdxColumn, ModelPlan
+from .sql import CLEAR, KEEP, extra_sources, legacy_columns
+
+# KEEP (None): a new-value element meaning "leave this column and its version as they are".
+# CLEAR (b""): "set this column and its version to NULL" (never a real value: a token is at least
+# 33 bytes, a digest at least 4).
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,47 @@ class RowFailure:
 
     def __str__(self) -> str:
         return f"{self.label} pk={self.pk!r} key version={self.version}: {self.reason}"
+
+
+@dataclass
+class Write:
+    """One batch's writes, column by column, rows in pk order.
+
+    ``enc`` / ``idx``: the columns written in this batch with their new values (``KEEP``,
+    ``CLEAR`` or the new bytes; the version column is set to the column's target with them).
+    Guards: ``enc_versions`` / ``enc_tokens`` (every encrypted column of the plan),
+    ``idx_versions`` (the written index columns), ``legacy`` (every adopting column).
+    """
+
+    pks: list[Any]
+    enc: list[tuple[EncColumn, list[bytes | None]]] = field(default_factory=list)
+    idx: list[tuple[IdxColumn, list[bytes | None]]] = field(default_factory=list)
+    enc_versions: list[list[int | None]] = field(default_factory=list)
+    enc_tokens: list[list[bytes | None]] = field(default_factory=list)
+    idx_versions: list[list[int | None]] = field(default_factory=list)
+    legacy: list[list[Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.pks)
+
+    def __repr__(self) -> str:  # no value, ever
+        return f"<Write {len(self.pks)} rows: {[c.label for c, _ in self.enc + self.idx]}>"
+
+    def keep(self, rows: list[int]) -> Write:
+        """The same write restricted to the row positions ``rows``."""
+
+        def pick(values: list) -> list:
+            return [values[k] for k in rows]
+
+        return Write(
+            pick(self.pks),
+            [(c, pick(v)) for c, v in self.enc],
+            [(c, pick(v)) for c, v in self.idx],
+            [pick(v) for v in self.enc_versions],
+            [pick(v) for v in self.enc_tokens],
+            [pick(v) for v in self.idx_versions],
+            [pick(v) for v in self.legacy],
+        )
 
 
 class Rings:
@@ -76,7 +123,7 @@ def adopt_value(col: EncColumn, pk: Any, raw: Any, using: str) -> bytes:
 
 
 class BatchTransformer:
-    """Per-batch helper: keeps keyrings and subkeys at hand so rows cost only AES and HMAC."""
+    """Per-batch helper: keeps keyrings and ciphers at hand so rows cost only AES and HMAC."""
 
     def __init__(self, plan: ModelPlan, using: str = "default"):
         self.plan = plan
@@ -84,71 +131,128 @@ class BatchTransformer:
         self.legacy = legacy_columns(plan)
         self.extra = extra_sources(plan)
         self.rings = Rings()
-        self._enc_rings = {c.keyring: keyring.get_keyring(c.keyring, "encrypt") for c in plan.enc}
-        self._idx_rings = {c.keyring: keyring.get_keyring(c.keyring, "index") for c in plan.idx}
-        # Target subkeys resolved once: a target that is no longer usable fails the batch early.
-        self._enc_target = {c.label: self._enc_rings[c.keyring].cipher(c.target, c.label) for c in plan.enc}
-        self._idx_target = {c.label: self._idx_rings[c.keyring].subkey(c.target, c.label) for c in plan.idx}
+        enc_rings = {c.keyring: keyring.get_keyring(c.keyring, "encrypt") for c in plan.enc}
+        idx_rings = {c.keyring: keyring.get_keyring(c.keyring, "index") for c in plan.idx}
+        # Target keys resolved once: a target that is no longer usable fails the batch early.
+        self._enc_target = {c.label: enc_rings[c.keyring].cipher(c.target, c.label) for c in plan.enc}
+        self._idx_target = {c.label: idx_rings[c.keyring].subkey(c.target, c.label) for c in plan.idx}
+        self._decrypt: dict[tuple[str, int], Any] = {}  # (label, version) -> Cipher.decrypt
 
-    def transform(self, row: tuple) -> tuple[tuple, tuple]:
-        """Return (new row, guard) for one row; raise RowFailureError for an unopenable value."""
-        plan = self.plan
-        pk = row[0]
-        i = 1
-        plaintexts: dict[str, bytes | None] = {}
-        new: list[Any] = [pk]
-        guard_versions: list[Any] = []
-        guard_tokens: list[Any] = []
-        tail = row[len(row) - len(self.legacy) :]
-        legacy_raw = dict(zip((c.label for c in self.legacy), tail, strict=True))
-        for col in plan.enc:
-            token, version = row[i], row[i + 1]
-            i += 2
-            guard_versions.append(version)
-            guard_tokens.append(token)
-            if token is None and legacy_raw.get(col.label) is not None:  # adoption
-                pt = adopt_value(col, pk, legacy_raw[col.label], self.using)
-                plaintexts[col.label] = pt
-                new += [self._enc_target[col.label].encrypt(pt), col.target]
-                continue
-            if token is None:
-                new += [None, None]
-                plaintexts[col.label] = None
-                continue
-            token = bytes(token)
-            if version == col.target:
-                new += [token, version]
-                continue
-            pt = open_value(col, pk, token, version, self.rings)
-            plaintexts[col.label] = pt
-            new += [self._enc_target[col.label].encrypt(pt), col.target]
-        idx_values = [(row[i + 2 * k], row[i + 2 * k + 1]) for k in range(len(plan.idx))]
-        i += 2 * len(plan.idx)
-        extras = {}
-        for src in self.extra:
-            extras[src.label] = (row[i], row[i + 1])
-            i += 2
-        for col, (digest, version) in zip(plan.idx, idx_values, strict=True):
-            guard_versions.append(version)
-            src = col.source
-            if src.label in extras:
-                src_token, src_version = extras[src.label]
-            else:
-                j = 1 + 2 * plan.enc.index(src)
-                src_token, src_version = row[j], row[j + 1]
-            if src_token is None and plaintexts.get(src.label) is None:
-                new += [None, None]
-                continue
-            if version == col.target:
-                new += [bytes(digest) if digest is not None else None, version]
-                continue
-            pt = plaintexts.get(src.label)
-            if pt is None:
-                pt = open_value(src, pk, bytes(src_token), src_version, self.rings)
-                plaintexts[src.label] = pt
-            value = crypto.blind_index(self._idx_target[col.label], col.index_input(pt), col.length)
-            new += [value, col.target]
-        return tuple(new), tuple(guard_versions + guard_tokens + list(legacy_raw.values()))
+    def _open(self, col: EncColumn, pk: Any, token: bytes, version: int | None) -> bytes:
+        """:func:`open_value`, with the cipher of (column, version) kept after its first success."""
+        dec = self._decrypt.get((col.label, version))
+        if dec is not None:
+            try:
+                return dec(token)
+            except crypto.InvalidToken:
+                pass  # open_value says precisely why
+        plaintext = open_value(col, pk, token, version, self.rings)
+        ring = self.rings.get(col.keyring, version)
+        self._decrypt[(col.label, version)] = ring.cipher(version, col.label).decrypt
+        return plaintext
+
+    def transform(self, row: tuple) -> Write:
+        """One row (tests, fuzzing); raises RowFailureError for an unopenable value."""
+        return self.transform_batch([row])[0]
+
+    def transform_batch(self, rows: list[tuple], *, stop: bool = True) -> tuple[Write, list[RowFailure]]:
+        """The batch's :class:`Write` and the rows that failed (left out of the write).
+
+        ``stop``: raise RowFailureError at the first value that cannot be opened, instead of
+        collecting it.
+        """
+        plan, n = self.plan, len(rows)
+        failed: dict[int, RowFailure] = {}
+
+        def fail(k: int, exc: RowFailureError) -> None:
+            if stop:
+                raise exc
+            failed.setdefault(k, exc.failure)
+
+        pks = [r[0] for r in rows]
+        base = 1 + 2 * len(plan.enc) + 2 * len(plan.idx)
+        pos = base + 2 * len(self.extra)
+        legacy_values = {c.label: [r[pos + j] for r in rows] for j, c in enumerate(self.legacy)}
+        write = Write(pks, legacy=list(legacy_values.values()))
+        sources: dict[str, tuple[list, list, list]] = {}  # label -> (tokens, versions, plaintexts)
+
+        for j, col in enumerate(plan.enc):
+            tokens = [r[1 + 2 * j] for r in rows]
+            versions = [r[2 + 2 * j] for r in rows]
+            write.enc_tokens.append(tokens)
+            write.enc_versions.append(versions)
+            plaintexts: list[bytes | None] = [None] * n
+            sources[col.label] = (tokens, versions, plaintexts)
+            legacy = legacy_values.get(col.label)
+            new: list[bytes | None] = [KEEP] * n
+            todo = []
+            target = col.target
+            for k in range(n):
+                token, version = tokens[k], versions[k]
+                try:
+                    if token is None:
+                        if legacy is not None and legacy[k] is not None:  # adoption
+                            plaintexts[k] = adopt_value(col, pks[k], legacy[k], self.using)
+                            todo.append(k)
+                        elif version is not None:
+                            new[k] = CLEAR  # a version recorded for no value
+                        continue
+                    if version == target:
+                        continue
+                    plaintexts[k] = self._open(col, pks[k], token, version)
+                    todo.append(k)
+                except RowFailureError as exc:
+                    fail(k, exc)
+            if todo:
+                sealed = self._enc_target[col.label].encrypt_many([plaintexts[k] for k in todo])
+                for k, token in zip(todo, sealed, strict=True):
+                    new[k] = token
+            write.enc.append((col, new))
+
+        for j, src in enumerate(self.extra):
+            at = 1 + 2 * len(plan.enc) + 2 * len(plan.idx) + 2 * j
+            sources[src.label] = ([r[at] for r in rows], [r[at + 1] for r in rows], [None] * n)
+
+        for j, col in enumerate(plan.idx):
+            digests = [r[1 + 2 * len(plan.enc) + 2 * j] for r in rows]
+            versions = [r[2 + 2 * len(plan.enc) + 2 * j] for r in rows]
+            tokens, src_versions, plaintexts = sources[col.source.label]
+            key, length, target = self._idx_target[col.label], col.length, col.target
+            new = [KEEP] * n
+            for k in range(n):
+                if tokens[k] is None and plaintexts[k] is None:  # no value: no index either
+                    if digests[k] is not None or versions[k] is not None:
+                        new[k] = CLEAR
+                    continue
+                if versions[k] == target:
+                    continue
+                try:
+                    if plaintexts[k] is None:
+                        plaintexts[k] = self._open(col.source, pks[k], tokens[k], src_versions[k])
+                except RowFailureError as exc:
+                    fail(k, exc)
+                    continue
+                new[k] = crypto.blind_index(key, col.index_input(plaintexts[k]), length)
+            write.idx.append((col, new))
+            write.idx_versions.append(versions)
+
+        # Only rows with something to write, and only the columns that change.
+        keep = [
+            k
+            for k in range(n)
+            if k not in failed
+            and (
+                any(new[k] is not KEEP for _, new in write.enc + write.idx)
+                or any(values[k] is not None for values in write.legacy)
+            )
+        ]
+        if len(keep) < n:
+            write = write.keep(keep)
+        written_idx = [i for i, (_, new) in enumerate(write.idx) if any(v is not KEEP for v in new)]
+        write.idx = [write.idx[i] for i in written_idx]
+        write.idx_versions = [write.idx_versions[i] for i in written_idx]
+        write.enc = [(c, new) for c, new in write.enc if any(v is not KEEP for v in new)]
+        return write, [failed[k] for k in sorted(failed)]
 
 
 class RowFailureError(KeyRotationError):
