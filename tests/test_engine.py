@@ -93,6 +93,38 @@ def test_rows_with_mixed_versions(keys):
     assert_all_on(3, {**first, **second})
 
 
+@pytest.mark.parametrize("purpose", ["encrypt", "index"])
+def test_one_purpose_rotated_writes_only_its_columns(people, purpose):
+    """The other purpose's columns are not in the UPDATE: their bytes stay exactly as they were."""
+    untouched = ("email_bidx",) if purpose == "encrypt" else ("email", "ssn")
+    before = {c: raw(c) for c in untouched}
+    lifecycle.rotate("default", purpose)
+    keyring.invalidate()
+    report = engine.reencrypt(batch_size=40)
+    assert report.ok, report.as_dict()
+    assert report.rows_done == sum(
+        1 for email, ssn in people.values() if (email or ssn if purpose == "encrypt" else email)
+    )
+    assert {c: raw(c) for c in untouched} == before
+    moved = ("email", "ssn") if purpose == "encrypt" else ("email_bidx",)
+    assert {ver for c in moved for token, ver in raw(c).values() if token is not None} == {2}
+    assert engine.verify()["failure_count"] == 0
+    pk, (email, _) = next((pk, v) for pk, v in people.items() if v[0])
+    assert Person.objects.get(email=email).pk == pk
+
+
+def test_a_version_recorded_for_no_value_is_cleared(people):
+    """A NULL value whose version column says otherwise (written outside the ORM) ends consistent."""
+    pk = next(pk for pk, v in people.items() if v[1] is None and v[0])
+    with connection.cursor() as cur:
+        cur.execute("UPDATE testapp_person SET ssn_key_version = 1 WHERE id = %s", [pk])
+    rotate_all()
+    report = engine.reencrypt(batch_size=40)
+    assert report.ok, report.as_dict()
+    assert raw("ssn")[pk] == (None, None)
+    assert_all_on(2, people)
+
+
 def test_nothing_to_do_finishes_at_once(people):
     report = engine.reencrypt()
     assert report.ok and report.rows_done == 0
