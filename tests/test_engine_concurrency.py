@@ -167,7 +167,12 @@ def test_lost_database_connection_is_retried(keys, caplog):
     with caplog.at_level("WARNING", logger="keyrotation.engine"):
         report = engine.reencrypt(batch_size=100, on_batch=kill_my_backend)
     assert killed and report.ok, report.as_dict()
-    assert any("retry 1/" in r.getMessage() for r in caplog.records)
+    # Logged by the serial path ("retry 1/8") or by the pipeline, which then retries one batch
+    # at a time (tests/test_engine_pipeline.py shows that path in detail).
+    assert any(
+        "retry 1/" in r.getMessage() or "retrying one batch at a time" in r.getMessage()
+        for r in caplog.records
+    )
     assert versions() == {(2, 2, 2)}
     keyring.clear_cache()
     assert {p.pk: p.email for p in Person.objects.all()} == emails

@@ -87,6 +87,7 @@ def reencrypt(
     monitor: Callable[[], None] | None = None,
     chunk_span: int = runs.CHUNK_PK_SPAN,
     stale_after: float = 60.0,
+    pipeline: bool = True,
 ) -> Report:
     """Move every row of the registered columns in ``models`` to the active key versions.
 
@@ -103,6 +104,8 @@ def reencrypt(
         max_duration: seconds; stop cleanly (resumable) after this long.
         on_error: ``"stop"`` (default): a value that cannot be decrypted fails the run naming
             model, field, pk and version; ``"quarantine"``: record it and go on (exit non-zero).
+        pipeline: on PostgreSQL without ``rate`` / ``target_batch_ms``, keep two batches in
+            flight per worker (one more connection per worker; see ``engine/pipeline.py``).
 
     Raises:
         RunFailed: ``on_error="stop"`` and a value could not be opened.
@@ -130,6 +133,7 @@ def reencrypt(
         using=using,
         on_batch=on_batch,
         stale_after=stale_after,
+        pipeline=pipeline,
     )
     # Opening a run writes an audit row, which needs the KEK (the chain key): ride out an outage.
     run, joined = retrying(

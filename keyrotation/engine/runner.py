@@ -19,6 +19,7 @@ from .. import signals
 from ..exceptions import KEKUnavailable, KeyRotationError
 from ..models import QuarantinedValue, ReencryptionRun, RunStatus
 from . import runs, sql
+from .pipeline import Pipeline
 from .plan import ModelPlan
 from .throttle import Throttle
 from .transform import BatchTransformer, RowFailure, RowFailureError
@@ -39,6 +40,7 @@ class Options:
     max_duration: float | None = None
     on_error: str = "stop"  # or "quarantine"
     stale_after: float = 60.0
+    pipeline: bool = True  # two batches in flight when possible (engine/pipeline.py)
     retries: int = 8
     backoff_max: float = 30.0
     poll_seconds: float = 1.0
@@ -159,15 +161,37 @@ class _Worker:
 
     # -- chunks and sweep ------------------------------------------------------------------
 
+    def _pipelined(self) -> bool:
+        """Two batches in flight (engine/pipeline.py): PostgreSQL, and no rate or batch-time
+        target (a throttled run sleeps between batches; a batch waiting in the pipeline would
+        hold its row locks through that sleep)."""
+        opts = self.opts
+        return (
+            opts.pipeline
+            and connections[opts.using].vendor == "postgresql"
+            and not opts.rate
+            and not opts.target_batch_ms
+        )
+
     def _process_chunk(self, chunk) -> str:
         plan = self.plans[chunk.model]
         cursor = chunk.cursor if chunk.cursor is not None else chunk.lo
+        serial = 0  # batches to run one by one (after a transient error in the pipeline)
         while True:
             status = self._wait_while_paused()
             if status != RunStatus.RUNNING:
                 return status
             if self._past_deadline():
                 return "deadline"
+            if self._pipelined() and not serial:
+                outcome, cursor = Pipeline(self, plan, chunk, cursor).run()
+                if outcome == "done":
+                    self._retrying("chunk finish", lambda: runs.finish_chunk(chunk, using=self.opts.using))
+                    return "done"
+                if outcome == "error":
+                    serial = 1  # the next batch retries with backoff; then the pipeline again
+                continue
+            serial = max(0, serial - 1)
             start = time.monotonic()
             seen, last, written = self._retrying(
                 f"batch of {plan.label}",

@@ -14,7 +14,7 @@ import socket
 from datetime import timedelta
 
 from django.db import transaction
-from django.db.models import Count, Max, Min, Q, Sum
+from django.db.models import Count, F, Max, Min, Q, Sum
 from django.utils import timezone
 
 from .. import audit
@@ -218,7 +218,7 @@ def persist_batch(chunk: ReencryptionChunk, cursor, rows: int, using=None) -> No
     if not isinstance(cursor, (int, str)):
         cursor = str(cursor)  # UUID and other keys: stored as text, cast back by the SQL
     ReencryptionChunk.objects.using(using).filter(pk=chunk.pk).update(
-        cursor=cursor, rows_done=chunk.rows_done + rows, heartbeat_at=timezone.now()
+        cursor=cursor, rows_done=F("rows_done") + rows, heartbeat_at=timezone.now()
     )
     chunk.cursor = cursor
     chunk.rows_done += rows

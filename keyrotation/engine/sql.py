@@ -113,7 +113,7 @@ def select_batch(
         if skip and skip_locked(using):
             sql += " SKIP LOCKED"
     if conn.vendor == "postgresql":
-        with _pg_cursor(conn) as cur:
+        with conn.wrap_database_errors, _pg_cursor(conn) as cur:
             cur.execute(sql, params, binary=True)
             return cur.fetchall()
     with conn.cursor() as cur:
@@ -122,6 +122,8 @@ def select_batch(
 
 
 def _pg_cursor(conn):
+    """A raw psycopg cursor on Django's connection; use it under ``conn.wrap_database_errors`` so
+    that its errors are Django's (a lost connection is an ``OperationalError``, retried)."""
     import psycopg
 
     conn.ensure_connection()
@@ -209,7 +211,7 @@ def _write_postgresql(plan, conn, write: Write) -> int:
     )
     # %b: binary arrays. With %s psycopg dumps a list in text format, escaping every bytea
     # element in Python (bench: ~20 % of the engine's client time).
-    with _pg_cursor(conn) as cur:
+    with conn.wrap_database_errors, _pg_cursor(conn) as cur:
         cur.execute(sql, [values for _, _, values, _ in arrays], binary=True)
         return cur.rowcount
 

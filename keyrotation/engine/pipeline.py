@@ -1,0 +1,185 @@
+"""Two batches in flight on one worker (PostgreSQL, unthrottled runs).
+
+A batch is claim → transform → write → commit, in one transaction. Run one after the other, the
+client computes while the database waits, then the database writes while the client waits. Here
+two lanes (this thread and one helper thread, each with its own connection) take the batches of
+a chunk in turn: while batch *n*'s ``UPDATE`` runs in the database, batch *n + 1* is claimed and
+its crypto is done in Python.
+
+What does not change (DESIGN §6):
+
+* batch *n + 1* claims only rows after batch *n*'s last key (known once *n*'s ``SELECT``
+  returns), so the two lanes never hold the same row and ``SKIP LOCKED`` skips nothing of ours;
+* batches **commit in order**: a batch writes its rows, then waits for its predecessor's commit
+  before it records the chunk cursor and commits. If the predecessor failed, it rolls back. The
+  committed cursor therefore always covers a prefix of the chunk, exactly as with one lane, and
+  ``kill -9`` at any instant loses nothing;
+* every write carries the same guards.
+
+Any error ends the pipeline after both lanes stop: a transient one (lost connection, KEK outage)
+hands back to the caller, which retries one batch with backoff and starts the pipeline again;
+any other error propagates. A pause or an abort ends it the same way: each batch checks the run's
+status right before it commits, and rolls back if the run is no longer running. The deadline is
+checked before a batch starts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from django.db import connections, transaction
+
+from ..models import RunStatus
+from . import runs, sql
+from .plan import ModelPlan
+from .transform import BatchTransformer, RowFailureError
+
+_END = object()  # a slot's cursor when no batch may follow it (end of chunk, halt, failure)
+
+
+class _Abandoned(Exception):
+    """The previous batch did not commit: roll this one back."""
+
+
+class _Slot:
+    """One batch's hand-offs to the next: its last key, then whether it committed."""
+
+    __slots__ = ("claimed", "cursor", "done", "ok")
+
+    def __init__(self) -> None:
+        self.claimed = threading.Event()
+        self.done = threading.Event()
+        self.cursor: Any = _END
+        self.ok = False
+
+
+class Pipeline:
+    """Process one chunk from ``cursor`` with two lanes; see the module docstring.
+
+    ``worker`` is the runner's worker (options, quarantine, per-batch bookkeeping).
+    """
+
+    def __init__(self, worker, plan: ModelPlan, chunk, cursor: Any) -> None:
+        self.worker = worker
+        self.plan = plan
+        self.chunk = chunk
+        self.using = worker.opts.using
+        self.committed = cursor  # the cursor of the last committed batch
+        self.outcome = "halt"
+        self.error: BaseException | None = None
+        self._slots: dict[int, _Slot] = {}
+        self._lock = threading.Lock()
+        self._first = _Slot()
+        self._first.cursor, self._first.ok = cursor, True
+        self._first.claimed.set()
+        self._first.done.set()
+
+    def _slot(self, n: int) -> _Slot:
+        if n < 0:
+            return self._first
+        with self._lock:
+            slot = self._slots.get(n)
+            if slot is None:
+                slot = self._slots[n] = _Slot()
+            self._slots.pop(n - 3, None)  # nobody waits on it any more
+            return slot
+
+    def run(self) -> tuple[str, Any]:
+        """Returns (outcome, committed cursor): ``"done"`` (no row left in the chunk), ``"halt"``
+        (paused, aborted or past the deadline: the caller looks), or ``"error"`` (a transient
+        error: the caller retries). Other errors are raised."""
+        helper = threading.Thread(target=self._lane, args=(1,), name="keyrotation-lane-1", daemon=True)
+        helper.start()
+        try:
+            self._lane(0)
+        finally:
+            helper.join()
+        if self.error is not None:
+            from .runner import TRANSIENT, logger
+
+            if isinstance(self.error, TRANSIENT):
+                logger.warning(
+                    "run #%s: batch of %s failed (%s); retrying one batch at a time",
+                    self.worker.run.pk,
+                    self.plan.label,
+                    type(self.error).__name__,
+                )
+                connections[self.using].close()  # it may be the broken one; reconnects on use
+                return "error", self.committed
+            raise self.error
+        return self.outcome, self.committed
+
+    def _lane(self, lane: int) -> None:
+        n = lane
+        try:
+            while self._batch(n):
+                n += 2
+        except BaseException:  # noqa: BLE001, S110 - recorded by _batch, raised again by run()
+            pass
+        finally:
+            # The other lane may wait for our next batch: there will be none.
+            after = self._slot(n + 2)
+            after.claimed.set()
+            after.done.set()
+            if lane == 1:
+                connections[self.using].close()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.error is None and not isinstance(exc, _Abandoned):
+                self.error = exc
+
+    def _halted(self) -> bool:
+        return self.error is not None or self.worker._past_deadline()
+
+    def _still_running(self) -> bool:
+        """Checked right before each commit: after a pause or an abort, no batch commits."""
+        return runs.current_status(self.worker.run.pk, using=self.using) == RunStatus.RUNNING
+
+    def _batch(self, n: int) -> bool:
+        """Batch ``n``: True if a next batch may follow."""
+        prev, me = self._slot(n - 1), self._slot(n)
+        try:
+            prev.claimed.wait()
+            if prev.cursor is _END or self._halted():
+                return False  # the outcome stays "halt" unless a lane found the chunk done
+            start = time.monotonic()
+            worker, plan, using = self.worker, self.plan, self.using
+            with transaction.atomic(using=using):
+                rows = sql.select_batch(
+                    plan, using, prev.cursor, self.chunk.hi, worker.throttle.batch_size, lock=True, skip=True
+                )
+                if not rows:
+                    prev.done.wait()
+                    if prev.ok:
+                        self.outcome = "done"
+                    return False
+                me.cursor = rows[-1][0]
+                me.claimed.set()
+                try:
+                    write, failures = BatchTransformer(plan, using).transform_batch(
+                        rows, stop=worker.opts.on_error != "quarantine"
+                    )
+                except RowFailureError as exc:
+                    from .runner import RunFailed
+
+                    raise RunFailed(str(exc)) from None
+                written = sql.write_batch(plan, using, write)
+                prev.done.wait()
+                if not prev.ok or self.error is not None or not self._still_running():
+                    raise _Abandoned  # nothing commits after a failure, an interrupt or a pause
+                runs.persist_batch(self.chunk, me.cursor, written, using=using)
+                if failures:
+                    worker._quarantine(failures)
+            me.ok = True
+            self.committed = me.cursor
+            worker._after(plan, len(rows), written, time.monotonic() - start)
+            return True
+        except BaseException as exc:
+            self._fail(exc)  # before the events below: the next batch must see it
+            raise
+        finally:
+            me.claimed.set()  # cursor stays _END unless the batch claimed rows
+            me.done.set()
