@@ -7,6 +7,8 @@ retired key stops decrypting once the TTL is over or the keyring is invalidated,
 reloads the keyring once, and a change of ``KEYROTATION`` forgets everything.
 """
 
+import os
+
 import pytest
 from django.db import models
 from django.test.utils import isolate_apps
@@ -125,8 +127,6 @@ def test_a_version_unknown_to_the_cache_reloads_the_keyring_once(keys, clock, dj
     p = Person.objects.create(email="a@example.com")
     assert fresh(p).email == "a@example.com"  # v1 cached, listing trusted for an hour of fake time
     # Another process adds v2 and writes this row under it.
-    import os
-
     dek = os.urandom(32)
     wrapped, kek_id = keyring.kek_backend().wrap(dek, context_for("default", "encrypt", 2))
     DataKey.objects.filter(purpose="encrypt").update(state="decrypt_only")
@@ -134,7 +134,8 @@ def test_a_version_unknown_to_the_cache_reloads_the_keyring_once(keys, clock, dj
         keyring="default", purpose="encrypt", version=2, state="active", wrapped_key=wrapped, kek_id=kek_id
     )
     label = "testapp.Person.email"
-    write_raw(p, "email", crypto.encrypt(crypto.derive_subkey(dek, "encrypt", label), 2, label, b"b@example.com"))
+    token = crypto.encrypt(crypto.derive_subkey(dek, "encrypt", label), 2, label, b"b@example.com")
+    write_raw(p, "email", token)
     loaded = fresh(p)
     with django_assert_num_queries(1):
         assert loaded.email == "b@example.com"
@@ -319,11 +320,11 @@ def test_labels_and_kept_ciphers_are_per_concrete_model():
         base_field = Base._meta.get_field("secret")
         assert base_field.label == "testapp.Base.secret"  # computed (and kept) before the copies
 
-        class One(Base):
+        class One(Base):  # noqa: DJ008
             class Meta:
                 app_label = "testapp"
 
-        class Two(Base):
+        class Two(Base):  # noqa: DJ008
             class Meta:
                 app_label = "testapp"
 
