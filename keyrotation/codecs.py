@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -208,6 +209,21 @@ def encode(field: models.Field, value: Any) -> bytes:
 def decode(field: models.Field, data: bytes) -> Any:
     """The value whose canonical bytes are ``data``."""
     return _DECODERS[_require(field)](field, bytes(data))
+
+
+def decoder(field: models.Field) -> Callable[[bytes], Any]:
+    """``decode`` bound to ``field``, for many values: ``decoder(field)(data) == decode(field, data)``.
+
+    The codec is chosen once; the returned function takes ``bytes`` (not any buffer) and raises
+    what ``decode`` raises for the same bytes.
+
+    Raises:
+        TypeError: ``field`` is not supported.
+    """
+    name = _require(field)
+    if name == "text":
+        return bytes.decode  # UTF-8, strict: the same as _DECODERS["text"]
+    return functools.partial(_DECODERS[name], field)
 
 
 def _require(field: models.Field) -> str:

@@ -1,7 +1,9 @@
 """The ``KEYROTATION`` setting, read lazily: one accessor per key, with its default.
 
 Modules never read ``django.conf.settings`` themselves; they call these functions, so that
-``override_settings`` in tests and late configuration both work.
+``override_settings`` in tests and late configuration both work. The few values read on hot paths
+(:func:`default_keyring`) are cached once valid and forgotten on every change of ``KEYROTATION``
+(Django's ``setting_changed`` signal, which ``override_settings`` sends).
 
 Example::
 
@@ -17,6 +19,7 @@ import re
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 from .exceptions import ConfigurationError
 
@@ -82,11 +85,20 @@ def blind_index_bytes() -> int:
     return value
 
 
+# Valid values of hot settings, cleared when KEYROTATION changes (see _on_setting_changed).
+_CACHED: dict[str, Any] = {}
+
+
 def default_keyring() -> str:
     """``KEYROTATION["DEFAULT_KEYRING"]`` (default ``"default"``)."""
+    try:
+        return _CACHED["DEFAULT_KEYRING"]
+    except KeyError:
+        pass
     value = _get("DEFAULT_KEYRING", "default")
     if not isinstance(value, str) or not value:
         raise ConfigurationError('KEYROTATION["DEFAULT_KEYRING"] must be a non-empty string')
+    _CACHED["DEFAULT_KEYRING"] = value
     return value
 
 
@@ -152,3 +164,11 @@ def redact_patterns() -> tuple[str, ...]:
 def unknown_keys() -> set[str]:
     """Keys of ``KEYROTATION`` that this version does not know (reported by a system check)."""
     return set(_root()) - KNOWN_KEYS
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "KEYROTATION":
+        _CACHED.clear()
+
+
+setting_changed.connect(_on_setting_changed)

@@ -25,6 +25,8 @@ serialized; they are recomputed when a fixture is loaded.
 
 from __future__ import annotations
 
+import struct
+from time import monotonic
 from typing import Any
 
 from django.core import checks
@@ -39,6 +41,12 @@ from .exceptions import DecryptionError, KeyringError
 
 VERSION_SUFFIX = "_key_version"
 
+# The keyring cache, whose generation tells a field whether the ciphers it kept are still current.
+_KEYRINGS = keyring._CACHE
+_MIN_TOKEN_BYTES = crypto.MIN_TOKEN_BYTES
+_FORMAT_V1 = crypto.FORMAT_V1
+_VERSION_AT_1 = struct.Struct(">I").unpack_from  # the header's uint32 version, after the format byte
+
 
 class Sealed:
     """A token as stored in the column (not yet decrypted). Its repr shows no byte of it."""
@@ -46,13 +54,14 @@ class Sealed:
     __slots__ = ("token", "field", "version")
 
     def __init__(self, token: bytes, field: EncryptedField, version: int | None = None) -> None:
-        self.token = bytes(token)
+        if type(token) is not bytes:
+            token = bytes(token)
+        self.token = token
         self.field = field
-        if version is None:
-            try:
-                version = crypto.token_version(self.token)
-            except crypto.InvalidToken:
-                version = None
+        # The header's version, parsed as crypto.token_version does (None where it would raise):
+        # format byte 0x01, a non-zero uint32 big-endian, and at least MIN_TOKEN_BYTES in all.
+        if version is None and len(token) >= _MIN_TOKEN_BYTES and token[0] == _FORMAT_V1:
+            version = _VERSION_AT_1(token, 1)[0] or None
         self.version = version
 
     def __repr__(self) -> str:
@@ -119,12 +128,16 @@ class EncryptedAttribute(DeferredAttribute):
     def __get__(self, instance: models.Model | None, cls: type | None = None) -> Any:
         if instance is None:
             return self
-        value = super().__get__(instance, cls)
-        if value is NOT_ADOPTED:
-            value = self.field.read_legacy(instance)
+        try:
+            value = instance.__dict__[self.field.attname]
+        except KeyError:
+            value = super().__get__(instance, cls)  # deferred: loads it
+        if isinstance(value, Sealed):
+            # pk=instance.pk, read only if the value fails to open (it names the row)
+            value = value.field._open(value, None, instance)
             instance.__dict__[self.field.attname] = value
-        elif isinstance(value, Sealed):
-            value = value.field.open(value, pk=instance.pk)
+        elif value is NOT_ADOPTED:
+            value = self.field.read_legacy(instance)
             instance.__dict__[self.field.attname] = value
         return value
 
@@ -199,12 +212,23 @@ class EncryptedField(models.Field):
         self.adopt_from = adopt_from
         self.legacy = legacy
         self.blind_indexes: list[Any] = []  # BlindIndexField instances, filled at class_prepared
+        self._decode = codecs.decoder(base_field)
+        self._reset_read_cache()
         super().__init__(**kwargs)
         base_field.null, base_field.blank = self.null, self.blank
+
+    def _reset_read_cache(self) -> None:
+        # What reading derives from the model, the name and the keyring cache: the label, and the
+        # cipher of each key version seen, as {version: (cipher, expires_at, keyring generation)}
+        # (see keyring.decrypt_cipher). Reset whenever the field is bound to a class, so a copy
+        # (abstract inheritance) never shares a parent's label or ciphers.
+        self._label: str | None = None
+        self._ciphers: dict[int, tuple[crypto.Cipher, float, int]] = {}
 
     # -- declaration ------------------------------------------------------------------------
 
     def contribute_to_class(self, cls: type[models.Model], name: str, private_only: bool = False) -> None:
+        self._reset_read_cache()
         super().contribute_to_class(cls, name, private_only=private_only)
         self.base_field.set_attributes_from_name(name)
         self.base_field.model = cls
@@ -297,7 +321,10 @@ class EncryptedField(models.Field):
     @property
     def label(self) -> str:
         """``app_label.ModelName.field``: bound into every ciphertext of this column."""
-        return registry.label_for(self.model, self.name)
+        label = self._label
+        if label is None:
+            label = self._label = registry.label_for(self.model, self.name)
+        return label
 
     @property
     def keyring_name(self) -> str:
@@ -328,6 +355,50 @@ class EncryptedField(models.Field):
         Raises:
             DecryptionError: naming the label, ``pk`` and key version; never a byte of the value.
         """
+        return self._open(sealed, pk, None)
+
+    def _open(self, sealed: Sealed, pk: Any, instance: models.Model | None) -> Any:
+        """:meth:`open`; given ``instance``, its pk is read only for an error message.
+
+        The hot path: the cipher this field kept for the version, while the keyring listing it came
+        from is still the cached one and within its TTL (else it is asked again, with every check:
+        state, unknown version reload, TTL), then AES-GCM and the base field's decoder.
+        """
+        version = sealed.version
+        entry = self._ciphers.get(version)  # type: ignore[arg-type]
+        if entry is None or entry[2] != _KEYRINGS.generation or monotonic() >= entry[1]:
+            if instance is not None:
+                pk = instance.pk
+            if version is None:  # the header does not parse
+                return self._open_uncached(sealed, pk)
+            entry = self._cipher_entry(version, pk)
+        try:
+            data = entry[0].decrypt(sealed.token)
+        except crypto.InvalidToken:
+            pk = instance.pk if instance is not None else pk
+            raise DecryptionError(label=self.label, pk=pk, version=version) from None
+        try:
+            return self._decode(data)
+        except (ValueError, TypeError, ArithmeticError):
+            pk = instance.pk if instance is not None else pk
+            raise DecryptionError(
+                "Decrypted value does not decode", label=self.label, pk=pk, version=version
+            ) from None
+
+    def _cipher_entry(self, version: int, pk: Any) -> tuple[crypto.Cipher, float, int]:
+        """Ask the keyring for the cipher of ``version`` and keep it (the slow path)."""
+        name, label = self.keyring_name, self.label
+        try:
+            entry = keyring.decrypt_cipher(name, label, version)
+        except KeyringError as exc:
+            raise DecryptionError(
+                f"Cannot decrypt: {type(exc).__name__}", label=label, pk=pk, version=version
+            ) from exc
+        self._ciphers[version] = entry
+        return entry
+
+    def _open_uncached(self, sealed: Sealed, pk: Any) -> Any:
+        """:meth:`open` through the module-level ``keyring.decrypt``, keeping nothing."""
         try:
             data = keyring.decrypt(self.keyring_name, self.label, sealed.token, pk=pk, version=sealed.version)
         except KeyringError as exc:

@@ -178,6 +178,9 @@ class _Cache:
         self._rings: dict[tuple[str, str], Keyring] = {}
         self._lock = threading.Lock()
         self.loads = 0  # how many times a keyring was listed from the database
+        # Bumped whenever a listed keyring is replaced or forgotten: what was derived from a listing
+        # (see decrypt_cipher) stays valid only while the generation it was read at is current.
+        self.generation = 0
 
     def get(self, name: str, purpose: str, *, max_age: float | None = None) -> Keyring:
         ring = self._rings.get((name, purpose))
@@ -204,11 +207,13 @@ class _Cache:
         with self._lock:
             self._rings[(name, purpose)] = ring
             self.loads += 1
+            self.generation += 1
         return ring
 
     def clear(self) -> None:
         with self._lock:
             self._rings.clear()
+            self.generation += 1
 
 
 _CACHE = _Cache()
@@ -225,6 +230,29 @@ def keyring_for_version(name: str, purpose: str, version: int) -> Keyring:
     if not ring.knows(version):
         ring = _CACHE.get(name, purpose, max_age=0)
     return ring
+
+
+def decrypt_cipher(name: str, label: str, version: int) -> tuple[crypto.Cipher, float, int]:
+    """The cipher that opens column ``label``'s values under ``version``, and how long it may be reused.
+
+    Returns ``(cipher, expires_at, generation)``: a caller may keep the cipher and use it without
+    asking again while ``time.monotonic() < expires_at`` and :func:`generation` still equals
+    ``generation``, i.e. exactly as long as the keyring listing that allowed it is the cached one
+    (a TTL expiry, a reload, :func:`invalidate`, :func:`clear_cache` or a change of ``KEYROTATION``
+    ends it). An unknown version reloads the keyring once, like :func:`decrypt`.
+
+    Raises:
+        UnknownKeyVersion, KeyStateError: the version does not exist or is retired/destroyed.
+        KEKUnavailable: the data key could not be unwrapped.
+    """
+    generation = _CACHE.generation  # read first: a listing replaced meanwhile leaves it stale, not wrong
+    ring = keyring_for_version(name, "encrypt", version)
+    return ring.cipher(version, label), ring.expires_at, generation
+
+
+def generation() -> int:
+    """Changes whenever a cached keyring listing is replaced or forgotten (see :func:`decrypt_cipher`)."""
+    return _CACHE.generation
 
 
 def encrypt(name: str, label: str, plaintext: bytes) -> tuple[bytes, int]:
