@@ -62,11 +62,30 @@ def test_without_the_pipeline_one_lane_does_everything(people, monkeypatch):
     assert_all_on(2, people)
 
 
-def test_a_throttled_run_is_not_pipelined(people, monkeypatch):
+def test_a_rate_capped_run_is_not_pipelined(people, monkeypatch):
     rotate_all()
     monkeypatch.setattr(pipeline.Pipeline, "run", lambda self: pytest.fail("pipelined"))
     assert engine.reencrypt(batch_size=25, rate=1_000_000).ok
-    assert engine.reencrypt(batch_size=25, target_batch_ms=500).ok
+    assert_all_on(2, people)
+
+
+def test_a_batch_time_target_still_pipelines_and_resizes(people, monkeypatch):
+    rotate_all()
+    sizes = []
+    select = sql.select_batch
+
+    def spy(plan, using, lo, hi, limit, **kw):
+        sizes.append(limit)
+        return select(plan, using, lo, hi, limit, **kw)
+
+    monkeypatch.setattr(sql, "select_batch", spy)
+    runs_ = []
+    monkeypatch.setattr(
+        pipeline.Pipeline, "run", lambda self, run=pipeline.Pipeline.run: runs_.append(1) or run(self)
+    )
+    assert engine.reencrypt(batch_size=10, target_batch_ms=10_000).ok
+    assert runs_ and max(sizes) > 10  # fast batches grow towards the target
+    assert_all_on(2, people)
 
 
 def test_a_lost_connection_in_a_lane_is_retried_and_nothing_is_lost(people, monkeypatch):

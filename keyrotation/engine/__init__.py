@@ -104,8 +104,8 @@ def reencrypt(
         max_duration: seconds; stop cleanly (resumable) after this long.
         on_error: ``"stop"`` (default): a value that cannot be decrypted fails the run naming
             model, field, pk and version; ``"quarantine"``: record it and go on (exit non-zero).
-        pipeline: on PostgreSQL without ``rate`` / ``target_batch_ms``, keep two batches in
-            flight per worker (one more connection per worker; see ``engine/pipeline.py``).
+        pipeline: on PostgreSQL without ``rate``, keep two batches in flight per worker (one
+            more connection per worker; see ``engine/pipeline.py``).
 
     Raises:
         RunFailed: ``on_error="stop"`` and a value could not be opened.

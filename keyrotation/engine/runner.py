@@ -162,16 +162,11 @@ class _Worker:
     # -- chunks and sweep ------------------------------------------------------------------
 
     def _pipelined(self) -> bool:
-        """Two batches in flight (engine/pipeline.py): PostgreSQL, and no rate or batch-time
-        target (a throttled run sleeps between batches; a batch waiting in the pipeline would
-        hold its row locks through that sleep)."""
+        """Two batches in flight (engine/pipeline.py): PostgreSQL, and no rate cap (a rate-capped
+        run sleeps between batches, and a batch waiting in the pipeline would hold its row locks
+        through that sleep). ``target_batch_ms`` only resizes batches: it pipelines."""
         opts = self.opts
-        return (
-            opts.pipeline
-            and connections[opts.using].vendor == "postgresql"
-            and not opts.rate
-            and not opts.target_batch_ms
-        )
+        return opts.pipeline and connections[opts.using].vendor == "postgresql" and not opts.rate
 
     def _process_chunk(self, chunk) -> str:
         plan = self.plans[chunk.model]
