@@ -34,7 +34,6 @@ from django.db import connections, transaction
 from ..models import RunStatus
 from . import runs, sql
 from .plan import ModelPlan
-from .transform import BatchTransformer, RowFailureError
 
 _END = object()  # a slot's cursor when no batch may follow it (end of chunk, halt, failure)
 
@@ -158,15 +157,7 @@ class Pipeline:
                     return False
                 me.cursor = rows[-1][0]
                 me.claimed.set()
-                try:
-                    write, failures = BatchTransformer(plan, using).transform_batch(
-                        rows, stop=worker.opts.on_error != "quarantine"
-                    )
-                except RowFailureError as exc:
-                    from .runner import RunFailed
-
-                    raise RunFailed(str(exc)) from None
-                written = sql.write_batch(plan, using, write)
+                written, failures = worker._transform_and_write(plan, rows)
                 prev.done.wait()
                 if not prev.ok or self.error is not None or not self._still_running():
                     raise _Abandoned  # nothing commits after a failure, an interrupt or a pause

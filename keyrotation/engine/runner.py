@@ -123,19 +123,23 @@ class _Worker:
             )
             if not rows:
                 return 0, None, 0
-            try:
-                write, failures = BatchTransformer(plan, using).transform_batch(
-                    rows, stop=self.opts.on_error != "quarantine"
-                )
-            except RowFailureError as exc:
-                raise RunFailed(str(exc)) from None
-            written = sql.write_batch(plan, using, write)
+            written, failures = self._transform_and_write(plan, rows)
             last = rows[-1][0]
             if chunk is not None:
                 runs.persist_batch(chunk, last, written, using=using)
             if failures:
                 self._quarantine(failures)
         return len(rows), last, written
+
+    def _transform_and_write(self, plan: ModelPlan, rows: list[tuple]) -> tuple[int, list[RowFailure]]:
+        """Re-encrypt claimed rows and write them (one statement); (rows written, failures)."""
+        try:
+            write, failures = BatchTransformer(plan, self.opts.using).transform_batch(
+                rows, stop=self.opts.on_error != "quarantine"
+            )
+        except RowFailureError as exc:
+            raise RunFailed(str(exc)) from None
+        return sql.write_batch(plan, self.opts.using, write), failures
 
     def _quarantine(self, failures: list[RowFailure]) -> None:
         QuarantinedValue.objects.using(self.opts.using).bulk_create(
