@@ -44,6 +44,7 @@ class _Unwrapped:
     def __init__(self) -> None:
         self._keys: dict[tuple[str, str, int, bytes], bytes] = {}
         self._lock = threading.Lock()
+        self._unwrap_lock = threading.Lock()
         self._backend: KEKBackend | None = None
 
     def backend(self) -> KEKBackend:
@@ -57,9 +58,15 @@ class _Unwrapped:
         cache_key = (keyring, purpose, kv.version, kv.wrapped)
         dek = self._keys.get(cache_key)
         if dek is None:
-            dek = self.backend().unwrap(kv.wrapped, context_for(keyring, purpose, kv.version))
-            with self._lock:
-                self._keys[cache_key] = dek
+            # One unwrap at a time per process: threads asking for the same key (the engine's two
+            # lanes start together) wait for the first one's KEK call instead of repeating it,
+            # and a KEK client (hvac's requests session) is never used by two threads at once.
+            with self._unwrap_lock:
+                dek = self._keys.get(cache_key)
+                if dek is None:
+                    dek = self.backend().unwrap(kv.wrapped, context_for(keyring, purpose, kv.version))
+                    with self._lock:
+                        self._keys[cache_key] = dek
         return dek
 
     def clear(self) -> None:

@@ -154,3 +154,33 @@ def test_second_process_sees_new_version(settings):
         child.stdin.close()
         child.wait(10)
         child.stdout.close()
+
+
+def test_threads_asking_for_one_key_share_a_single_unwrap(keys, monkeypatch):
+    """The engine's two lanes start together: one KEK call, the other thread waits for it."""
+    import threading
+
+    keyring.clear_cache()
+    backend = keyring.kek_backend()
+    real, calls = backend.unwrap, []
+
+    def slow_unwrap(wrapped, context):
+        calls.append(threading.current_thread().name)
+        time.sleep(0.05)  # long enough for every thread to arrive while the first one is in here
+        return real(wrapped, context)
+
+    monkeypatch.setattr(backend, "unwrap", slow_unwrap)
+    ring = keyring.get_keyring("default", "encrypt")
+    results, start = [], threading.Barrier(6)
+
+    def use():
+        start.wait()
+        results.append(ring.subkey(1, "testapp.Person.email"))
+
+    threads = [threading.Thread(target=use) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert len(results) == 6 and len(set(results)) == 1

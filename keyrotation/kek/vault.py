@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -81,6 +82,7 @@ class VaultTransitKEK:
                 timeout=options.get("TIMEOUT", 10),
             )
         self.requests = 0  # Transit calls made by this instance (tests and benchmarks read it)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<VaultTransitKEK {self.describe()}>"
@@ -89,7 +91,13 @@ class VaultTransitKEK:
         return f"vault transit key {self.mount}/{self.key_name} at {self.url or 'custom client'}"
 
     def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        self.requests += 1
+        # One call at a time: the hvac client's requests session is not safe to share between
+        # threads (the engine runs two lanes per worker).
+        with self._lock:
+            self.requests += 1
+            return self._send(what, fn, **kwargs)
+
+    def _send(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
         try:
             return fn(mount_point=self.mount, **kwargs)
         except Exception as exc:
