@@ -12,6 +12,7 @@ keyring reload once, immediately, instead of waiting for the TTL.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -74,11 +75,22 @@ class _Unwrapped:
             self._keys.clear()
             self._backend = None
 
+    def after_fork(self) -> None:
+        """In a forked child: a KEK client of its own (the parent's HTTP connections must not
+        be shared between processes), new locks (another thread may have held one at the fork).
+        Unwrapped keys are kept: they are plain memory."""
+        self._lock = threading.Lock()
+        self._unwrap_lock = threading.Lock()
+        self._backend = None
+
     def __repr__(self) -> str:
         return f"<unwrapped key cache: {len(self._keys)} keys>"
 
 
 _UNWRAPPED = _Unwrapped()
+# `reencrypt --workers N` forks, and so do pre-forking servers (gunicorn --preload): a Vault client
+# made before the fork holds keep-alive connections that the children would otherwise share.
+os.register_at_fork(after_in_child=_UNWRAPPED.after_fork)
 
 
 class Keyring:

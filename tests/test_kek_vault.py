@@ -129,3 +129,38 @@ def test_sealed_vault_then_unsealed(openbao_server):
         kek.unwrap(wrapped, CTX)
     openbao_server.restart()  # static auto-unseal: comes back unsealed with the same data
     assert load_backend(options).unwrap(wrapped, CTX) == b"k" * 32
+
+
+def test_forked_processes_do_not_share_the_vault_client(vault_settings, vault_options):
+    """A client used before a fork (the run's audit row) must not be shared by the children:
+    their requests would interleave on the parent's keep-alive connection."""
+    import multiprocessing
+
+    from keyrotation.keyring import _UNWRAPPED
+
+    kek = load_backend(vault_options)
+    kek.ensure_key()
+    wrapped, _ = kek.wrap(b"k" * 32, CTX)
+    _UNWRAPPED._backend = kek
+    try:
+        assert kek.unwrap(wrapped, CTX) == b"k" * 32  # the pooled connection now exists
+
+        def child(queue):
+            backend = _UNWRAPPED.backend()
+            try:
+                ok = all(backend.unwrap(wrapped, CTX) == b"k" * 32 for _ in range(40))
+                queue.put(("ok" if ok else "wrong", backend is kek))
+            except Exception as exc:  # noqa: BLE001 - reported to the parent
+                queue.put((type(exc).__name__, backend is kek))
+
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=child, args=(queue,)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        results = [queue.get(timeout=5) for _ in procs]
+        assert results == [("ok", False)] * 4
+    finally:
+        _UNWRAPPED._backend = None
