@@ -163,6 +163,25 @@ def _assign(col, new: list, value: str, q, length: str = "length") -> list[str]:
     ]
 
 
+def _set_and_guard(
+    plan, write: Write, arrays, names: list[str], q, length: str, same: str
+) -> tuple[str, str]:
+    """The SET list and the guard condition of a write whose arrays are ``v.<names[i]>``
+    (``arrays`` from :func:`_columns`; ``same``: the SQL null-safe equality operator)."""
+    written = [*write.enc, *write.idx]  # their new values are arrays 1..len(written)
+    assign = [
+        clause
+        for i, (col, new) in enumerate(written)
+        for clause in _assign(col, new, f"v.{names[1 + i]}", q, length)
+    ] + _clear_legacy(plan, q)
+    guard = " AND ".join(
+        f"t.{q(column)} {same} v.{name}"
+        for (role, _, _, column), name in zip(arrays, names, strict=True)
+        if role == "guard"
+    )
+    return ", ".join(assign), guard
+
+
 def _clear_legacy(plan: ModelPlan, q) -> list[str]:
     """SET clauses that empty the legacy columns of a written row (its value is now in the new column)."""
     return [f"{q(c.legacy_column)} = NULL" for c in legacy_columns(plan)]
@@ -194,19 +213,9 @@ def _write_postgresql(plan, conn, write: Write) -> int:
     types = {"pk": _pk_type(plan, conn), "bytea": "bytea", "smallint": "smallint"}
     unnest = ", ".join(f"%b::{next(legacy_types) if t == 'legacy' else types[t]}[]" for _, t, _, _ in arrays)
     names = [f"a{i}" for i in range(len(arrays))]
-    written = [c for c, _ in [*write.enc, *write.idx]]
-    assign = [
-        clause
-        for i, (col, (_, new)) in enumerate(zip(written, [*write.enc, *write.idx], strict=True))
-        for clause in _assign(col, new, f"v.{names[1 + i]}", q, "octet_length")
-    ] + _clear_legacy(plan, q)
-    guard = " AND ".join(
-        f"t.{q(column)} IS NOT DISTINCT FROM v.{name}"
-        for (role, _, _, column), name in zip(arrays, names, strict=True)
-        if role == "guard"
-    )
+    assign, guard = _set_and_guard(plan, write, arrays, names, q, "octet_length", "IS NOT DISTINCT FROM")
     sql = (
-        f"UPDATE {q(plan.table)} AS t SET {', '.join(assign)} FROM unnest({unnest}) AS v({', '.join(names)}) "
+        f"UPDATE {q(plan.table)} AS t SET {assign} FROM unnest({unnest}) AS v({', '.join(names)}) "
         f"WHERE t.{q(plan.pk_column)} = v.a0" + (f" AND {guard}" if guard else "")
     )
     # %b: binary arrays. With %s psycopg dumps a list in text format, escaping every bytea
@@ -225,15 +234,8 @@ def _write_sqlite(plan, conn, write: Write) -> int:
     q = conn.ops.quote_name
     arrays = _columns(plan, write, tokens=True)
     width = len(arrays)
-    written = [*write.enc, *write.idx]
-    assign = [
-        clause for i, (col, new) in enumerate(written) for clause in _assign(col, new, f"v.column{i + 2}", q)
-    ] + _clear_legacy(plan, q)
-    guard = " AND ".join(
-        f"t.{q(column)} IS v.column{i + 1}"
-        for i, (role, _, _, column) in enumerate(arrays)
-        if role == "guard"
-    )
+    names = [f"column{i + 1}" for i in range(width)]  # SQLite's names for VALUES columns
+    assign, guard = _set_and_guard(plan, write, arrays, names, q, "length", "IS")
     rows = list(zip(*[values for _, _, values, _ in arrays], strict=True))
     total = 0
     # SQLite allows 32766 bound parameters per statement.
@@ -243,7 +245,7 @@ def _write_sqlite(plan, conn, write: Write) -> int:
             part = rows[start : start + step]
             values = ", ".join("(" + ", ".join(["%s"] * width) + ")" for _ in part)
             sql = (
-                f"UPDATE {q(plan.table)} AS t SET {', '.join(assign)} FROM (VALUES {values}) AS v "
+                f"UPDATE {q(plan.table)} AS t SET {assign} FROM (VALUES {values}) AS v "
                 f"WHERE t.{q(plan.pk_column)} = v.column1" + (f" AND {guard}" if guard else "")
             )
             cur.execute(sql, [x for row in part for x in row])

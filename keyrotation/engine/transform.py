@@ -170,9 +170,10 @@ class BatchTransformer:
             failed.setdefault(k, exc.failure)
 
         pks = [r[0] for r in rows]
-        base = 1 + 2 * len(plan.enc) + 2 * len(plan.idx)
-        pos = base + 2 * len(self.extra)
-        legacy_values = {c.label: [r[pos + j] for r in rows] for j, c in enumerate(self.legacy)}
+        idx_at = 1 + 2 * len(plan.enc)  # row layout: see sql.read_columns
+        extra_at = idx_at + 2 * len(plan.idx)
+        legacy_at = extra_at + 2 * len(self.extra)
+        legacy_values = {c.label: [r[legacy_at + j] for r in rows] for j, c in enumerate(self.legacy)}
         write = Write(pks, legacy=list(legacy_values.values()))
         sources: dict[str, tuple[list, list, list]] = {}  # label -> (tokens, versions, plaintexts)
 
@@ -210,12 +211,13 @@ class BatchTransformer:
             write.enc.append((col, new))
 
         for j, src in enumerate(self.extra):
-            at = 1 + 2 * len(plan.enc) + 2 * len(plan.idx) + 2 * j
+            at = extra_at + 2 * j
             sources[src.label] = ([r[at] for r in rows], [r[at + 1] for r in rows], [None] * n)
 
         for j, col in enumerate(plan.idx):
-            digests = [r[1 + 2 * len(plan.enc) + 2 * j] for r in rows]
-            versions = [r[2 + 2 * len(plan.enc) + 2 * j] for r in rows]
+            at = idx_at + 2 * j
+            digests = [r[at] for r in rows]
+            versions = [r[at + 1] for r in rows]
             tokens, src_versions, plaintexts = sources[col.source.label]
             key, length, target = self._idx_target[col.label], col.length, col.target
             new = [KEEP] * n
@@ -237,14 +239,12 @@ class BatchTransformer:
             write.idx_versions.append(versions)
 
         # Only rows with something to write, and only the columns that change.
+        news = [new for _, new in write.enc + write.idx]
         keep = [
             k
             for k in range(n)
             if k not in failed
-            and (
-                any(new[k] is not KEEP for _, new in write.enc + write.idx)
-                or any(values[k] is not None for values in write.legacy)
-            )
+            and (any(new[k] is not KEEP for new in news) or any(v[k] is not None for v in write.legacy))
         ]
         if len(keep) < n:
             write = write.keep(keep)
