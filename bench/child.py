@@ -41,21 +41,54 @@ def reencrypt(args) -> None:
     json.dump(out, sys.stdout)
 
 
+class RunQueueClock:
+    """Nanoseconds the given processes spent runnable but waiting for a CPU
+    (``/proc/<pid>/schedstat``, second field); None where the kernel does not expose it."""
+
+    def __init__(self, *pids: int):
+        try:
+            self._files = [open(f"/proc/{pid}/schedstat", "rb", buffering=0) for pid in pids]  # noqa: SIM115
+            self.read()
+        except (OSError, ValueError, IndexError):
+            self._files = []
+
+    def read(self) -> int | None:
+        if not self._files:
+            return None
+        total = 0
+        for fh in self._files:
+            fh.seek(0)
+            total += int(fh.read().split()[1])
+        return total
+
+
 def writer(args) -> None:
     """The application: single-row ORM updates of an encrypted field, in autocommit, until the
-    stop file appears. Writes [[monotonic start, seconds], ...] to ``--out``."""
+    stop file appears. Writes ``[[monotonic start, seconds, run-queue seconds or None], ...]`` to
+    ``--out``: the run-queue seconds are the time this process and its PostgreSQL backend spent
+    waiting for a CPU during that update (how much of a slow update was CPU contention)."""
     _setup()
+    from django.db import connection
+
     from bench.benchapp.models import Customer
 
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        backend = cur.fetchone()[0]
+    runq = RunQueueClock(os.getpid(), backend)
     rng = random.Random(os.getpid())
     pause = args.pause_ms / 1000.0
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, float | None]] = []
     n = 0
     while not os.path.exists(args.stop):
         pk = rng.randint(1, args.rows)
+        waited = runq.read()
         start = time.monotonic()
         Customer.objects.filter(pk=pk).update(notes=f"note rewritten by the application ({n})")
-        samples.append((start, time.monotonic() - start))
+        seconds = time.monotonic() - start
+        if waited is not None:
+            waited = (runq.read() - waited) / 1e9
+        samples.append((start, seconds, waited))
         n += 1
         if pause:
             time.sleep(pause)

@@ -13,10 +13,12 @@ C  rotate; the same raw SQL without crypto (the database ceiling)
 D  rotate; ``reencrypt --workers 2``
 E  ``reencrypt`` on ``benchapp.CustomerIndexed`` (version columns indexed), then census timings
 F  rotate; an application process doing single-row ORM updates, idle then during ``reencrypt``
+   (with the time it and its backend waited for a CPU, from ``/proc/<pid>/schedstat``)
 G  (rows > 100k, first run only) rotate; move all rows but the first 100k with the raw loop; ``reencrypt``
    subprocess with 100k rows to do (peak RSS at 100k)
 
-and once: ORM reads of ``--read-rows`` rows, plaintext vs EncryptedField vs Fernet.
+and once: ORM reads of ``--read-rows`` rows, plaintext vs EncryptedField vs Fernet (and a cProfile
+of the encrypted read when it misses its target).
 
 Results: a Markdown file under ``bench/results/`` and the same table on stdout.
 """
@@ -434,17 +436,13 @@ def repetition(ctx, rep: int) -> dict:
         writer.wait(timeout=60)
         samples = json.loads(samples_file.read_text())
     assert res["status"] == "finished", res
-    idle = sorted(s for t, s in samples if idle_from <= t < busy_from)
-    busy = sorted(s for t, s in samples if busy_from <= t < busy_to)
+    idle = [(s, q) for t, s, q in samples if idle_from <= t < busy_from]
+    busy = [(s, q) for t, s, q in samples if busy_from <= t < busy_to]
     out["writer"] = {
         "idle_n": len(idle),
         "busy_n": len(busy),
-        "idle_p50": pct(idle, 50),
-        "idle_p99": pct(idle, 99),
-        "busy_p50": pct(busy, 50),
-        "busy_p99": pct(busy, 99),
-        "busy_max": busy[-1] if busy else None,
-        "idle_max": idle[-1] if idle else None,
+        **latency_profile("idle", idle),
+        **latency_profile("busy", busy),
         "batch_max": res["batch_seconds_max"],
         "batch_median": res["batch_seconds_median"],
         "engine_rate": res["rows_done"] / res["seconds"],
@@ -462,6 +460,39 @@ def repetition(ctx, rep: int) -> dict:
         out["rss_100k_kb"] = out["engine"]["maxrss_kb"] if n == 100_000 else None
     out["loadavg_end"] = os.getloadavg()
     return out
+
+
+def latency_profile(phase: str, samples: list[tuple[float, float | None]]) -> dict:
+    """p50/p99/max of the writer's update latencies, and where the slow ones spent their time:
+    ``runq``: seconds the writer and its backend waited for a CPU during the update
+    (``bench.child.RunQueueClock``); ``<phase>_without_runq_p99``: p99 of latency minus that wait."""
+    lat = sorted(s for s, _ in samples)
+    out = {
+        f"{phase}_p50": pct(lat, 50),
+        f"{phase}_p99": pct(lat, 99),
+        f"{phase}_max": lat[-1] if lat else None,
+    }
+    if samples and all(q is not None for _, q in samples):
+        out[f"{phase}_runq_p99"] = pct(sorted(q for _, q in samples), 99)
+        out[f"{phase}_without_runq_p99"] = pct(sorted(s - q for s, q in samples), 99)
+        slowest = sorted(samples, reverse=True)[: max(1, len(samples) // 100)]
+        out[f"{phase}_slowest_runq_share"] = sum(q for _, q in slowest) / sum(s for s, _ in slowest)
+    return out
+
+
+def read_profile(model, n: int, top: int = 12) -> list[dict]:
+    """cProfile of one :func:`read_rows` pass: the ``top`` functions by own time."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(read_rows, model, n)
+    stats = pstats.Stats(prof)
+    rows = []
+    for (path, line, name), (_cc, calls, tottime, cumtime, _) in stats.stats.items():
+        where = "~" if path == "~" else f"{Path(path).parent.name}/{Path(path).name}:{line}"
+        rows.append({"function": f"{name} ({where})", "calls": calls, "tottime": tottime, "cumtime": cumtime})
+    return sorted(rows, key=lambda r: r["tottime"], reverse=True)[:top]
 
 
 def pct(values: list[float], p: float) -> float | None:
@@ -528,7 +559,9 @@ def fmt(v, digits=0) -> str:
     return f"{v:,}"
 
 
-def report(ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info: dict) -> str:
+def report(
+    ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info: dict, profile: list[dict]
+) -> str:
     n = ctx.rows
     ratio = lambda a, b: [r[a]["rate"] / r[b]["rate"] for r in runs]  # noqa: E731
     lines = [
@@ -620,6 +653,8 @@ def report(ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info:
     read_ratio = statistics.median(r["enc"] / r["plain"] for r in reads)
     read_vs_fernet = statistics.median(r["enc"] / r["fernet"] for r in reads)
     w = lambda k: med(runs, "writer", k)  # noqa: E731
+    ms = lambda v: None if v is None else v * 1000  # noqa: E731
+    pc = lambda v: None if v is None else v * 100  # noqa: E731
     lines += [
         "",
         "## Concurrent application writes",
@@ -628,10 +663,18 @@ def report(ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info:
         "autocommit) with a 5 ms pause between updates; latencies of the UPDATE statement, first with nothing "
         "else running, then while `reencrypt` (1 worker, default batch size, no rate cap) runs.",
         "",
-        "| | samples | p50 ms | p99 ms | max ms |",
-        "|---|---:|---:|---:|---:|",
-        f"| idle | {fmt(w('idle_n'))} | {fmt(w('idle_p50') * 1000, 2)} | {fmt(w('idle_p99') * 1000, 2)} | {fmt(w('idle_max') * 1000, 1)} |",
-        f"| during `reencrypt` | {fmt(w('busy_n'))} | {fmt(w('busy_p50') * 1000, 2)} | {fmt(w('busy_p99') * 1000, 2)} | {fmt(w('busy_max') * 1000, 1)} |",
+        "| | samples | p50 ms | p99 ms | max ms | p99 of the time not spent waiting for a CPU, ms | p99 of the wait for a CPU, ms | slowest 1 %: share spent waiting for a CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {title} | {fmt(w(f'{ph}_n'))} | {fmt(ms(w(f'{ph}_p50')), 2)} | {fmt(ms(w(f'{ph}_p99')), 2)} | "
+            f"{fmt(ms(w(f'{ph}_max')), 1)} | {fmt(ms(w(f'{ph}_without_runq_p99')), 2)} | "
+            f"{fmt(ms(w(f'{ph}_runq_p99')), 2)} | {fmt(pc(w(f'{ph}_slowest_runq_share')), 0)} % |"
+            for ph, title in (("idle", "idle"), ("busy", "during `reencrypt`"))
+        ],
+        "",
+        "The wait for a CPU is the time the writer process and its PostgreSQL backend spent runnable "
+        "but not running during the update (`/proc/<pid>/schedstat`); what is left is the database's own "
+        "work, lock waits and the network.",
         "",
         f"Longest engine batch (median over runs of each run's longest): {fmt(w('batch_max') * 1000, 0)} ms (median batch "
         f"{fmt(w('batch_median') * 1000, 0)} ms); engine rate with the writer running: {fmt(w('engine_rate'))} rows/s. "
@@ -679,6 +722,7 @@ def report(ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info:
     for title, ok, measured in targets:
         status = "n/a at this size" if ok is None else ("**met**" if ok else "**not met**")
         lines.append(f"| {title} | {status} | {measured} |")
+    lines += where_the_time_goes(ctx, runs, read_ratio, profile, w, ms)
     lines += [
         "",
         "## Raw numbers",
@@ -689,6 +733,38 @@ def report(ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info:
         "",
     ]
     return "\n".join(lines)
+
+
+def where_the_time_goes(ctx, runs, read_ratio, profile, w, ms) -> list[str]:
+    """The generated profile of every time target not met (issue #7: "for any target not met, the
+    profile that says where the time goes")."""
+    lines = []
+    if read_ratio > 1.25 and profile:
+        lines += [
+            "",
+            f"### Profile: encrypted read ({ctx.profile_rows:,} rows, cProfile, top functions by own time)",
+            "",
+            "| function | calls | own s | cumulative s |",
+            "|---|---:|---:|---:|",
+            *[
+                f"| `{p['function']}` | {p['calls']:,} | {p['tottime']:.3f} | {p['cumtime']:.3f} |"
+                for p in profile
+            ],
+        ]
+    if w("busy_p99") > 2 * w("idle_p99") and w("busy_runq_p99") is not None:
+        lines += [
+            "",
+            "### Profile: writer p99 during `reencrypt`",
+            "",
+            f"- p99 of each update's time minus its wait for a CPU: {ms(w('busy_without_runq_p99')):.2f} ms during the run "
+            f"vs {ms(w('idle_without_runq_p99')):.2f} ms idle "
+            f"({w('busy_without_runq_p99') / w('idle_without_runq_p99'):.2f}×);",
+            f"- p99 of the wait for a CPU alone: {ms(w('busy_runq_p99')):.2f} ms during the run vs "
+            f"{ms(w('idle_runq_p99')):.2f} ms idle;",
+            f"- the slowest 1 % of updates during the run spent {w('busy_slowest_runq_share') * 100:.0f} % of their time "
+            "waiting for a CPU.",
+        ]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -777,8 +853,13 @@ def main(argv=None) -> int:
                     "fernet": read_rows(CustomerFernet, ctx.read_rows),
                 }
             )
+        profile = []
+        ctx.profile_rows = min(ctx.read_rows, 50_000)
+        if statistics.median(r["enc"] / r["plain"] for r in reads) > 1.25:
+            log(f"encrypted read target missed: cProfile of one {ctx.profile_rows:,}-row read")
+            profile = read_profile(Customer, ctx.profile_rows)
         runs = [repetition(ctx, rep + 1) for rep in range(ctx.runs)]
-        text = report(ctx, runs, reads, baseline, info)
+        text = report(ctx, runs, reads, baseline, info, profile)
         connection.close()
 
     out_dir = Path(args.out)
