@@ -3,9 +3,11 @@ time, commits in order, and nothing commits after a failure."""
 
 from __future__ import annotations
 
+import io
 import threading
 
 import pytest
+from django.core.management import call_command
 from django.db import OperationalError
 
 from keyrotation import engine
@@ -58,6 +60,23 @@ def test_without_the_pipeline_one_lane_does_everything(people, monkeypatch):
 
     monkeypatch.setattr(runs, "persist_batch", spy)
     assert engine.reencrypt(batch_size=25, pipeline=False).ok
+    assert threads == {"MainThread"}
+    assert_all_on(2, people)
+
+
+def test_the_command_can_keep_one_batch_in_flight(people, monkeypatch):
+    rotate_all()
+    threads = set()
+    persist = runs.persist_batch
+
+    def spy(chunk, cursor, rows, using=None):
+        threads.add(threading.current_thread().name)
+        return persist(chunk, cursor, rows, using=using)
+
+    monkeypatch.setattr(runs, "persist_batch", spy)
+    call_command(
+        "reencrypt", "--batch-size", "25", "--one-batch-at-a-time", "--no-progress", stdout=io.StringIO()
+    )
     assert threads == {"MainThread"}
     assert_all_on(2, people)
 

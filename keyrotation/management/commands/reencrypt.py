@@ -45,6 +45,13 @@ class Command(BaseCommand):
             help="Adapt the batch size so each batch takes about this many milliseconds.",
         )
         parser.add_argument(
+            "--one-batch-at-a-time",
+            action="store_true",
+            help="On PostgreSQL, keep one batch in flight per worker instead of two: one connection "
+            "per worker instead of two, 20-30%% slower in our measurements, and it leaves CPU to an "
+            "application that shares the host's cores. --rate implies it.",
+        )
+        parser.add_argument(
             "--max-duration",
             type=float,
             default=None,
@@ -123,6 +130,7 @@ class Command(BaseCommand):
             batch_size=o["batch_size"],
             rate=o["rate"],
             target_batch_ms=o["target_batch_ms"],
+            pipeline=not o["one_batch_at_a_time"],
             max_duration=o["max_duration"],
             on_error=o["on_error"],
             actor=o["actor"],
