@@ -55,14 +55,27 @@ def _resolve(model: type[models.Model], path: str) -> models.Field | None:
     return field
 
 
-def _refuse(model: type[models.Model], names: Iterable[str], what: str) -> None:
+def _refuse(
+    model: type[models.Model],
+    names: Iterable[str],
+    what: str,
+    advice: str = "Order or aggregate in Python after decrypting, or on a plaintext field.",
+) -> None:
     for name in names:
         field = _resolve(model, name.lstrip("-?"))
         if isinstance(field, EncryptedField):
             raise FieldError(
                 f"Cannot use encrypted field '{name.lstrip('-?')}' in {what}: the database only holds "
-                "ciphertext. Order or aggregate in Python after decrypting, or on a plaintext field."
+                f"ciphertext. {advice}"
             )
+
+
+# Equal values have different ciphertexts (a random nonce each): the database can neither
+# deduplicate nor group them.
+_DISTINCT_ADVICE = (
+    "Every value has its own ciphertext, so no two rows would compare equal: deduplicate in Python "
+    "after decrypting, or use the field's BlindIndexField."
+)
 
 
 def _f_names(expr: Any, inside_count: bool = False) -> Iterable[str]:
@@ -201,7 +214,22 @@ class EncryptedQuerySetMixin:
 
     def annotate(self, *args: Any, **kwargs: Any) -> Any:
         self._refuse_expressions(args, kwargs, "annotate()")
+        if self._fields and any(getattr(e, "contains_aggregate", False) for e in [*args, *kwargs.values()]):
+            # values(...).annotate(<aggregate>) groups by the values() fields
+            _refuse(self.model, self._fields, "a GROUP BY (values().annotate())", _DISTINCT_ADVICE)
         return super().annotate(*args, **kwargs)
+
+    def distinct(self, *field_names: Any) -> Any:
+        _refuse(self.model, field_names, "distinct()", _DISTINCT_ADVICE)
+        clone = super().distinct(*field_names)
+        clone._refuse_distinct_values()
+        return clone
+
+    def _refuse_distinct_values(self) -> None:
+        """DISTINCT over the columns of values() / values_list() (whole rows include the pk, and
+        are fine)."""
+        if self.query.distinct and not self.query.distinct_fields and self._fields:
+            _refuse(self.model, self._fields, "distinct()", _DISTINCT_ADVICE)
 
     def alias(self, *args: Any, **kwargs: Any) -> Any:
         self._refuse_expressions(args, kwargs, "alias()")
@@ -209,11 +237,13 @@ class EncryptedQuerySetMixin:
 
     def values(self, *fields: Any, **expressions: Any) -> Any:
         clone = super().values(*fields, **expressions)
+        clone._refuse_distinct_values()
         clone._iterable_class = _decrypting(clone._iterable_class)
         return clone
 
     def values_list(self, *fields: Any, flat: bool = False, named: bool = False) -> Any:
         clone = super().values_list(*fields, flat=flat, named=named)
+        clone._refuse_distinct_values()
         clone._iterable_class = _decrypting(clone._iterable_class)
         return clone
 

@@ -136,3 +136,38 @@ def test_ordering_by_other_fields_still_works(keys):
         "a@example.com",
         "b@example.com",
     ]
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Person.objects.distinct("email"),
+        lambda: Person.objects.values("email").distinct(),
+        lambda: Person.objects.distinct().values_list("email", flat=True),
+        lambda: Person.objects.values_list("name", "email").distinct(),
+        lambda: Note.objects.values("person__email").distinct(),
+    ],
+    ids=["distinct-on", "values-distinct", "distinct-values_list", "two-columns", "across-a-relation"],
+)
+def test_distinct_over_an_encrypted_column_raises(keys, build):
+    """Equal values have different ciphertexts: DISTINCT would silently keep every row."""
+    with pytest.raises(FieldError, match=r"Cannot use encrypted field '(person__)?email' in distinct\(\)"):
+        build()
+
+
+def test_grouping_by_an_encrypted_column_raises(keys):
+    with pytest.raises(FieldError, match="GROUP BY"):
+        Person.objects.values("email").annotate(n=Count("id"))
+
+
+def test_distinct_and_grouping_on_other_columns_still_work(keys):
+    for name in ("a", "a", "b"):
+        Person.objects.create(name=name, email=f"{name}@example.com")
+    assert sorted(Person.objects.values_list("name", flat=True).distinct()) == ["a", "b"]
+    assert Person.objects.distinct().count() == 3  # whole rows (the pk makes them distinct)
+    assert sorted(Person.objects.values("name").annotate(n=Count("id")).values_list("name", "n")) == [
+        ("a", 2),
+        ("b", 1),
+    ]
+    # The blind index is deterministic: it can be deduplicated
+    assert Person.objects.values("email_bidx").distinct().count() == 2
