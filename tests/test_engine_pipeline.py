@@ -29,55 +29,45 @@ def moved() -> set:
     }
 
 
-def test_two_lanes_share_the_batches_and_commit_in_order(people, monkeypatch):
-    rotate_all()
-    threads, cursors = set(), []
+@pytest.fixture
+def commits(monkeypatch):
+    """(thread name, cursor) of every committed batch, in commit order."""
+    seen: list[tuple[str, object]] = []
     persist = runs.persist_batch
 
     def spy(chunk, cursor, rows, using=None):
-        threads.add(threading.current_thread().name)
-        cursors.append(cursor)
+        seen.append((threading.current_thread().name, cursor))
         return persist(chunk, cursor, rows, using=using)
 
     monkeypatch.setattr(runs, "persist_batch", spy)
+    return seen
+
+
+def test_two_lanes_share_the_batches_and_commit_in_order(people, commits):
+    rotate_all()
     report = engine.reencrypt(batch_size=25)
     assert report.ok, report.as_dict()
-    assert threads == {"MainThread", "keyrotation-lane-1"}
+    assert {name for name, _ in commits} == {"MainThread", "keyrotation-lane-1"}
+    cursors = [cursor for _, cursor in commits]
     assert cursors == sorted(cursors)  # committed in key order
     assert_all_on(2, people)
     run = ReencryptionRun.objects.get()
     assert runs.progress(run)["rows_done"] == report.rows_done == report.rows_total
 
 
-def test_without_the_pipeline_one_lane_does_everything(people, monkeypatch):
+def test_without_the_pipeline_one_lane_does_everything(people, commits):
     rotate_all()
-    threads = set()
-    persist = runs.persist_batch
-
-    def spy(chunk, cursor, rows, using=None):
-        threads.add(threading.current_thread().name)
-        return persist(chunk, cursor, rows, using=using)
-
-    monkeypatch.setattr(runs, "persist_batch", spy)
     assert engine.reencrypt(batch_size=25, pipeline=False).ok
-    assert threads == {"MainThread"}
+    assert {name for name, _ in commits} == {"MainThread"}
     assert_all_on(2, people)
 
 
-def test_the_command_can_keep_one_batch_in_flight(people, monkeypatch):
+def test_the_command_can_keep_one_batch_in_flight(people, commits):
     rotate_all()
-    threads = set()
-    persist = runs.persist_batch
-
-    def spy(chunk, cursor, rows, using=None):
-        threads.add(threading.current_thread().name)
-        return persist(chunk, cursor, rows, using=using)
-
-    monkeypatch.setattr(runs, "persist_batch", spy)
     call_command(
         "reencrypt", "--batch-size", "25", "--one-batch-at-a-time", "--no-progress", stdout=io.StringIO()
     )
-    assert threads == {"MainThread"}
+    assert {name for name, _ in commits} == {"MainThread"}
     assert_all_on(2, people)
 
 
