@@ -722,7 +722,7 @@ def report(
     for title, ok, measured in targets:
         status = "n/a at this size" if ok is None else ("**met**" if ok else "**not met**")
         lines.append(f"| {title} | {status} | {measured} |")
-    lines += where_the_time_goes(ctx, runs, read_ratio, profile, w, ms)
+    lines += where_the_time_goes(ctx, read_ratio, profile, w, ms)
     lines += [
         "",
         "## Raw numbers",
@@ -735,7 +735,7 @@ def report(
     return "\n".join(lines)
 
 
-def where_the_time_goes(ctx, runs, read_ratio, profile, w, ms) -> list[str]:
+def where_the_time_goes(ctx, read_ratio, profile, w, ms) -> list[str]:
     """The generated profile of every time target not met (issue #7: "for any target not met, the
     profile that says where the time goes")."""
     lines = []

@@ -7,7 +7,8 @@
 
 import base64
 import os
-from urllib.parse import unquote, urlparse
+
+from tests.servers import database_settings
 
 SECRET_KEY = "bench-not-secret"  # noqa: S105
 DEBUG = False  # DEBUG=True would keep every query in memory (and distort RSS)
@@ -16,16 +17,10 @@ TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "keyrotation", "bench.benchapp"]
 
-_url = urlparse(os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
 DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": _url.path.lstrip("/") or "postgres",
-        "USER": unquote(_url.username or ""),
-        "PASSWORD": unquote(_url.password or ""),
-        "HOST": _url.hostname or "127.0.0.1",
-        "PORT": str(_url.port or 5432),
-    }
+    "default": database_settings(
+        os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    )
 }
 
 if os.environ.get("BENCH_VAULT_ADDR"):

@@ -34,12 +34,29 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 DEFAULT_VAULT_TOKEN = "keyrotation-test-root"
 # The environment variables that point the suite at an existing Vault/OpenBao.
 VAULT_ADDR_ENV = "KEYROTATION_TEST_VAULT_ADDR"
 VAULT_TOKEN_ENV = "KEYROTATION_TEST_VAULT_TOKEN"
 START_TIMEOUT = 60.0
+
+
+def database_settings(url: str) -> dict:
+    """Django's ``DATABASES`` entry for a ``postgres://user:pass@host:port/name`` URL (the
+    ``DATABASE_URL`` of the suite, the ``BENCH_DATABASE_URL`` of the benchmark)."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"database URL scheme must be postgres://, got {parsed.scheme!r}")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parsed.path.lstrip("/") or "postgres",
+        "USER": unquote(parsed.username or ""),
+        "PASSWORD": unquote(parsed.password or ""),
+        "HOST": parsed.hostname or "127.0.0.1",
+        "PORT": str(parsed.port or 5432),
+    }
 
 
 class ServerError(RuntimeError):

@@ -10,7 +10,8 @@ The database is chosen by the environment:
 import base64
 import json
 import os
-from urllib.parse import unquote, urlparse
+
+from tests import servers
 
 SECRET_KEY = "tests-not-secret"  # noqa: S105
 DEBUG = False
@@ -20,23 +21,13 @@ ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
-def _database_from_url(url: str) -> dict:
-    parsed = urlparse(url)
-    if parsed.scheme not in ("postgres", "postgresql"):
-        raise ValueError(f"DATABASE_URL scheme must be postgres://, got {parsed.scheme!r}")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": parsed.path.lstrip("/") or "postgres",
-        "USER": unquote(parsed.username or ""),
-        "PASSWORD": unquote(parsed.password or ""),
-        "HOST": parsed.hostname or "127.0.0.1",
-        "PORT": str(parsed.port or 5432),
-        "TEST": {"NAME": "test_keyrotation"},
-    }
-
-
 if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": _database_from_url(os.environ["DATABASE_URL"])}
+    DATABASES = {
+        "default": {
+            **servers.database_settings(os.environ["DATABASE_URL"]),
+            "TEST": {"NAME": "test_keyrotation"},
+        }
+    }
 else:
     DATABASES = {
         "default": {
