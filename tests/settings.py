@@ -25,7 +25,7 @@ if os.environ.get("DATABASE_URL"):
     DATABASES = {
         "default": {
             **servers.database_settings(os.environ["DATABASE_URL"]),
-            "TEST": {"NAME": "test_keyrotation"},
+            "TEST": {"NAME": os.environ.get("KEYROTATION_TEST_PG_NAME", "test_keyrotation")},
         }
     }
 else:
