@@ -125,6 +125,16 @@ def token_version(token: bytes) -> int:
     return version
 
 
+def header_version(token: bytes) -> int | None:
+    """The key version in a token's header, or ``None`` where :func:`token_version` would raise.
+
+    For ``bytes`` only and without a copy: the read path calls it once per loaded value.
+    """
+    if len(token) < MIN_TOKEN_BYTES or token[0] != FORMAT_V1:
+        return None
+    return _HEADER.unpack_from(token)[1] or None
+
+
 def decrypt(subkey: bytes, label: str, token: bytes) -> bytes:
     """Authenticate and decrypt a format-0x01 token written for column ``label``.
 

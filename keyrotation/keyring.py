@@ -192,7 +192,14 @@ class Keyring:
         }
 
 
-class _Cache:
+class KeyringCache:
+    """The process's keyrings, each listed from the database at most once per ``CACHE_SECONDS``.
+
+    ``generation`` is bumped whenever a listing is replaced or forgotten: anything derived from a
+    listing (a field's cipher for a version) stays valid only while the generation it was read at
+    is current. Hot paths read ``CACHE.generation`` directly; :func:`generation` is the same number.
+    """
+
     def __init__(self) -> None:
         self._rings: dict[tuple[str, str], Keyring] = {}
         self._lock = threading.Lock()
@@ -235,19 +242,19 @@ class _Cache:
             self.generation += 1
 
 
-_CACHE = _Cache()
+CACHE = KeyringCache()
 
 
 def get_keyring(name: str, purpose: str) -> Keyring:
     """The cached keyring ``name`` for ``purpose`` (``"encrypt"`` or ``"index"``)."""
-    return _CACHE.get(name, purpose)
+    return CACHE.get(name, purpose)
 
 
 def keyring_for_version(name: str, purpose: str, version: int) -> Keyring:
     """The keyring, reloaded once right away if it does not know ``version`` yet."""
-    ring = _CACHE.get(name, purpose)
+    ring = CACHE.get(name, purpose)
     if not ring.knows(version):
-        ring = _CACHE.get(name, purpose, max_age=0)
+        ring = CACHE.get(name, purpose, max_age=0)
     return ring
 
 
@@ -264,14 +271,14 @@ def decrypt_cipher(name: str, label: str, version: int) -> tuple[crypto.Cipher, 
         UnknownKeyVersion, KeyStateError: the version does not exist or is retired/destroyed.
         KEKUnavailable: the data key could not be unwrapped.
     """
-    generation = _CACHE.generation  # read first: a listing replaced meanwhile leaves it stale, not wrong
+    generation = CACHE.generation  # read first: a listing replaced meanwhile leaves it stale, not wrong
     ring = keyring_for_version(name, "encrypt", version)
     return ring.cipher(version, label), ring.expires_at, generation
 
 
 def generation() -> int:
     """Changes whenever a cached keyring listing is replaced or forgotten (see :func:`decrypt_cipher`)."""
-    return _CACHE.generation
+    return CACHE.generation
 
 
 def encrypt(name: str, label: str, plaintext: bytes) -> tuple[bytes, int]:
@@ -304,13 +311,13 @@ def decrypt(name: str, label: str, token: bytes, *, pk: object = None, version: 
 
 def clear_cache() -> None:
     """Forget every cached keyring and unwrapped key (tests; after a KEK change)."""
-    _CACHE.clear()
+    CACHE.clear()
     _UNWRAPPED.clear()
 
 
 def invalidate() -> None:
     """Forget listed keyrings (not unwrapped keys): the next use lists them again."""
-    _CACHE.clear()
+    CACHE.clear()
 
 
 def kek_backend() -> KEKBackend:

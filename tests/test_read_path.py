@@ -15,9 +15,10 @@ from django.test.utils import isolate_apps
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyrotation import codecs, conf, crypto, fields, keyring, lifecycle
+from keyrotation import codecs, conf, crypto, keyring, lifecycle
 from keyrotation.exceptions import DecryptionError, KeyStateError, UnknownKeyVersion
 from keyrotation.fields import EncryptedField, Sealed
+from keyrotation.fields import encrypted as encrypted_module
 from keyrotation.kek import context_for
 from keyrotation.models import DataKey
 from tests.fields_support import raw, write_raw
@@ -41,7 +42,7 @@ def clock(monkeypatch, settings):
     settings.KEYROTATION = {**settings.KEYROTATION, "CACHE_SECONDS": TTL}
     fake = Clock()
     monkeypatch.setattr(keyring.time, "monotonic", fake.monotonic)  # the keyring cache's clock
-    monkeypatch.setattr(fields, "monotonic", fake.monotonic)  # the fields' clock
+    monkeypatch.setattr(encrypted_module, "monotonic", fake.monotonic)  # the fields' clock
     return fake
 
 

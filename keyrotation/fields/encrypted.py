@@ -1,125 +1,49 @@
-"""``EncryptedField`` and ``BlindIndexField``: model fields whose values are stored encrypted.
+"""``EncryptedField``: a model field whose column holds a format-0x01 ciphertext of its value.
 
 ``EncryptedField(base_field)`` wraps an ordinary Django field instance. The base field does what it
-always does (``to_python``, validation, ``formfield()``, ``value_to_string``), while the column
-holds a format-0x01 ciphertext (``bytea`` / ``BLOB``) of the value's canonical bytes (see
+always does (``to_python``, choices, validators, ``formfield()``, ``value_to_string``, ``auto_now``),
+while the column holds a ciphertext (``bytea`` / ``BLOB``) of the value's canonical bytes (see
 :mod:`keyrotation.codecs`). ``None`` is stored as NULL; every other value, ``0``, ``False`` and
-``""`` included, is encrypted.
+``""`` included, is encrypted. Options mean the same on either side (:mod:`.options`).
 
 Each field adds its companion ``<name>_key_version`` column itself, kept equal to the key version in
-the ciphertext header on every write path (``save``, ``create``, ``bulk_create``, ``bulk_update``,
-``QuerySet.update``, ``loaddata``; see :mod:`keyrotation.querysets` for how).
+the ciphertext header on every write path (see :mod:`.writes`).
 
 Reading is lazy: a loaded row keeps the raw token on the instance, and the first attribute access
 decrypts it with ``pk=instance.pk``, so a value that fails to open raises
 :class:`~keyrotation.exceptions.DecryptionError` naming the column label (app, model, field), the
 primary key and the key version, and never the ciphertext or any plaintext. A row that is saved
 without its encrypted value being read keeps its token as is (no decrypt, no re-encrypt).
-``values()`` / ``values_list()`` on the model's managers decrypt eagerly; their errors name the
-label and version (there is no instance, hence no pk).
 
 Serialization (``dumpdata`` / ``loaddata``) goes through the base field, so **fixtures hold
 plaintext**: treat them as sensitive as the data itself. Version and blind-index columns are not
 serialized; they are recomputed when a fixture is loaded.
+
+Adding a field with a default to a table that has rows: the migration fills every existing row with
+one ciphertext of the default under the active key (never the plaintext); its version column stays
+NULL, so the census counts those rows as pending and ``reencrypt`` gives each its own ciphertext,
+version and blind index.
 """
 
 from __future__ import annotations
 
-import struct
 from time import monotonic
 from typing import Any
 
 from django.core import checks
 from django.core.exceptions import FieldError
 from django.db import models
-from django.db.migrations.state import StateApps
 from django.db.models.query_utils import DeferredAttribute
 from django.utils.text import capfirst
 
-from . import codecs, conf, crypto, keyring, registry
-from .exceptions import DecryptionError, KeyringError
-
-VERSION_SUFFIX = "_key_version"
+from .. import codecs, conf, crypto, keyring, registry
+from ..exceptions import DecryptionError, KeyringError
+from . import adoption, lookups, options
+from .companion import add_version_field, is_historical
+from .sealed import NOT_ADOPTED, Sealed
 
 # The keyring cache, whose generation tells a field whether the ciphers it kept are still current.
-_KEYRINGS = keyring._CACHE
-_MIN_TOKEN_BYTES = crypto.MIN_TOKEN_BYTES
-_FORMAT_V1 = crypto.FORMAT_V1
-_VERSION_AT_1 = struct.Struct(">I").unpack_from  # the header's uint32 version, after the format byte
-
-
-class Sealed:
-    """A token as stored in the column (not yet decrypted). Its repr shows no byte of it."""
-
-    __slots__ = ("token", "field", "version")
-
-    def __init__(self, token: bytes, field: EncryptedField, version: int | None = None) -> None:
-        if type(token) is not bytes:
-            token = bytes(token)
-        self.token = token
-        self.field = field
-        # The header's version, parsed as crypto.token_version does (None where it would raise):
-        # format byte 0x01, a non-zero uint32 big-endian, and at least MIN_TOKEN_BYTES in all.
-        if version is None and len(token) >= _MIN_TOKEN_BYTES and token[0] == _FORMAT_V1:
-            version = _VERSION_AT_1(token, 1)[0] or None
-        self.version = version
-
-    def __repr__(self) -> str:
-        return f"<encrypted {self.field.label} (key version {self.version})>"
-
-
-class _NotAdopted:
-    """The value of an adopting field whose new column is NULL, as loaded (or never assigned).
-
-    Reading the attribute replaces it by the decoded legacy value (or ``None``); writing a row that
-    still holds it leaves the legacy column as it is. Any assigned value, ``None`` included, is a
-    write of the field: the legacy column is then set to NULL in the same statement.
-    """
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<not adopted yet>"
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __reduce__(self) -> str:
-        return "NOT_ADOPTED"
-
-
-NOT_ADOPTED = _NotAdopted()
-
-
-class KeyVersionField(models.PositiveSmallIntegerField):
-    """The ``<name>_key_version`` companion column, added by the field it describes.
-
-    Skips ``contribute_to_class`` when the model already has the column: a model re-rendered from
-    migration state, or copied from an abstract parent, must not get it twice.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.update(null=True, blank=True, editable=False, serialize=False)
-        super().__init__(*args, **kwargs)
-
-    def contribute_to_class(self, cls: type[models.Model], name: str, private_only: bool = False) -> None:
-        if any(f.name == name for f in cls._meta.local_fields):
-            return
-        super().contribute_to_class(cls, name, private_only=private_only)
-
-    def deconstruct(self) -> tuple[str, str, list, dict]:
-        name, _, args, kwargs = super().deconstruct()
-        for key in ("null", "blank", "editable", "serialize"):
-            kwargs.pop(key, None)
-        return name, "keyrotation.fields.KeyVersionField", args, kwargs
-
-
-def _add_version_field(field: models.Field, cls: type[models.Model]) -> None:
-    field.version_attname = f"{field.name}{VERSION_SUFFIX}"
-    if isinstance(cls._meta.apps, StateApps):
-        return  # a historical model: the migration state declares the column itself
-    companion = KeyVersionField(db_index=conf.index_version_columns())
-    cls.add_to_class(field.version_attname, companion)
+_KEYRINGS = keyring.CACHE
 
 
 class EncryptedAttribute(DeferredAttribute):
@@ -137,7 +61,7 @@ class EncryptedAttribute(DeferredAttribute):
             value = value.field._open(value, None, instance)
             instance.__dict__[self.field.attname] = value
         elif value is NOT_ADOPTED:
-            value = self.field.read_legacy(instance)
+            value = adoption.read_legacy(self.field, instance)
             instance.__dict__[self.field.attname] = value
         return value
 
@@ -149,10 +73,11 @@ class EncryptedField(models.Field):
     """A model field stored encrypted, validated and rendered by ``base_field``.
 
     Args:
-        base_field: an unbound field instance: CharField, EmailField, TextField, IntegerField,
-            BigIntegerField (and other integer fields), DecimalField, DateField, DateTimeField,
-            BooleanField, JSONField, BinaryField or UUIDField. It may not be a primary key,
-            ``unique`` or ``db_index`` (a ciphertext is random: use a ``BlindIndexField``).
+        base_field: an unbound field instance: CharField (and its subclasses: EmailField,
+            SlugField, URLField...), TextField, the integer fields, DecimalField, DateField,
+            DateTimeField, BooleanField, JSONField, BinaryField or UUIDField. Neither it nor the
+            wrapper may be a primary key, ``unique``, ``db_index`` or have a ``db_default`` (a
+            ciphertext is random: use a ``BlindIndexField``).
         keyring: the keyring name (default ``KEYROTATION["DEFAULT_KEYRING"]``, read when used).
         adopt_from: name of a concrete, nullable field of the same model that holds the data to
             adopt (plaintext, or another library's ciphertext). While it is set, reading returns
@@ -160,10 +85,13 @@ class EncryptedField(models.Field):
             field sets the legacy column to NULL; ``reencrypt`` adopts the remaining rows. Not
             written into migrations (like ``legacy``): removing it needs no migration.
         legacy: a decoder from :mod:`keyrotation.legacy` (default ``Plaintext()``).
-        **kwargs: ordinary field options (``null``, ``blank``, ``default``, ``verbose_name``...).
+        **kwargs: ordinary field options (``null``, ``blank``, ``default``, ``choices``,
+            ``validators``, ``verbose_name``...). Each means the same given here or on
+            ``base_field``; given on both with different values, the field is refused.
 
     Raises:
-        TypeError: for an unsupported or misconfigured base field.
+        TypeError: for an unsupported or misconfigured base field, or an option given on both
+            sides with different values (when the field is added to its model, naming it).
 
     Example::
 
@@ -189,12 +117,9 @@ class EncryptedField(models.Field):
                 f"EncryptedField does not support {type(base_field).__name__}; supported: "
                 + ", ".join(c.__name__ for c in codecs.SUPPORTED)
             )
-        for attr in ("primary_key", "unique", "db_index"):
-            if getattr(base_field, attr, False) or kwargs.get(attr):
-                raise TypeError(
-                    f"EncryptedField cannot be {attr}: ciphertexts are random; "
-                    "add a BlindIndexField(source=...) to search or enforce uniqueness"
-                )
+        bad = options.refused(base_field, kwargs)
+        if bad is not None:
+            raise TypeError(f"EncryptedField cannot be {bad[0]}: {bad[1]}")
         if keyring is not None and (not isinstance(keyring, str) or not keyring):
             raise TypeError("EncryptedField: keyring must be a non-empty string")
         if adopt_from is not None and (not isinstance(adopt_from, str) or not adopt_from):
@@ -202,20 +127,20 @@ class EncryptedField(models.Field):
         if legacy is not None and adopt_from is None:
             raise TypeError("EncryptedField: legacy= needs adopt_from=")
         if adopt_from is not None and legacy is None:
-            from .legacy import Plaintext
-
-            legacy = Plaintext()
+            legacy = adoption.default_decoder()
         if legacy is not None and not callable(getattr(legacy, "decode", None)):
             raise TypeError("EncryptedField: legacy must be a decoder from keyrotation.legacy")
-        self.base_field = base_field
+        merged = options.merge(base_field, kwargs)
+        self._conflicts = merged.conflicts
+        self.base_field = options.rebuild(base_field, merged.options)
         self.keyring = keyring
         self.adopt_from = adopt_from
         self.legacy = legacy
+        self.empty_strings_allowed = self.base_field.empty_strings_allowed
         self.blind_indexes: list[Any] = []  # BlindIndexField instances, filled at class_prepared
-        self._decode = codecs.decoder(base_field)
+        self._decode = codecs.decoder(self.base_field)
         self._reset_read_cache()
-        super().__init__(**kwargs)
-        base_field.null, base_field.blank = self.null, self.blank
+        super().__init__(**{**kwargs, **merged.options})
 
     def _reset_read_cache(self) -> None:
         # What reading derives from the model, the name and the keyring cache: the label, and the
@@ -228,15 +153,17 @@ class EncryptedField(models.Field):
     # -- declaration ------------------------------------------------------------------------
 
     def contribute_to_class(self, cls: type[models.Model], name: str, private_only: bool = False) -> None:
+        if self._conflicts:
+            raise TypeError(self._conflicts[0].message(f"{cls._meta.label}.{name}"))
         self._reset_read_cache()
         super().contribute_to_class(cls, name, private_only=private_only)
         self.base_field.set_attributes_from_name(name)
         self.base_field.model = cls
-        _add_version_field(self, cls)
+        add_version_field(self, cls)
 
     def deconstruct(self) -> tuple[str, str, list, dict]:
         name, _, args, kwargs = super().deconstruct()
-        kwargs["base_field"] = self.base_field.clone()
+        kwargs["base_field"] = options.without_shared(self.base_field)
         if self.keyring is not None:
             kwargs["keyring"] = self.keyring
         return name, "keyrotation.fields.EncryptedField", args, kwargs
@@ -247,7 +174,7 @@ class EncryptedField(models.Field):
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
         errors = super().check(**kwargs)
         errors += [e for e in self.base_field.check() if e.level >= checks.ERROR]
-        errors += self._check_adopt_from()
+        errors += adoption.check(self, EncryptedField)
         ordering = [o for o in getattr(self.model._meta, "ordering", []) if isinstance(o, str)]
         if self.name in (o.lstrip("-?") for o in ordering):
             errors.append(
@@ -260,58 +187,18 @@ class EncryptedField(models.Field):
             )
         return errors
 
-    def _check_adopt_from(self) -> list[checks.CheckMessage]:
-        if not self.adopt_from:
-            return []
-        try:
-            legacy = self.model._meta.get_field(self.adopt_from)
-        except Exception:  # noqa: BLE001 - FieldDoesNotExist
-            legacy = None
-        if (
-            legacy is None
-            or legacy is self
-            or not getattr(legacy, "concrete", False)
-            or isinstance(legacy, EncryptedField)
-            or legacy.is_relation
-            or not legacy.null
-        ):
-            return [
-                checks.Error(
-                    f"EncryptedField '{self.name}': adopt_from '{self.adopt_from}' must name a concrete, "
-                    f"nullable, non-encrypted field of {self.model._meta.label}.",
-                    hint="Declare the legacy column as a plain field with null=True (see docs/adoption.md).",
-                    obj=self,
-                    id="keyrotation.E103",
-                )
-            ]
-        return []
+    def _check_choices(self) -> list[checks.CheckMessage]:
+        return []  # the base field checks its choices against its own type (see check())
 
     @property
     def legacy_attname(self) -> str | None:
         """Attribute name of the legacy column this field adopts from (None when not adopting)."""
-        if not self.adopt_from:
-            return None
-        return self.model._meta.get_field(self.adopt_from).attname
+        source = adoption.legacy_field(self)
+        return source.attname if source is not None else None
 
     def read_legacy(self, instance: models.Model) -> Any:
-        """The decoded value of the legacy column of ``instance`` (None when it is NULL).
-
-        Raises:
-            DecryptionError: naming the label and pk; never a byte of the stored value.
-        """
-        if not self.adopt_from:
-            return None
-        raw = getattr(instance, self.legacy_attname)
-        if raw is None:
-            return None
-        from .legacy import LegacyDecodeError, decode_value
-
-        try:
-            return decode_value(self, raw)
-        except LegacyDecodeError as exc:
-            raise DecryptionError(
-                f"Legacy value does not decode ({self.legacy.name}: {exc})", label=self.label, pk=instance.pk
-            ) from None
+        """The decoded value of the legacy column of ``instance`` (None when it is NULL)."""
+        return adoption.read_legacy(self, instance)
 
     def get_default(self) -> Any:
         if self.adopt_from and not self.has_default():
@@ -415,6 +302,9 @@ class EncryptedField(models.Field):
     # -- database round trip ------------------------------------------------------------------
 
     def pre_save(self, model_instance: models.Model, add: bool) -> Sealed | None:
+        base = self.base_field
+        if getattr(base, "auto_now", False) or (add and getattr(base, "auto_now_add", False)):
+            base.pre_save(model_instance, add)  # sets the attribute to now, as the plain field would
         return self.seal(model_instance)
 
     def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
@@ -422,10 +312,25 @@ class EncryptedField(models.Field):
             return None
         if isinstance(value, Sealed):
             return connection.Database.Binary(value.token)
+        if is_historical(self.model):
+            # A migration's schema editor filling existing rows with the default (AddField,
+            # AlterField to NOT NULL): one ciphertext of it, never the plaintext.
+            return connection.Database.Binary(self._seal_default(value, connection))
         raise FieldError(
             f"{self.label}: plaintext reached the database layer. Write encrypted fields through "
             "save(), create(), bulk_create(), bulk_update() or update() on the model's managers."
         )
+
+    def _seal_default(self, value: Any, connection: Any) -> bytes:
+        try:
+            return self.seal_value(value).token
+        except KeyringError:
+            if not self.model._base_manager.using(connection.alias).exists():
+                return b""  # no row takes the default: any placeholder will do
+            raise FieldError(
+                f"{self.label}: cannot fill the existing rows with the field's default: the keyring "
+                f"{self.keyring_name!r} has no active key. Run `manage.py rotatekeys --init` first."
+            ) from None
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         if value is None:
@@ -462,18 +367,7 @@ class EncryptedField(models.Field):
     # -- lookups --------------------------------------------------------------------------------
 
     def get_lookup(self, lookup_name: str) -> Any:
-        from . import lookups
-
         return lookups.lookup_for(self, lookup_name)
 
     def get_transform(self, lookup_name: str) -> Any:
         return None
-
-
-# Late imports, in this order (both import this module): the blind index is re-exported so that
-# ``keyrotation.fields.BlindIndexField`` is its public and migration path; querysets connects
-# class_prepared (managers, save paths, registry).
-from .blind_index import BlindIndexField, normalize_text  # noqa: E402, I001
-from . import querysets  # noqa: E402, F401
-
-__all__ = ["NOT_ADOPTED", "BlindIndexField", "EncryptedField", "KeyVersionField", "Sealed", "normalize_text"]

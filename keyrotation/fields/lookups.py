@@ -20,7 +20,7 @@ from django.db.models.expressions import Col
 from django.db.models.lookups import IsNull
 
 if TYPE_CHECKING:
-    from .fields import EncryptedField
+    from .encrypted import EncryptedField
 
 
 class _BlindIndexLookup(Lookup):

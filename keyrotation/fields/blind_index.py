@@ -10,10 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core import checks
+from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 
-from . import codecs, conf, keyring, registry
-from .fields import NOT_ADOPTED, EncryptedField, Sealed, _add_version_field
+from .. import codecs, conf, keyring, registry
+from .companion import add_version_field
+from .encrypted import EncryptedField
+from .sealed import NOT_ADOPTED, Sealed
 
 
 def normalize_text(value: str) -> str:
@@ -59,7 +62,7 @@ class BlindIndexField(models.BinaryField):
 
     def contribute_to_class(self, cls: type[models.Model], name: str, private_only: bool = False) -> None:
         super().contribute_to_class(cls, name, private_only=private_only)
-        _add_version_field(self, cls)
+        add_version_field(self, cls)
 
     def deconstruct(self) -> tuple[str, str, list, dict]:
         name, _, args, kwargs = super().deconstruct()
@@ -77,7 +80,7 @@ class BlindIndexField(models.BinaryField):
         errors = super().check(**kwargs)
         try:
             source = self.model._meta.get_field(self.source)
-        except Exception:  # noqa: BLE001 - FieldDoesNotExist, reported below
+        except FieldDoesNotExist:  # reported below
             source = None
         if not isinstance(source, EncryptedField):
             errors.append(
