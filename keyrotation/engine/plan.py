@@ -71,10 +71,16 @@ class ModelPlan:
         for col in self.enc:
             if col.legacy_column:  # a row still holding its legacy value is pending
                 q |= Q(**{f"{_attname(self.model, col.legacy_column)}__isnull": False})
+            # A value with no version (a default a migration filled in) is pending too.
+            q |= Q(**{f"{_attname(self.model, col.version_column)}__isnull": True}) & Q(
+                **{f"{_attname(self.model, col.column)}__isnull": False}
+            )
         for col in self.idx:
             # A value with no index yet (adoption, or a field added later) is pending too.
-            q |= Q(**{f"{_attname(self.model, col.version_column)}__isnull": True}) & Q(
-                **{f"{_attname(self.model, col.source.version_column)}__isnull": False}
+            source = col.source
+            q |= Q(**{f"{_attname(self.model, col.version_column)}__isnull": True}) & (
+                Q(**{f"{_attname(self.model, source.version_column)}__isnull": False})
+                | Q(**{f"{_attname(self.model, source.column)}__isnull": False})
             )
         return q
 
@@ -189,7 +195,8 @@ def census_rows(using: str | None = None) -> list[dict]:
         with_value = sum(n for v, n in counts.items() if v is not None)
         on_active = counts.get(active, 0)
         legacy_left = _legacy_rows(col, using)
-        with_value += legacy_left[1]
+        unversioned = census.unversioned(col, using)
+        with_value += legacy_left[1] + unversioned
         out.append(
             {
                 "label": col.label,
@@ -198,7 +205,7 @@ def census_rows(using: str | None = None) -> list[dict]:
                 "keyring": col.keyring,
                 "active_version": active,
                 "versions": {str(v): n for v, n in counts.items() if v is not None},
-                "empty": counts.get(None, 0) - legacy_left[1],
+                "empty": counts.get(None, 0) - legacy_left[1] - unversioned,
                 "rows": with_value,
                 "on_active": on_active,
                 "percent_active": 100.0 if with_value == 0 else round(100.0 * on_active / with_value, 2),

@@ -79,8 +79,14 @@ def _pending_sql(plan: ModelPlan, q) -> tuple[str, list[Any]]:
     for c in [*plan.enc, *plan.idx]:
         parts.append(f"({q(c.version_column)} <> %s)")
         params.append(c.target)
+    for c in plan.enc:  # a value with no version: a default a migration filled in
+        parts.append(f"({q(c.version_column)} IS NULL AND {q(c.column)} IS NOT NULL)")
     for c in plan.idx:
-        parts.append(f"({q(c.version_column)} IS NULL AND {q(c.source.version_column)} IS NOT NULL)")
+        src = c.source
+        parts.append(
+            f"({q(c.version_column)} IS NULL AND "
+            f"({q(src.version_column)} IS NOT NULL OR {q(src.column)} IS NOT NULL))"
+        )
     for c in legacy_columns(plan):
         parts.append(f"({q(c.legacy_column)} IS NOT NULL)")
     return "(" + " OR ".join(parts) + ")", params

@@ -39,7 +39,8 @@ class BlindIndexField(models.BinaryField):
             in until ``reencrypt`` has moved every row to the new version.
 
     Lookups by the source (``filter(email=...)``, ``__in``, ``exclude``, ``get``) go through the
-    first ``BlindIndexField`` declared for it, matching every decryptable index version.
+    first unique ``BlindIndexField`` declared for it (else the first), matching every decryptable
+    index version.
     """
 
     def __init__(

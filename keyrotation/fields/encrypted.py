@@ -217,6 +217,13 @@ class EncryptedField(models.Field):
     def keyring_name(self) -> str:
         return self.keyring or conf.default_keyring()
 
+    @property
+    def search_index(self) -> Any:
+        """The blind index that equality lookups use: the first unique one, else the first declared
+        (``None`` without one). Uniqueness checks then normalise exactly as the constraint does."""
+        indexes = self.blind_indexes
+        return next((i for i in indexes if i.unique), indexes[0] if indexes else None)
+
     # -- encryption -------------------------------------------------------------------------
 
     def seal_value(self, value: Any) -> Sealed | None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 class _BlindIndexLookup(Lookup):
-    """Base of ``exact`` / ``in`` through the source field's first blind index."""
+    """Base of ``exact`` / ``in`` through the source field's ``search_index``."""
 
     prepare_rhs = False
     can_use_none_as_rhs = False
@@ -42,7 +42,7 @@ class _BlindIndexLookup(Lookup):
 
     def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
         field: EncryptedField = self.lhs.target
-        index = field.blind_indexes[0]
+        index = field.search_index
         digests: list[bytes] = []
         for value in self._values():
             if value is not None:

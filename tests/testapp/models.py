@@ -2,6 +2,7 @@
 
 import uuid
 
+from django.core.validators import RegexValidator
 from django.db import models
 
 from keyrotation.fields import BlindIndexField, EncryptedField
@@ -61,3 +62,40 @@ class Secret(models.Model):
 
     def __str__(self) -> str:
         return f"secret {self.pk}"
+
+
+def _upper_only(value):
+    from django.core.exceptions import ValidationError
+
+    if value != value.upper():
+        raise ValidationError("must be upper case", code="upper")
+
+
+TIERS = [("basic", "Basic"), ("pro", "Professional")]
+
+
+class Profile(models.Model):
+    """Ordinary Django options, each given on the base field or on the wrapper."""
+
+    created = EncryptedField(models.DateTimeField(auto_now_add=True))
+    updated = EncryptedField(models.DateTimeField(auto_now=True))
+    born = EncryptedField(models.DateField(auto_now_add=True), null=True)
+    age = EncryptedField(models.IntegerField(null=True, blank=True))
+    nickname = EncryptedField(models.CharField(max_length=40, blank=True), null=True)
+    tier = EncryptedField(models.CharField(max_length=10), choices=TIERS, default="basic")
+    color = EncryptedField(
+        models.CharField(max_length=10, choices=[("r", "Red"), ("g", "Green")], blank=True, default="r")
+    )
+    code = EncryptedField(
+        models.CharField(max_length=10, validators=[_upper_only]),
+        validators=[RegexValidator(r"^[A-Z0-9]+$", code="alnum")],
+        null=True,
+        blank=True,
+        verbose_name="customer code",
+        help_text="Upper case letters and digits.",
+    )
+    email = EncryptedField(models.EmailField(max_length=254), null=True, blank=True)
+    email_bidx = BlindIndexField(source="email", unique=True)
+
+    def __str__(self) -> str:
+        return f"profile {self.pk}"
