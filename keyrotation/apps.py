@@ -2,7 +2,8 @@ from django.apps import AppConfig
 
 
 class KeyRotationConfig(AppConfig):
-    """Wires checks and signals; does no I/O (no key is loaded until a value is read or written)."""
+    """Wires checks, signals and optional integrations; does no I/O (no key is loaded until a value
+    is read or written)."""
 
     name = "keyrotation"
     verbose_name = "Key rotation"
@@ -10,3 +11,11 @@ class KeyRotationConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+
+        try:
+            import rest_framework  # noqa: F401
+        except ImportError:
+            return  # Django REST framework is an optional extra
+        from .contrib import rest_framework as drf
+
+        drf.install()
