@@ -331,9 +331,6 @@ def test_the_wrappers_options_shape_the_field():
             assert repr(serializer_field_for(Options._meta.get_field(name))) == repr(field)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="base_field does not carry choices/validators given on the wrapper yet"
-)
 @isolate_apps("tests.testapp")
 def test_choices_and_validators_given_on_the_wrapper():
     class WrapperOptions(models.Model):  # noqa: DJ008

@@ -36,8 +36,9 @@ class KeyVersionField(models.PositiveSmallIntegerField):
 
 
 def is_historical(model: type[models.Model]) -> bool:
-    """Whether ``model`` was rendered from migration state (as in a migration's schema editor)."""
-    return isinstance(model._meta.apps, StateApps)
+    """Whether ``model`` was rendered from migration state, or copied from such a model by a schema
+    editor (SQLite rebuilds a table from a copy whose module stays Django's ``"__fake__"``)."""
+    return isinstance(model._meta.apps, StateApps) or model.__module__ == "__fake__"
 
 
 def add_version_field(field: models.Field, cls: type[models.Model]) -> None:
