@@ -158,7 +158,7 @@ def test_the_base_fields_own_validation_error_comes_through(keys):
 def test_an_option_given_on_both_sides_with_different_values_is_refused_naming_the_field():
     with pytest.raises(TypeError) as info:
 
-        class Clash(models.Model):
+        class Clash(models.Model):  # noqa: DJ008
             tier = EncryptedField(models.CharField(max_length=5, default="a"), default="b")
 
             class Meta:
@@ -171,7 +171,7 @@ def test_an_option_given_on_both_sides_with_different_values_is_refused_naming_t
 
 @isolate_apps("tests.testapp")
 def test_the_same_option_given_on_both_sides_is_accepted():
-    class Same(models.Model):
+    class Same(models.Model):  # noqa: DJ008
         tier = EncryptedField(models.CharField(max_length=5, null=True), null=True)
 
         class Meta:
@@ -219,4 +219,5 @@ def test_migrations_of_the_test_apps_are_complete(db):
         NonInteractiveMigrationQuestioner(specified_apps={"testapp", "migrapp"}, dry_run=True),
     )
     changes = autodetector.changes(graph=loader.graph)
-    assert {app: [m.operations for m in ms] for app, ms in changes.items() if app in {"testapp", "migrapp"}} == {}
+    ours = {app: [m.operations for m in ms] for app, ms in changes.items() if app in {"testapp", "migrapp"}}
+    assert ours == {}
