@@ -87,6 +87,17 @@ class EncryptedQuerySetMixin:
         if decrypt:
             self._iterable_class = decrypting(self._iterable_class)
 
+    @property
+    def query(self) -> Any:
+        return models.QuerySet.query.fget(self)
+
+    @query.setter
+    def query(self, value: Any) -> None:
+        # ``qs.query = pickle.loads(...)`` of a values() query: Django resets the iterable class
+        models.QuerySet.query.fset(self, value)
+        if value.values_select:
+            self._iterable_class = decrypting(self._iterable_class)
+
     # -- writes ----------------------------------------------------------------------------------
 
     def bulk_create(
