@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+# ruff: noqa: S301  (these tests unpickle only what they pickled themselves)
 import pickle
 
 import pytest
@@ -102,7 +103,10 @@ def test_an_upsert_keeps_the_blind_index_and_version_in_step(keys):
 def test_an_upsert_on_an_encrypted_field_names_the_blind_index_to_use(keys):
     with pytest.raises(FieldError, match="use its unique blind index 'username_bidx'"):
         Account.objects.bulk_create(
-            [Account(username="x")], update_conflicts=True, update_fields=["username"], unique_fields=["username"]
+            [Account(username="x")],
+            update_conflicts=True,
+            update_fields=["username"],
+            unique_fields=["username"],
         )
 
 
