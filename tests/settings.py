@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "keyrotation",
     "tests.testapp",
     "tests.legacyapp",
+    "tests.peerapp",
 ]
 
 MIDDLEWARE = [
