@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "tests.testapp",
     "tests.legacyapp",
     "tests.migrapp",
+    "tests.peerapp",
 ]
 
 MIDDLEWARE = [
