@@ -14,7 +14,7 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 
 from .. import codecs, conf, keyring, registry
-from .companion import add_version_field
+from .companion import add_version_field, public_path
 from .encrypted import EncryptedField
 from .sealed import NOT_ADOPTED, Sealed
 
@@ -75,7 +75,7 @@ class BlindIndexField(models.BinaryField):
                 kwargs[key] = value
         if self.keyring is not None:
             kwargs["keyring"] = self.keyring
-        return name, "keyrotation.fields.BlindIndexField", args, kwargs
+        return name, public_path(self, BlindIndexField), args, kwargs
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
         errors = super().check(**kwargs)

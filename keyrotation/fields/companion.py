@@ -32,7 +32,16 @@ class KeyVersionField(models.PositiveSmallIntegerField):
         name, _, args, kwargs = super().deconstruct()
         for key in ("null", "blank", "editable", "serialize"):
             kwargs.pop(key, None)
-        return name, "keyrotation.fields.KeyVersionField", args, kwargs
+        return name, public_path(self, KeyVersionField), args, kwargs
+
+
+def public_path(field: models.Field, public_class: type) -> str:
+    """The import path migrations write for ``field``: ``keyrotation.fields.<Class>`` for the class
+    itself, the subclass's own path for a project's subclass."""
+    cls = type(field)
+    if cls is public_class:
+        return f"keyrotation.fields.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def is_historical(model: type[models.Model]) -> bool:

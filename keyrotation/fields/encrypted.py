@@ -39,7 +39,7 @@ from django.utils.text import capfirst
 from .. import codecs, conf, crypto, keyring, registry
 from ..exceptions import DecryptionError, KeyringError
 from . import adoption, lookups, options
-from .companion import add_version_field, is_historical
+from .companion import add_version_field, is_historical, public_path
 from .sealed import NOT_ADOPTED, Sealed
 
 # The keyring cache, whose generation tells a field whether the ciphers it kept are still current.
@@ -166,7 +166,13 @@ class EncryptedField(models.Field):
         kwargs["base_field"] = options.without_shared(self.base_field)
         if self.keyring is not None:
             kwargs["keyring"] = self.keyring
-        return name, "keyrotation.fields.EncryptedField", args, kwargs
+        return name, public_path(self, EncryptedField), args, kwargs
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        """"Encrypted" and the base field's description, formatted (admindocs formats it again)."""
+        base = self.base_field
+        return f"Encrypted {str(base.description) % base.__dict__}".replace("%", "%%")
 
     def get_internal_type(self) -> str:
         return "BinaryField"
