@@ -272,7 +272,8 @@ def test_companion_columns_exist():
 @pytest.mark.parametrize(
     ("base", "kwargs", "match"),
     [
-        (models.FloatField(), {}, "does not support FloatField"),
+        (models.FileField(), {}, "does not support FileField"),
+        (models.BigAutoField(), {}, "does not support BigAutoField"),
         (models.CharField(max_length=5, unique=True), {}, "cannot be unique"),
         (models.CharField(max_length=5, db_index=True), {}, "cannot be db_index"),
         (models.CharField(max_length=5), {"primary_key": True}, "cannot be primary_key"),
