@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, models
 
-from keyrotation import engine, legacy
+from keyrotation import codecs, engine, legacy
 from keyrotation.exceptions import DecryptionError
 from tests.fields_support import identical
 from tests.helpers.db import child_env
@@ -249,6 +250,33 @@ def test_a_time_stored_in_another_spelling_is_adopted(keys):
     assert report.ok and report.rows_done == 1, report.as_dict()
     obj = lm.PlainMoreTypes.objects.get(pk=obj.pk)
     assert (obj.clock, obj.clock_legacy) == (dt.time(7, 5), None)
+
+
+def test_backend_adapted_plaintexts_of_the_new_types(keys):
+    """django-fernet-fields and django-encrypted-model-fields encrypt ``get_db_prep_save()``,
+    whose form depends on the backend: integer microseconds for durations on SQLite/MySQL."""
+    key = Fernet.generate_key()
+    decoder = legacy.EncryptedModelFields(keys=key)
+    cases = [
+        (models.FloatField(), -0.0, b"-0.0"),
+        (models.FloatField(), float("-inf"), b"-inf"),
+        (models.FloatField(), 0.1, b"0.1"),
+        (models.TimeField(), dt.time(13, 4, 5, 120), b"13:04:05.000120"),
+        (models.DurationField(), dt.timedelta(days=1, microseconds=5), b"86400000005"),
+        (models.DurationField(), dt.timedelta(microseconds=-1), b"-1"),
+        (models.DurationField(), dt.timedelta(days=-2, hours=3), b"-162000000000"),
+        (models.GenericIPAddressField(), "::ffff:192.0.2.1", b"::ffff:192.0.2.1"),
+        (models.GenericIPAddressField(), "2001:DB8::1", b"2001:db8::1"),
+        (models.GenericIPAddressField(unpack_ipv4=True), "::ffff:192.0.2.1", b"192.0.2.1"),
+    ]
+    for field, value, canonical in cases:
+        token = Fernet(key).encrypt(str(field.get_db_prep_save(value, connection)).encode())
+        decoded = decoder.decode(token.decode(), field)
+        assert identical(decoded, field.to_python(value)), (type(field).__name__, value)
+        assert codecs.encode(field, decoded) == canonical
+    assert legacy.from_text("90", models.DurationField()) == dt.timedelta(microseconds=90)
+    assert legacy.from_text("1 day, 0:00:01", models.DurationField()) == dt.timedelta(days=1, seconds=1)
+    assert legacy.from_text("-1 day, 23:59:59", models.DurationField()) == dt.timedelta(seconds=-1)
 
 
 def test_plaintext_decoder_and_restricted_unpickler():
