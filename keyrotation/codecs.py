@@ -11,15 +11,30 @@ through the base field's ``get_db_prep_value`` (psycopg 3 adapts integers by int
 
 Formats (stable: they are inside every ciphertext)::
 
-    text         UTF-8
+    text         UTF-8 of the base field's to_python() value (CharField and its subclasses,
+                 TextField, FilePathField, GenericIPAddressField: "2001:db8::1", "1.2.3.4",
+                 "::ffff:1.2.3.4" or "1.2.3.4" as unpack_ipv4 says)
     integer      ASCII decimal ("-12")
+    float        ASCII repr(float): the shortest string float() reads back bit for bit
+                 ("1.5", "-0.0", "1e+16", "5e-324", "inf", "-inf", "nan")
     decimal      ASCII str(Decimal) (keeps the exponent: "1.50", "1E+3")
     boolean      b"1" / b"0"
     date         ISO 8601 "2024-05-06"
     datetime     ISO 8601; aware values in UTC with "+00:00", naive values without offset
+    time         ISO 8601 time.isoformat(), naive only: "13:04:05", "13:04:05.000120"
+    duration     ASCII decimal of the whole duration in microseconds ("-1", "86400000000")
     JSON         json.dumps(ensure_ascii=False, compact) UTF-8, with the field's encoder/decoder
     binary       the bytes themselves
     UUID         the 36-character hyphenated form
+
+Every subclass of a supported field uses its parent's codec (SlugField, URLField and EmailField are
+text; SmallIntegerField and the Positive*IntegerFields are integers); auto fields are refused.
+
+Floats: any NaN reads back as ``nan`` (its sign and payload are not kept); ``-0.0`` keeps its sign.
+
+Times: Django's SQLite, MySQL and Oracle backends refuse times with a ``tzinfo`` and a PostgreSQL
+``time`` column drops it, so an encrypted ``TimeField`` refuses them on every backend
+(``ValueError``, as the backends do) rather than store an offset no plain column would keep.
 """
 
 from __future__ import annotations
@@ -37,17 +52,23 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.fields import AutoFieldMixin
 from django.utils import timezone
+from django.utils.duration import duration_microseconds
 
 # Order matters: subclasses first (EmailField < CharField, DateTimeField < DateField, ...).
 SUPPORTED = (
     models.EmailField,
     models.CharField,
     models.TextField,
+    models.FilePathField,
+    models.GenericIPAddressField,
     models.BigIntegerField,
     models.IntegerField,
+    models.FloatField,
     models.DecimalField,
     models.DateTimeField,
     models.DateField,
+    models.TimeField,
+    models.DurationField,
     models.BooleanField,
     models.JSONField,
     models.BinaryField,
@@ -69,10 +90,15 @@ _KINDS = (
     (models.EmailField, "text"),
     (models.CharField, "text"),
     (models.TextField, "text"),
+    (models.FilePathField, "text"),
+    (models.GenericIPAddressField, "text"),  # to_python gives the normalised address
     (models.IntegerField, "int"),
+    (models.FloatField, "float"),
     (models.DecimalField, "decimal"),
     (models.DateTimeField, "datetime"),
     (models.DateField, "date"),
+    (models.TimeField, "time"),
+    (models.DurationField, "duration"),
     (models.BooleanField, "bool"),
     (models.JSONField, "json"),
     (models.BinaryField, "binary"),
@@ -89,6 +115,10 @@ def _enc_int(field: models.Field, value: Any) -> bytes:
     if isinstance(value, bool):
         value = int(value)
     return str(value).encode("ascii")
+
+
+def _enc_float(field: models.Field, value: Any) -> bytes:
+    return repr(field.to_python(value)).encode("ascii")
 
 
 def _enc_decimal(field: models.Field, value: Any) -> bytes:
@@ -110,6 +140,17 @@ def _enc_datetime(field: models.Field, value: Any) -> bytes:
     if timezone.is_aware(value):
         value = value.astimezone(dt.timezone.utc)
     return value.isoformat().encode("ascii")
+
+
+def _enc_time(field: models.Field, value: Any) -> bytes:
+    value = field.to_python(value)
+    if value.tzinfo is not None:  # any tzinfo: a ZoneInfo has no offset without a date
+        raise ValueError("EncryptedField does not support timezone-aware times.")
+    return value.isoformat().encode("ascii")
+
+
+def _enc_duration(field: models.Field, value: Any) -> bytes:
+    return str(duration_microseconds(field.to_python(value))).encode("ascii")
 
 
 def _enc_json(field: models.Field, value: Any) -> bytes:
@@ -138,10 +179,13 @@ def _dec_datetime(field: models.Field, data: bytes) -> dt.datetime:
 _ENCODERS: dict[str, Callable[[models.Field, Any], bytes]] = {
     "text": _enc_text,
     "int": _enc_int,
+    "float": _enc_float,
     "decimal": _enc_decimal,
     "bool": _enc_bool,
     "date": _enc_date,
     "datetime": _enc_datetime,
+    "time": _enc_time,
+    "duration": _enc_duration,
     "json": _enc_json,
     "binary": _enc_binary,
     "uuid": _enc_uuid,
@@ -150,10 +194,13 @@ _ENCODERS: dict[str, Callable[[models.Field, Any], bytes]] = {
 _DECODERS: dict[str, Callable[[models.Field, bytes], Any]] = {
     "text": lambda f, b: b.decode("utf-8"),
     "int": lambda f, b: int(b.decode("ascii")),
+    "float": lambda f, b: float(b.decode("ascii")),
     "decimal": lambda f, b: decimal.Decimal(b.decode("ascii")),
     "bool": lambda f, b: b == b"1",
     "date": lambda f, b: dt.date.fromisoformat(b.decode("ascii")),
     "datetime": _dec_datetime,
+    "time": lambda f, b: dt.time.fromisoformat(b.decode("ascii")),
+    "duration": lambda f, b: dt.timedelta(microseconds=int(b.decode("ascii"))),
     "json": lambda f, b: json.loads(b.decode("utf-8"), cls=f.decoder),
     "binary": lambda f, b: bytes(b),
     "uuid": lambda f, b: uuid.UUID(b.decode("ascii")),

@@ -26,6 +26,7 @@ import hmac
 import io
 import json
 import pickle  # noqa: S403 - restricted Unpickler below, only after the HMAC is verified
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -83,11 +84,16 @@ def db_timezone(using: str = "default") -> dt.tzinfo:
     return zoneinfo.ZoneInfo(name)
 
 
+_MICROSECONDS = re.compile(r"-?[0-9]+")
+
+
 def from_text(text: str, base_field: models.Field, *, tz: dt.tzinfo | None = None) -> Any:
     """A value of ``base_field`` from the string a legacy library encrypted.
 
     Naive datetimes are read in the *connection* time zone ``tz`` (default: UTC), never in
-    ``TIME_ZONE``: that is where Django's SQLite/MySQL/Oracle adapters put them.
+    ``TIME_ZONE``: that is where Django's SQLite/MySQL/Oracle adapters put them. A duration that
+    is a bare integer is in microseconds: what those adapters store (``str(timedelta)`` never is
+    one), where ``DurationField.to_python`` would read seconds.
     """
     if isinstance(base_field, models.DateTimeField):
         value = dateparse.parse_datetime(text)
@@ -96,6 +102,8 @@ def from_text(text: str, base_field: models.Field, *, tz: dt.tzinfo | None = Non
         if settings.USE_TZ and timezone.is_naive(value):
             value = value.replace(tzinfo=tz or dt.timezone.utc)
         return value
+    if isinstance(base_field, models.DurationField) and _MICROSECONDS.fullmatch(text):
+        return dt.timedelta(microseconds=int(text))
     if isinstance(base_field, models.JSONField):
         return json.loads(text, cls=base_field.decoder)
     if isinstance(base_field, models.BinaryField):

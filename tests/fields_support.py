@@ -2,6 +2,8 @@
 
 import datetime as dt
 import decimal
+import math
+import struct
 import zoneinfo
 
 from django.db import connection
@@ -104,4 +106,44 @@ FALSY = {
     "flag": False,
     "data": [],
     "blob": b"",
+}
+
+
+def identical(a, b):
+    """Same type and value; floats bit for bit (-0.0 is not 0.0), any NaN matching any NaN."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return (math.isnan(a) and math.isnan(b)) or struct.pack(">d", a) == struct.pack(">d", b)
+    return a == b
+
+
+def _ip_spellings(address):
+    return st.sampled_from([str(address), address.exploded, address.exploded.upper(), f" {address} "])
+
+
+# Values for MoreTypes: inputs, which the base field's to_python may normalise (IP addresses).
+MORE_STRATEGIES = {
+    "ratio": st.floats(),  # NaN, infinities, -0.0 and subnormals included
+    "clock": st.times(),
+    "span": st.timedeltas(),
+    "ip": st.ip_addresses().flatmap(_ip_spellings),
+    "ip_unpacked": st.ip_addresses().flatmap(_ip_spellings),
+    "slug": st.from_regex(r"[-a-zA-Z0-9_]{0,50}", fullmatch=True),
+    "url": st.text(max_size=200),
+    "email": st.emails(),
+    "path": st.text(max_size=100),
+    "small": st.integers(-(2**15), 2**15 - 1),
+    "positive": st.integers(0, 2**31 - 1),
+    "positive_small": st.integers(0, 2**15 - 1),
+    "positive_big": st.integers(0, 2**63 - 1),
+}
+
+MORE_FALSY = {
+    "ratio": 0.0,
+    "clock": dt.time(0, 0),
+    "span": dt.timedelta(0),
+    "slug": "",
+    "small": 0,
+    "positive": 0,
 }

@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, models
 
-from keyrotation import engine, legacy
+from keyrotation import codecs, engine, legacy
 from keyrotation.exceptions import DecryptionError
+from tests.fields_support import identical
 from tests.helpers.db import child_env
 from tests.legacyapp import models as lm
 
@@ -190,6 +192,91 @@ def test_window_semantics_on_every_write_path(keys):
     }
     assert C.objects.get(email="new-c@example.com").pk == c.pk
     assert engine.verify(["legacyapp.PlainContact"])["failure_count"] == 0
+
+
+MORE_COLUMNS = ["ratio", "clock", "span", "ip"]
+MORE_ROWS = [
+    (1.5, dt.time(13, 4, 5, 120), dt.timedelta(days=1, microseconds=5), "2001:db8::1"),
+    (0.0, dt.time(0, 0), dt.timedelta(0), "192.0.2.1"),
+    (float("inf"), dt.time(23, 59, 59, 999999), dt.timedelta(microseconds=-1), "::ffff:192.0.2.1"),
+    (float("-inf"), None, dt.timedelta(days=-3650, seconds=1), None),
+    (5e-324, dt.time(12, 0), None, "::1"),
+    (None, None, None, None),
+]
+
+
+def test_plain_float_time_duration_and_ip_columns_are_adopted(keys):
+    M = lm.PlainMoreTypes
+    rows = list(MORE_ROWS)
+    if connection.vendor == "postgresql":  # a SQLite REAL column keeps neither NaN (NULL) nor -0.0
+        rows += [(float("nan"), None, None, None), (-0.0, None, None, None)]
+    objs = M.objects.bulk_create(
+        M(**{f"{c}_legacy": v for c, v in zip(MORE_COLUMNS, row, strict=True)}) for row in rows
+    )
+    expected = {o.pk: row for o, row in zip(objs, rows, strict=True)}
+    if connection.vendor == "postgresql":  # the ORM sends -0.0 as a numeric literal, which has no -0
+        with connection.cursor() as cursor:
+            table = M._meta.db_table
+            cursor.execute(f"UPDATE {table} SET ratio_legacy = '-0'::float8 WHERE id = %s", [objs[-1].pk])
+
+    def current():
+        return {o.pk: tuple(getattr(o, c) for c in MORE_COLUMNS) for o in M.objects.order_by("pk")}
+
+    def same(got):
+        return got.keys() == expected.keys() and all(
+            identical(a, b) for pk in got for a, b in zip(got[pk], expected[pk], strict=True)
+        )
+
+    assert same(current())  # the window reads through the plain columns
+    report = engine.reencrypt(["legacyapp.PlainMoreTypes"], batch_size=4)
+    assert report.ok, report.as_dict()
+    assert report.rows_done == sum(1 for row in rows if any(v is not None for v in row))
+    for c in MORE_COLUMNS:
+        assert not M.objects.filter(**{f"{c}_legacy__isnull": False}).exists()
+    assert same(current())
+    assert engine.verify(["legacyapp.PlainMoreTypes"])["failure_count"] == 0
+    assert M.objects.get(ratio=1.5).pk == objs[0].pk
+    assert M.objects.get(ip="2001:DB8:0::1").pk == objs[0].pk
+    assert M.objects.get(ip="::FFFF:C000:201").pk == objs[2].pk
+
+
+def test_a_time_stored_in_another_spelling_is_adopted(keys):
+    obj = lm.PlainMoreTypes.objects.create()
+    with connection.cursor() as cursor:  # as raw SQL or another tool may have written it
+        cursor.execute(
+            f"UPDATE {lm.PlainMoreTypes._meta.db_table} SET clock_legacy = '7:05' WHERE id = %s", [obj.pk]
+        )
+    report = engine.reencrypt(["legacyapp.PlainMoreTypes"])
+    assert report.ok and report.rows_done == 1, report.as_dict()
+    obj = lm.PlainMoreTypes.objects.get(pk=obj.pk)
+    assert (obj.clock, obj.clock_legacy) == (dt.time(7, 5), None)
+
+
+def test_backend_adapted_plaintexts_of_the_new_types(keys):
+    """django-fernet-fields and django-encrypted-model-fields encrypt ``get_db_prep_save()``,
+    whose form depends on the backend: integer microseconds for durations on SQLite/MySQL."""
+    key = Fernet.generate_key()
+    decoder = legacy.EncryptedModelFields(keys=key)
+    cases = [
+        (models.FloatField(), -0.0, b"-0.0"),
+        (models.FloatField(), float("-inf"), b"-inf"),
+        (models.FloatField(), 0.1, b"0.1"),
+        (models.TimeField(), dt.time(13, 4, 5, 120), b"13:04:05.000120"),
+        (models.DurationField(), dt.timedelta(days=1, microseconds=5), b"86400000005"),
+        (models.DurationField(), dt.timedelta(microseconds=-1), b"-1"),
+        (models.DurationField(), dt.timedelta(days=-2, hours=3), b"-162000000000"),
+        (models.GenericIPAddressField(), "::ffff:192.0.2.1", b"::ffff:192.0.2.1"),
+        (models.GenericIPAddressField(), "2001:DB8::1", b"2001:db8::1"),
+        (models.GenericIPAddressField(unpack_ipv4=True), "::ffff:192.0.2.1", b"192.0.2.1"),
+    ]
+    for field, value, canonical in cases:
+        token = Fernet(key).encrypt(str(field.get_db_prep_save(value, connection)).encode())
+        decoded = decoder.decode(token.decode(), field)
+        assert identical(decoded, field.to_python(value)), (type(field).__name__, value)
+        assert codecs.encode(field, decoded) == canonical
+    assert legacy.from_text("90", models.DurationField()) == dt.timedelta(microseconds=90)
+    assert legacy.from_text("1 day, 0:00:01", models.DurationField()) == dt.timedelta(days=1, seconds=1)
+    assert legacy.from_text("-1 day, 23:59:59", models.DurationField()) == dt.timedelta(seconds=-1)
 
 
 def test_plaintext_decoder_and_restricted_unpickler():

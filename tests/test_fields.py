@@ -7,9 +7,9 @@ import json
 import pytest
 from django import forms
 from django.core import checks, serializers
-from django.core.exceptions import FieldError
+from django.core.exceptions import FieldError, ValidationError
 from django.core.management import call_command
-from django.db import models
+from django.db import models, transaction
 from django.test.utils import isolate_apps
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,8 +17,18 @@ from hypothesis import strategies as st
 from keyrotation import crypto
 from keyrotation.exceptions import DecryptionError
 from keyrotation.fields import BlindIndexField, EncryptedField, KeyVersionField, Sealed
-from tests.fields_support import FALSY, STRATEGIES, assert_consistent, raw, rotate, write_raw
-from tests.testapp.models import AllTypes, Note, Person
+from tests.fields_support import (
+    FALSY,
+    MORE_FALSY,
+    MORE_STRATEGIES,
+    STRATEGIES,
+    assert_consistent,
+    identical,
+    raw,
+    rotate,
+    write_raw,
+)
+from tests.testapp.models import AllTypes, MoreTypes, Note, Person
 
 pytestmark = pytest.mark.django_db
 
@@ -53,6 +63,66 @@ def test_falsy_values_are_encrypted_not_null(keys, name):
     assert raw(obj, name) is not None and raw(obj, f"{name}_key_version") == 1
     loaded = getattr(AllTypes.objects.get(pk=obj.pk), name)
     assert loaded == FALSY[name] and type(loaded) is type(FALSY[name])
+
+
+@pytest.mark.parametrize("name", sorted(MORE_STRATEGIES))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_more_types_round_trip_through_the_database(keys, name, data):
+    value = data.draw(MORE_STRATEGIES[name])
+    obj = MoreTypes.objects.create(**{name: value})
+    loaded = getattr(MoreTypes.objects.get(pk=obj.pk), name)
+    assert identical(loaded, MoreTypes._meta.get_field(name).base_field.to_python(value))
+    assert raw(obj, f"{name}_key_version") == crypto.token_version(raw(obj, name)) == 1
+
+
+@pytest.mark.parametrize("name", sorted(MORE_STRATEGIES))
+def test_more_types_none_is_null(keys, name):
+    obj = MoreTypes.objects.create()
+    assert raw(obj, name) is None and raw(obj, f"{name}_key_version") is None
+    assert getattr(MoreTypes.objects.get(pk=obj.pk), name) is None
+
+
+@pytest.mark.parametrize("name", sorted(MORE_FALSY))
+def test_more_types_falsy_values_are_encrypted_not_null(keys, name):
+    obj = MoreTypes.objects.create(**{name: MORE_FALSY[name]})
+    assert raw(obj, name) is not None and raw(obj, f"{name}_key_version") == 1
+    assert identical(getattr(MoreTypes.objects.get(pk=obj.pk), name), MORE_FALSY[name])
+
+
+def test_special_floats_survive_the_database(keys):
+    specials = [-0.0, float("inf"), float("-inf"), float("nan"), 5e-324, 1.7976931348623157e308]
+    objs = MoreTypes.objects.bulk_create(MoreTypes(ratio=v) for v in specials)
+    for obj, value in zip(objs, specials, strict=True):
+        assert identical(MoreTypes.objects.get(pk=obj.pk).ratio, value)
+        assert_consistent(obj, "ratio", "ratio_bidx")
+
+
+def test_aware_time_is_refused_on_save(keys):
+    with pytest.raises(ValueError, match="timezone-aware times"), transaction.atomic():
+        MoreTypes.objects.create(clock=dt.time(12, tzinfo=dt.timezone.utc))
+    assert not MoreTypes.objects.exists()
+
+
+def test_subclass_validation_still_applies(keys):
+    values = {
+        "positive": -1,
+        "positive_small": -1,
+        "slug": "not a slug",
+        "url": "nope",
+        "email": "x",
+        "ip": "1.2.3",
+    }
+    others = [f.name for f in MoreTypes._meta.fields if f.name not in values]
+    with pytest.raises(ValidationError) as info:
+        MoreTypes(**values).full_clean(exclude=others)
+    assert set(info.value.message_dict) == set(values)
+    valid = {"positive": 1, "positive_small": 0, "slug": "a-slug", "url": "https://example.com", "ip": "::1"}
+    MoreTypes(**valid, email="a@example.com").full_clean(exclude=others)
+
+
+def test_slugfield_with_its_default_db_index_is_accepted():
+    EncryptedField(models.SlugField(), null=True)
 
 
 def test_decimal_keeps_its_exponent(keys):
@@ -240,6 +310,12 @@ def test_old_versions_stay_readable_after_rotation(keys):
     [
         EncryptedField(models.EmailField(max_length=100), keyring="other", null=True),
         EncryptedField(models.DecimalField(max_digits=5, decimal_places=2)),
+        EncryptedField(models.FloatField(), null=True),
+        EncryptedField(models.GenericIPAddressField(protocol="IPv6"), null=True),
+        EncryptedField(models.GenericIPAddressField(unpack_ipv4=True), null=True),
+        EncryptedField(models.DurationField(), null=True),
+        EncryptedField(models.TimeField(), null=True),
+        EncryptedField(models.PositiveSmallIntegerField(), null=True),
         BlindIndexField(source="email", bytes=8, keyring="idx", unique=True),
         BlindIndexField(source="email", normalize=str.lower),
         KeyVersionField(db_index=True),
@@ -272,7 +348,8 @@ def test_companion_columns_exist():
 @pytest.mark.parametrize(
     ("base", "kwargs", "match"),
     [
-        (models.FloatField(), {}, "does not support FloatField"),
+        (models.FileField(), {}, "does not support FileField"),
+        (models.BigAutoField(), {}, "does not support BigAutoField"),
         (models.CharField(max_length=5, unique=True), {}, "cannot be unique"),
         (models.CharField(max_length=5, db_index=True), {}, "cannot be db_index"),
         (models.CharField(max_length=5), {"primary_key": True}, "cannot be primary_key"),
@@ -353,3 +430,65 @@ def test_integers_on_every_write_path(keys):
     for obj in AllTypes.objects.all():
         assert_consistent(obj, "integer")
         assert_consistent(obj, "big")
+
+
+class MoreTypesForm(forms.ModelForm):
+    class Meta:
+        model = MoreTypes
+        fields = ["ratio", "clock", "span", "ip", "ip_unpacked", "positive"]
+
+
+def test_modelform_of_the_new_types(keys):
+    form = MoreTypesForm()
+    assert isinstance(form.fields["ratio"], forms.FloatField)
+    assert isinstance(form.fields["clock"], forms.TimeField)
+    assert isinstance(form.fields["span"], forms.DurationField)
+    assert isinstance(form.fields["ip"], forms.GenericIPAddressField)
+    bad = MoreTypesForm(
+        data={
+            "ratio": "x",
+            "clock": "25:00",
+            "span": "x",
+            "ip": "1.2.3",
+            "ip_unpacked": "::1",
+            "positive": "-1",
+        }
+    )
+    assert set(bad.errors) == {"ratio", "clock", "span", "ip", "positive"}
+    data = {
+        "ratio": "1.25",
+        "clock": "13:04:05.000120",
+        "span": "1 02:03:04.000005",
+        "ip": "2001:DB8::1",
+        "ip_unpacked": "::ffff:192.0.2.1",
+        "positive": "7",
+    }
+    good = MoreTypesForm(data=data)
+    assert good.is_valid(), good.errors
+    obj = MoreTypes.objects.get(pk=good.save().pk)
+    assert (obj.ratio, obj.clock, obj.span, obj.ip, obj.ip_unpacked, obj.positive) == (
+        1.25,
+        dt.time(13, 4, 5, 120),
+        dt.timedelta(days=1, hours=2, minutes=3, seconds=4, microseconds=5),
+        "2001:db8::1",
+        "192.0.2.1",
+        7,
+    )
+
+
+def test_new_types_on_every_write_path(keys):
+    a = MoreTypes.objects.create(ratio=1.5, ip="192.0.2.1", span=dt.timedelta(seconds=1))
+    MoreTypes.objects.bulk_create([MoreTypes(ratio=-0.0, ip="2001:db8::2", span=dt.timedelta(0))])
+    MoreTypes.objects.filter(pk=a.pk).update(ratio=float("inf"), ip="::FFFF:192.0.2.9", span="-1 00:00:00")
+    a = MoreTypes.objects.get(pk=a.pk)
+    assert (a.ratio, a.ip, a.span) == (float("inf"), "::ffff:192.0.2.9", dt.timedelta(days=-1))
+    a.ratio = 2.5
+    MoreTypes.objects.bulk_update([a], ["ratio"])
+    a.ip = "2001:DB8::3"
+    a.save(update_fields=["ip"])
+    got = sorted((o.ratio, o.ip, o.span) for o in MoreTypes.objects.all())
+    assert got == [(-0.0, "2001:db8::2", dt.timedelta(0)), (2.5, "2001:db8::3", dt.timedelta(days=-1))]
+    for obj in MoreTypes.objects.all():
+        assert_consistent(obj, "ratio", "ratio_bidx")
+        assert_consistent(obj, "ip", "ip_bidx")
+        assert_consistent(obj, "span", "span_bidx")

@@ -7,7 +7,7 @@ from django.db.models import Count, F, Max
 from django.db.models.functions import Lower
 
 from tests.fields_support import raw, rotate
-from tests.testapp.models import Account, AllTypes, Note, Person
+from tests.testapp.models import Account, AllTypes, MoreTypes, Note, Person
 
 pytestmark = pytest.mark.django_db
 
@@ -77,6 +77,34 @@ def test_non_text_blind_index(keys):
     assert AllTypes.objects.get(uid=str(u)) == obj
     same_instant = moment.astimezone(dt.timezone(dt.timedelta(hours=5)))
     assert AllTypes.objects.get(moment=same_instant) == obj
+
+
+def test_float_ip_and_duration_blind_indexes(keys):
+    import datetime as dt
+    import decimal
+
+    a = MoreTypes.objects.create(ratio=1.5, ip="2001:DB8::1", span=dt.timedelta(days=1))
+    b = MoreTypes.objects.create(ratio=float("nan"), ip="192.0.2.1", span=dt.timedelta(microseconds=-1))
+    c = MoreTypes.objects.create(ratio=float("-inf"), ip="::ffff:192.0.2.1")
+    assert MoreTypes.objects.get(ratio=1.5) == a
+    assert MoreTypes.objects.get(ratio="1.50") == a  # the base field's to_python first
+    assert MoreTypes.objects.get(ratio=decimal.Decimal("1.5")) == a
+    assert MoreTypes.objects.get(ratio=float("nan")) == b  # one NaN encoding: NaN finds NaN, as on PostgreSQL
+    assert MoreTypes.objects.get(ratio=float("-inf")) == c
+    assert not MoreTypes.objects.filter(ratio=1.5000000000000002).exists()
+    assert MoreTypes.objects.get(ip="2001:0db8:0000:0000:0000:0000:0000:0001") == a
+    assert MoreTypes.objects.get(ip=" 192.0.2.1 ") == b
+    assert MoreTypes.objects.get(ip="::FFFF:C000:201") == c  # the mapped form, not unpacked on this field
+    assert set(MoreTypes.objects.filter(ip__in=["2001:db8::1", "192.0.2.1"])) == {a, b}
+    assert set(MoreTypes.objects.exclude(ip="192.0.2.1")) == {a, c}
+    assert MoreTypes.objects.get(span="P1D") == a
+    assert MoreTypes.objects.get(span=dt.timedelta(hours=24)) == a
+    assert MoreTypes.objects.get(span="-00:00:00.000001") == b
+
+
+def test_zero_finds_negative_zero(keys):
+    obj = MoreTypes.objects.create(ratio=-0.0)
+    assert MoreTypes.objects.get(ratio=0.0) == obj
 
 
 def test_unique_blind_index(keys):

@@ -110,7 +110,7 @@ def select_batch(
         where.append(f"{pk} <= %s{cast}")
         params.append(hi)
     sql = (
-        f"SELECT {', '.join(q(c) for c in read_columns(plan))} FROM {q(plan.table)} "
+        f"SELECT {', '.join(_select_list(plan, conn))} FROM {q(plan.table)} "
         f"WHERE {' AND '.join(where)} ORDER BY {pk} LIMIT %s"
     )
     params.append(limit)
@@ -125,6 +125,18 @@ def select_batch(
     with conn.cursor() as cur:
         cur.execute(sql, params)
         return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in cur.fetchall()]
+
+
+def _select_list(plan: ModelPlan, conn) -> list[str]:
+    """The :func:`read_columns`, quoted. On SQLite a legacy column is read as ``+column``: an
+    expression has no declared type, so sqlite3 applies none of the converters Django registers
+    by type name (``time``, ``date``, ``datetime``, ``bool``). The row then holds the stored value
+    itself, which the write's guard binds back (no adapter exists for ``datetime.time``, and a
+    converted value need not spell the stored text), and :func:`keyrotation.legacy.from_db`
+    applies Django's converters to it."""
+    q = conn.ops.quote_name
+    legacy = {c.legacy_column for c in legacy_columns(plan)} if conn.vendor == "sqlite" else set()
+    return [f"+{q(c)}" if c in legacy else q(c) for c in read_columns(plan)]
 
 
 def _pg_cursor(conn):

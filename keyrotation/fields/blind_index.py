@@ -111,6 +111,8 @@ class BlindIndexField(models.BinaryField):
         """The bytes the HMAC covers: the normalised value in the source codec form."""
         base = self.source_field.base_field
         value = codecs.to_python(base, value)
+        if isinstance(value, float) and value == 0.0:
+            value = 0.0  # -0.0 == 0.0 in SQL and in Python: one digest for both
         if self.normalize is not None:
             value = self.normalize(value)
         elif isinstance(value, str):

@@ -69,10 +69,9 @@ class Merged:
 
 def refused(base: models.Field, wrapper_kwargs: dict[str, Any]) -> tuple[str, str] | None:
     """``(option, reason)`` of the first option neither side may set, or ``None``."""
+    given = base.deconstruct()[3]  # a class default (SlugField's db_index=True) is not given
     for option, reason in REFUSED.items():
-        on_base = getattr(base, option, None)
-        if option == "db_default":
-            on_base = base.db_default is not NOT_PROVIDED
+        on_base = given.get(option, NOT_PROVIDED) not in (False, NOT_PROVIDED)
         if on_base or (option in wrapper_kwargs and wrapper_kwargs[option] not in (False, NOT_PROVIDED)):
             return option, reason
     return None

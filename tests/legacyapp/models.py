@@ -106,3 +106,18 @@ class JazzbandPerson(models.Model):
     day = EncryptedField(models.DateField(), null=True, adopt_from="day_legacy", legacy=JAZZBAND)
     flag = EncryptedField(models.BooleanField(), null=True, adopt_from="flag_legacy", legacy=JAZZBAND)
     name_bidx = BlindIndexField(source="name")
+
+
+class PlainMoreTypes(models.Model):
+    """Plain float, time, duration and IP address columns encrypted in place."""
+
+    ratio_legacy = models.FloatField(null=True)
+    clock_legacy = models.TimeField(null=True)
+    span_legacy = models.DurationField(null=True)
+    ip_legacy = models.GenericIPAddressField(null=True)
+    ratio = EncryptedField(models.FloatField(), null=True, adopt_from="ratio_legacy")
+    clock = EncryptedField(models.TimeField(), null=True, adopt_from="clock_legacy")
+    span = EncryptedField(models.DurationField(), null=True, adopt_from="span_legacy")
+    ip = EncryptedField(models.GenericIPAddressField(), null=True, adopt_from="ip_legacy")
+    ratio_bidx = BlindIndexField(source="ratio")
+    ip_bidx = BlindIndexField(source="ip")

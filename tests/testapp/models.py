@@ -99,3 +99,27 @@ class Profile(models.Model):
 
     def __str__(self) -> str:
         return f"profile {self.pk}"
+
+
+class MoreTypes(models.Model):
+    """Float, time, duration and IP address values, and subclasses of the other supported fields."""
+
+    ratio = EncryptedField(models.FloatField(), null=True)
+    clock = EncryptedField(models.TimeField(), null=True)
+    span = EncryptedField(models.DurationField(), null=True)
+    ip = EncryptedField(models.GenericIPAddressField(), null=True)
+    ip_unpacked = EncryptedField(models.GenericIPAddressField(unpack_ipv4=True), null=True)
+    slug = EncryptedField(models.SlugField(), null=True)  # its default db_index is the base's, not a column's
+    url = EncryptedField(models.URLField(), null=True)
+    email = EncryptedField(models.EmailField(), null=True)
+    path = EncryptedField(models.FilePathField(), null=True)
+    small = EncryptedField(models.SmallIntegerField(), null=True)
+    positive = EncryptedField(models.PositiveIntegerField(), null=True)
+    positive_small = EncryptedField(models.PositiveSmallIntegerField(), null=True)
+    positive_big = EncryptedField(models.PositiveBigIntegerField(), null=True)
+    ratio_bidx = BlindIndexField(source="ratio")
+    ip_bidx = BlindIndexField(source="ip")
+    span_bidx = BlindIndexField(source="span")
+
+    def __str__(self) -> str:
+        return f"moretypes {self.pk}"
