@@ -73,10 +73,11 @@ class EncryptedField(models.Field):
     """A model field stored encrypted, validated and rendered by ``base_field``.
 
     Args:
-        base_field: an unbound field instance: CharField (and its subclasses: EmailField,
-            SlugField, URLField...), TextField, the integer fields, DecimalField, DateField,
-            DateTimeField, BooleanField, JSONField, BinaryField or UUIDField. Neither it nor the
-            wrapper may be a primary key, ``unique``, ``db_index`` or have a ``db_default`` (a
+        base_field: an unbound field instance: CharField (and SlugField, URLField, EmailField),
+            TextField, FilePathField, GenericIPAddressField, IntegerField (and SmallIntegerField,
+            BigIntegerField, the Positive*IntegerFields), FloatField, DecimalField, DateField,
+            DateTimeField, TimeField (naive values), DurationField, BooleanField, JSONField,
+            BinaryField or UUIDField; not an auto field. Neither it nor the wrapper may be a primary key, ``unique``, ``db_index`` or have a ``db_default`` (a
             ciphertext is random: use a ``BlindIndexField``).
         keyring: the keyring name (default ``KEYROTATION["DEFAULT_KEYRING"]``, read when used).
         adopt_from: name of a concrete, nullable field of the same model that holds the data to
