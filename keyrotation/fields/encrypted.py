@@ -77,8 +77,9 @@ class EncryptedField(models.Field):
             TextField, FilePathField, GenericIPAddressField, IntegerField (and SmallIntegerField,
             BigIntegerField, the Positive*IntegerFields), FloatField, DecimalField, DateField,
             DateTimeField, TimeField (naive values), DurationField, BooleanField, JSONField,
-            BinaryField or UUIDField; not an auto field. Neither it nor the wrapper may be a primary key, ``unique``, ``db_index`` or have a ``db_default`` (a
-            ciphertext is random: use a ``BlindIndexField``).
+            BinaryField or UUIDField; not an auto field. Neither it nor the wrapper may be a
+            primary key, ``unique``, ``db_index`` or have a ``db_default`` (a ciphertext is
+            random, and a database default is plaintext: use a ``BlindIndexField``).
         keyring: the keyring name (default ``KEYROTATION["DEFAULT_KEYRING"]``, read when used).
         adopt_from: name of a concrete, nullable field of the same model that holds the data to
             adopt (plaintext, or another library's ciphertext). While it is set, reading returns
