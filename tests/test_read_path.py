@@ -277,7 +277,7 @@ def test_decoder_is_decode_bound_to_the_field():
             else:
                 assert decode(data) == expected and type(decode(data)) is type(expected)
     with pytest.raises(TypeError):
-        codecs.decoder(models.FloatField())
+        codecs.decoder(models.FileField())
 
 
 def _token_version_or_none(token):
