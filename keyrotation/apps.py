@@ -1,8 +1,9 @@
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 
 
 class KeyRotationConfig(AppConfig):
-    """Wires checks and signals; does no I/O (no key is loaded until a value is read or written)."""
+    """Wires checks, signals and the admin integration; does no I/O (no key is loaded until a value
+    is read or written)."""
 
     name = "keyrotation"
     verbose_name = "Key rotation"
@@ -10,3 +11,8 @@ class KeyRotationConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+
+        if apps.is_installed("django.contrib.admin"):
+            from . import admin_integration
+
+            admin_integration.install()
