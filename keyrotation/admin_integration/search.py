@@ -49,8 +49,8 @@ class BlindIndexSearch(Lookup):
     def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
         index = self.lhs.target
         source = index.model._meta.get_field(index.source)
-        exact = source.get_lookup("exact")(Col(self.lhs.alias, source), self.rhs)
-        try:
+        try:  # the exact lookup may reject the term when built or when compiled
+            exact = source.get_lookup("exact")(Col(self.lhs.alias, source), self.rhs)
             return compiler.compile(exact)
         except ValidationError:
             raise EmptyResultSet from None  # the message names the field, never the term
