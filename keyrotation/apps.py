@@ -1,9 +1,9 @@
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 
 
 class KeyRotationConfig(AppConfig):
-    """Wires checks, signals and optional integrations; does no I/O (no key is loaded until a value
-    is read or written)."""
+    """Wires checks, signals and the optional integrations (the admin, Django REST framework); does
+    no I/O (no key is loaded until a value is read or written)."""
 
     name = "keyrotation"
     verbose_name = "Key rotation"
@@ -12,6 +12,10 @@ class KeyRotationConfig(AppConfig):
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
 
+        if apps.is_installed("django.contrib.admin"):
+            from . import admin_integration
+
+            admin_integration.install()
         try:
             import rest_framework  # noqa: F401
         except ImportError:

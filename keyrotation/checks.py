@@ -4,10 +4,16 @@
 * ``keyrotation.E002`` (``check --deploy``): the KEK cannot be reached or used.
 * ``keyrotation.E003`` (``check --database default``, run by ``migrate``): a keyring used by a
   registered field has no active key; run ``rotatekeys --init``.
+* ``keyrotation.E111`` to ``E115`` (tag ``admin``): a ``ModelAdmin`` names encrypted fields in
+  ``search_fields`` (entries that cannot be searched), ``list_filter``, ``ordering``,
+  ``date_hierarchy`` or ``sortable_by``; see :func:`keyrotation.admin_integration.model_admin_errors`.
+
+(``E101`` to ``E103`` are field checks, reported by the fields themselves.)
 """
 
 from __future__ import annotations
 
+from django.apps import apps
 from django.core.checks import Error, Tags, Warning, register
 from django.db import DatabaseError
 
@@ -76,3 +82,23 @@ def check_keys_initialised(app_configs=None, databases=None, **kwargs):
         )
         for keyring, purpose in sorted(needed - active)
     ]
+
+
+@register(Tags.admin)
+def check_model_admins(app_configs=None, **kwargs):
+    if not apps.is_installed("django.contrib.admin"):
+        return []
+    from django.contrib.admin.sites import all_sites
+
+    from .admin_integration import model_admin_errors
+
+    errors = []
+    try:
+        for site in all_sites:
+            # _registry is how Django's own admin checks reach every ModelAdmin of a site.
+            for model_admin in site._registry.values():
+                if app_configs is None or model_admin.model._meta.app_config in app_configs:
+                    errors += [e for e in model_admin_errors(model_admin) if e not in errors]
+    except ConfigurationError:  # a malformed KEYROTATION: check_settings reports it (E001)
+        return []
+    return errors

@@ -32,6 +32,7 @@ KNOWN_KEYS = frozenset(
         "INDEX_VERSION_COLUMNS",
         "BATCH_SIZE",
         "MASK_IN_CHANGELIST",
+        "ADMIN_INTEGRATION",
         "REDACT_PATTERNS",
     }
 )
@@ -120,6 +121,14 @@ def mask_in_changelist() -> bool:
     """``KEYROTATION["MASK_IN_CHANGELIST"]`` (default ``False``): show encrypted fields masked in
     admin change lists."""
     return bool(_get("MASK_IN_CHANGELIST", False))
+
+
+def admin_integration() -> bool:
+    """``KEYROTATION["ADMIN_INTEGRATION"]`` (default ``True``): every ``ModelAdmin`` searches
+    encrypted fields through their blind index and never sorts, filters or builds a date
+    hierarchy on one. ``False`` leaves Django's admin untouched; add
+    ``keyrotation.admin_integration.AdminIntegrationMixin`` to the admins that should have it."""
+    return bool(_get("ADMIN_INTEGRATION", True))
 
 
 # Defaults of REDACT_PATTERNS: what a log line must never carry, whatever the application logs.
