@@ -271,3 +271,11 @@ def test_opting_out_and_the_explicit_mixin(people, root, settings, bad_site):
     assert "'person__email' (ADMIN_INTEGRATION is off)" in message and "person__name" not in message
     assert names_found(changelist(root, "person", site="bad", q="ALICE@example.com")) == {"Alice Liddell"}
     assert 'class="column-email"' in changelist(root, "person", site="bad", o="2").content.decode()
+
+
+def test_a_crafted_filter_value_the_base_field_rejects_is_not_a_500(keys, root):
+    AllTypes.objects.create(uid="12345678-1234-5678-1234-567812345678")
+    response = root.get(reverse("integration:testapp_alltypes_changelist"), {"uid": "abc"})
+    assert response.status_code == 302 and "e=1" in response["Location"]
+    found = changelist(root, "alltypes", uid="12345678-1234-5678-1234-567812345678")
+    assert len(found.context["cl"].result_list) == 1

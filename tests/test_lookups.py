@@ -1,7 +1,7 @@
 """Lookups on encrypted fields: blind-index equality across index versions; everything else refused."""
 
 import pytest
-from django.core.exceptions import FieldError
+from django.core.exceptions import FieldError, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Max
 from django.db.models.functions import Lower
@@ -199,3 +199,11 @@ def test_distinct_and_grouping_on_other_columns_still_work(keys):
     ]
     # The blind index is deterministic: it can be deduplicated
     assert Person.objects.values("email_bidx").distinct().count() == 2
+
+
+def test_a_value_the_base_field_rejects_is_refused_when_the_filter_is_built(keys):
+    with pytest.raises(ValidationError) as info:
+        AllTypes.objects.filter(uid="not-a-uuid-secret")
+    assert "not-a-uuid-secret" not in str(info.value)
+    with pytest.raises(ValidationError):
+        AllTypes.objects.filter(uid__in=["12345678-1234-5678-1234-567812345678", "nope-secret"])

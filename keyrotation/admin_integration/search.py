@@ -84,7 +84,7 @@ def search_plan(model: type[models.Model], search_fields: Iterable[Any]) -> list
             continue
         touched = True
         if reason is None:
-            plan.append(LOOKUP_SEP.join([*hit.relations, hit.field.blind_indexes[0].name, SEARCH_LOOKUP]))
+            plan.append(LOOKUP_SEP.join([*hit.relations, hit.field.search_index.name, SEARCH_LOOKUP]))
     return plan if touched else None
 
 

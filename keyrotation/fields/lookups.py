@@ -19,6 +19,8 @@ from django.db.models import Lookup
 from django.db.models.expressions import Col
 from django.db.models.lookups import IsNull
 
+from .. import codecs
+
 if TYPE_CHECKING:
     from .encrypted import EncryptedField
 
@@ -36,6 +38,11 @@ class _BlindIndexLookup(Lookup):
                 "a subquery; pass plaintext values."
             )
         return self.rhs
+
+    def _to_python(self, value: Any) -> Any:
+        """The base field's value, rejected when the filter is built (as Django's own fields do),
+        with a ``ValidationError`` that does not quote it."""
+        return None if value is None else codecs.to_python(self.lhs.target.base_field, value)
 
     def _values(self) -> list[Any]:
         raise NotImplementedError
@@ -59,6 +66,9 @@ class _BlindIndexLookup(Lookup):
 class BlindIndexExact(_BlindIndexLookup):
     lookup_name = "exact"
 
+    def get_prep_lookup(self) -> Any:
+        return self._to_python(super().get_prep_lookup())
+
     def _values(self) -> list[Any]:
         return [self.rhs]
 
@@ -70,7 +80,7 @@ class BlindIndexIn(_BlindIndexLookup):
         rhs = super().get_prep_lookup()
         if isinstance(rhs, (str, bytes)) or not hasattr(rhs, "__iter__"):
             raise FieldError(f"{self.lhs.target.label}: __in needs an iterable of plaintext values")
-        return list(rhs)
+        return [self._to_python(v) for v in rhs]
 
     def _values(self) -> list[Any]:
         return self.rhs
