@@ -198,10 +198,19 @@ def test_options_a_ciphertext_cannot_have_are_refused(make):
 # -- migrations --------------------------------------------------------------------------------
 
 
-def test_every_option_round_trips_through_deconstruct():
-    for field in Profile._meta.get_fields():
-        if not isinstance(field, EncryptedField):
-            continue
+def test_every_option_and_type_round_trips_through_deconstruct_and_clone():
+    from django.apps import apps
+
+    fields = [
+        f
+        for model in apps.get_app_config("testapp").get_models()
+        for f in model._meta.get_fields()
+        if isinstance(f, EncryptedField)
+    ]
+    assert len(fields) > 30
+    deep = MigrationAutodetector(ProjectState(), ProjectState()).deep_deconstruct
+    for field in fields:
+        assert deep(field.clone()) == deep(field), field.name  # what the autodetector compares
         name, path, args, kwargs = field.deconstruct()
         rebuilt = EncryptedField(*args, **kwargs)
         assert rebuilt.deconstruct()[3].keys() == kwargs.keys(), field.name
