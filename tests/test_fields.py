@@ -63,7 +63,9 @@ def test_none_is_null_and_never_encrypted(keys, model, name):
     assert getattr(model.objects.get(pk=obj.pk), name) is None
 
 
-@pytest.mark.parametrize(("model", "name", "value"), EVERY_FALSY, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize(
+    ("model", "name", "value"), EVERY_FALSY, ids=lambda v: getattr(v, "__name__", str(v))
+)
 def test_falsy_values_are_encrypted_not_null(keys, model, name, value):
     obj = model.objects.create(**{name: value})
     assert raw(obj, name) is not None and raw(obj, f"{name}_key_version") == 1
@@ -79,8 +81,6 @@ def test_more_types_round_trip_through_the_database(keys, name, data):
     loaded = getattr(MoreTypes.objects.get(pk=obj.pk), name)
     assert identical(loaded, MoreTypes._meta.get_field(name).base_field.to_python(value))
     assert raw(obj, f"{name}_key_version") == crypto.token_version(raw(obj, name)) == 1
-
-
 
 
 def test_special_floats_survive_the_database(keys):
