@@ -172,7 +172,7 @@ class EncryptedField(models.Field):
 
     @property
     def description(self) -> str:  # type: ignore[override]
-        """"Encrypted" and the base field's description, formatted (admindocs formats it again)."""
+        """The base field's description after "Encrypted", formatted (admindocs formats it again)."""
         base = self.base_field
         return f"Encrypted {str(base.description) % base.__dict__}".replace("%", "%%")
 
