@@ -40,6 +40,7 @@ from django.db import models
 from django.utils import dateparse, timezone
 
 from .exceptions import KeyRotationError
+from .tracebacks import forgets_locals
 
 __all__ = [
     "DjangoCryptography",
@@ -128,6 +129,7 @@ class Plaintext(LegacyDecoder):
 
     name = "plaintext"
 
+    @forgets_locals  # ``raw`` is the plain value
     def decode(self, raw: Any, base_field: models.Field) -> Any:
         if isinstance(raw, memoryview):
             raw = bytes(raw)
@@ -179,6 +181,7 @@ class _RestrictedUnpickler(pickle.Unpickler):  # noqa: S301 - only the globals l
         return super().find_class(module, name)
 
 
+@forgets_locals  # ``data`` is the plaintext pickle
 def restricted_loads(data: bytes) -> Any:
     """``pickle.loads`` allowing only builtin scalars/containers, datetime, decimal and uuid."""
     try:
@@ -238,6 +241,7 @@ class DjangoCryptography(LegacyDecoder):
             self._cached = (macs, aes)
         return self._cached
 
+    @forgets_locals  # ``macs`` and ``aes`` are the keys, ``padded`` the plaintext
     def decrypt(self, blob: bytes) -> bytes:
         """The pickle bytes inside a django-cryptography value (HMAC verified first)."""
         if len(blob) < 1 + 8 + 16 + 16 + 32 or blob[0] != 0x80:
@@ -257,6 +261,7 @@ class DjangoCryptography(LegacyDecoder):
         except ValueError:
             raise LegacyDecodeError("bad padding (wrong AES key)") from None
 
+    @forgets_locals  # ``value`` is the plaintext
     def decode(self, raw: Any, base_field: models.Field) -> Any:
         value = restricted_loads(self.decrypt(_bytes(raw)))
         try:
@@ -286,12 +291,14 @@ class _FernetDecoder(LegacyDecoder):
             self._fernet = MultiFernet([Fernet(k) for k in keys])
         return self._fernet
 
+    @forgets_locals  # the frames below hold the Fernet keys
     def decrypt(self, raw: Any) -> bytes:
         try:
             return self._multi().decrypt(_bytes(raw))
         except (InvalidToken, UnicodeEncodeError):
             raise LegacyDecodeError("Fernet token does not verify with any key") from None
 
+    @forgets_locals  # ``plaintext`` and ``text``
     def decode(self, raw: Any, base_field: models.Field) -> Any:
         plaintext = self.decrypt(raw)
         if isinstance(base_field, models.BinaryField):
@@ -342,6 +349,7 @@ class FernetFields(_FernetDecoder):
         super().__init__(tz=tz)
         self._keys, self._use_hkdf = keys, use_hkdf
 
+    @forgets_locals  # the keys
     def fernet_keys(self) -> list[bytes]:
         keys = self._keys
         if keys is None:
@@ -374,6 +382,7 @@ class EncryptedModelFields(_FernetDecoder):
         super().__init__(tz=tz)
         self._keys = keys
 
+    @forgets_locals  # the keys
     def fernet_keys(self) -> list[bytes]:
         keys = self._keys if self._keys is not None else getattr(settings, "FIELD_ENCRYPTION_KEY", None)
         if keys is None:
@@ -407,6 +416,7 @@ class FernetEncryptedFields(_FernetDecoder):
         super().__init__(tz=tz)
         self._secrets, self._salts, self._iterations = secret_keys, salts, iterations
 
+    @forgets_locals  # the secrets
     def fernet_keys(self) -> list[bytes]:
         secrets = self._secrets
         if secrets is None:
@@ -433,6 +443,7 @@ def legacy_field(field: models.Field) -> models.Field | None:
     return field.model._meta.get_field(name)
 
 
+@forgets_locals  # ``raw`` may be the plain value (and a subclass's decoder is not decorated)
 def decode_value(field: models.Field, raw: Any) -> Any:
     """The Python value of the EncryptedField ``field`` from its legacy field's value ``raw``."""
     value = field.legacy.decode(raw, field.base_field)
