@@ -41,7 +41,7 @@ from keyrotation.kek import context_for
 from keyrotation.models import DataKey
 from keyrotation.testing import assert_no_leak
 from tests.fields_support import raw, write_raw
-from tests.legacyapp.models import VECTOR_SECRET_KEY, CryptoPerson
+from tests.legacyapp.models import VECTOR_SECRET_KEY, CryptoPerson, PlainContact
 from tests.testapp.models import AllTypes, Person
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -444,3 +444,41 @@ def test_a_batch_whose_second_key_does_not_unwrap_shows_no_plaintext_of_the_firs
     with assert_no_leak(secrets.values) as leak:
         with leak.raises(KEKUnavailable, error_reports=True):
             BatchTransformer(plan).transform_batch(rows)
+
+
+def _plain_contacts(secrets: Secrets):
+    """Contacts still holding their plaintext in the legacy column, and one adopted contact."""
+    PlainContact.objects.bulk_create(PlainContact(email_legacy=secrets.email()) for _ in range(4))
+    return PlainContact.objects.create(email=secrets.email())
+
+
+def test_a_failed_adoption_batch_shows_no_legacy_plaintext(secrets, monkeypatch):
+    """The rows of a batch hold the legacy column's plaintexts: the frames that read them too."""
+    adopted = _plain_contacts(secrets)
+    flip_last_byte(adopted, "email")
+    lifecycle.rotate("default", "encrypt", actor="test")  # the adopted row is re-encrypted too
+    keyring.invalidate()
+    secrets.add_data_keys(LABELS)
+    caught: list[BaseException] = []
+    real_work = engine.work
+
+    def spy(*args, **kwargs):
+        try:
+            return real_work(*args, **kwargs)
+        except BaseException as exc:
+            caught.append(exc)
+            raise
+
+    monkeypatch.setattr(engine, "work", spy)
+    report = engine.reencrypt(["legacyapp.PlainContact"], batch_size=50)
+    assert not report.ok and len(caught) == 1
+    with assert_no_leak(secrets.values, audit=False) as leak:
+        leak.check_error_reports(caught[0])
+
+
+def test_a_verify_that_meets_a_key_it_cannot_unwrap_shows_no_legacy_plaintext(secrets):
+    _plain_contacts(secrets)
+    tamper_wrapped_key()
+    with assert_no_leak(secrets.values) as leak:
+        with leak.raises(KEKUnavailable, error_reports=True):
+            engine.verify(["legacyapp.PlainContact"])
