@@ -17,18 +17,12 @@ of every traceback, and must not be the leak the check finds.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import os
 import pickle
-import struct
 import uuid
 
 import pytest
 from cryptography.fernet import Fernet
-from cryptography.hazmat.primitives import hashes, padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from django.db import models
 
 from keyrotation import crypto, engine, keyring, legacy, lifecycle
@@ -41,6 +35,7 @@ from keyrotation.kek import context_for
 from keyrotation.models import DataKey
 from keyrotation.testing import assert_no_leak
 from tests.fields_support import raw, write_raw
+from tests.helpers.legacy_values import django_cryptography_key, django_cryptography_value
 from tests.legacyapp.models import VECTOR_SECRET_KEY, CryptoPerson, PlainContact
 from tests.testapp.models import AllTypes, Person
 
@@ -289,22 +284,6 @@ def test_a_vault_unwrap_failure_shows_no_token_and_no_key(vault_secrets):
 
 
 # -- the legacy decoders ------------------------------------------------------------------
-
-
-def django_cryptography_key(secret_key: str) -> bytes:
-    """The AES key django-cryptography derives from ``SECRET_KEY``."""
-    return PBKDF2HMAC(hashes.SHA256(), 32, b"django-cryptography", 30000).derive(secret_key.encode())
-
-
-def django_cryptography_value(secret_key: str, data: bytes) -> bytes:
-    """A django-cryptography value: ``0x80 | ts | IV | AES-CBC(PKCS7(data)) | HMAC-SHA256``."""
-    aes = django_cryptography_key(secret_key)
-    iv = os.urandom(16)
-    padder = padding.PKCS7(128).padder()
-    encryptor = Cipher(algorithms.AES(aes), modes.CBC(iv)).encryptor()
-    body = b"\x80" + struct.pack(">Q", 1_700_000_000) + iv
-    body += encryptor.update(padder.update(data) + padder.finalize()) + encryptor.finalize()
-    return body + hmac.new(secret_key.encode(), body, hashlib.sha256).digest()
 
 
 def _legacy_case(name: str, secrets: Secrets):
