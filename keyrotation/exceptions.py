@@ -74,3 +74,11 @@ class NoActiveKey(KeyringError):
 class KEKUnavailable(KeyRotationError):
     """The key-encryption key could not be reached or refused to unwrap (Vault down, sealed, bad token,
     wrong master key). Carries the backend description, never key material."""
+
+
+class LegacyDecodeError(KeyRotationError):
+    """A legacy value could not be authenticated or turned into a value of the new field.
+
+    The message says why in general terms (bad MAC, wrong key, not a token, unexpected type) and
+    never carries a byte of the value.
+    """

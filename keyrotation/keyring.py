@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from django.core.signals import setting_changed
 
 from . import conf, crypto
-from .exceptions import DecryptionError, KeyStateError, NoActiveKey, UnknownKeyVersion
+from .exceptions import DecryptionError, KEKUnavailable, KeyStateError, NoActiveKey, UnknownKeyVersion
 from .kek import KEKBackend, context_for, load_backend
+from .tracebacks import forgets_locals
 
 DECRYPTABLE = frozenset({"active", "decrypt_only"})
 
@@ -65,9 +66,21 @@ class _Unwrapped:
             with self._unwrap_lock:
                 dek = self._keys.get(cache_key)
                 if dek is None:
-                    dek = self.backend().unwrap(kv.wrapped, context_for(keyring, purpose, kv.version))
+                    dek = self._unwrap(keyring, purpose, kv)
                     with self._lock:
                         self._keys[cache_key] = dek
+        return dek
+
+    @forgets_locals  # the backend's frames (a custom one's too) may hold the KEK or the data key
+    def _unwrap(self, keyring: str, purpose: str, kv: KeyVersion) -> bytes:
+        backend = self.backend()
+        dek = backend.unwrap(kv.wrapped, context_for(keyring, purpose, kv.version))
+        if type(dek) is not bytes or len(dek) != crypto.KEY_BYTES:
+            got = f"{len(dek)} bytes" if isinstance(dek, (bytes, bytearray)) else type(dek).__name__
+            raise KEKUnavailable(
+                f"KEK backend {type(backend).__name__} unwrapped data key {keyring}/{purpose} "
+                f"v{kv.version} to {got}, not {crypto.KEY_BYTES} bytes"
+            )
         return dek
 
     def clear(self) -> None:
@@ -138,6 +151,10 @@ class Keyring:
         cached = self._subkeys.get((version, label))
         if cached is not None:
             return cached
+        return self._derive(version, label)
+
+    @forgets_locals  # ``dek``: the data key
+    def _derive(self, version: int, label: str) -> bytes:
         kv = self._versions.get(version)
         if kv is None:
             raise UnknownKeyVersion(
@@ -161,10 +178,12 @@ class Keyring:
         """The column's cipher at ``version`` (state-checked like :meth:`subkey`), cached."""
         cipher = self._ciphers.get((version, label))
         if cipher is None:
-            cipher = self._ciphers[(version, label)] = crypto.Cipher(
-                self.subkey(version, label), version, label
-            )
+            cipher = self._ciphers[(version, label)] = self._new_cipher(version, label)
         return cipher
+
+    @forgets_locals  # the frame of Cipher() holds the subkey
+    def _new_cipher(self, version: int, label: str) -> crypto.Cipher:
+        return crypto.Cipher(self.subkey(version, label), version, label)
 
     def encrypt(self, label: str, plaintext: bytes) -> tuple[bytes, int]:
         """Encrypt under the active version; return (token, version)."""

@@ -23,9 +23,7 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
-import io
 import json
-import pickle  # noqa: S403 - restricted Unpickler below, only after the HMAC is verified
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -39,7 +37,9 @@ from django.conf import settings
 from django.db import models
 from django.utils import dateparse, timezone
 
-from .exceptions import KeyRotationError
+from .exceptions import LegacyDecodeError
+from .legacy_pickle import MAX_PICKLE_BYTES, MAX_PICKLE_ITEMS, restricted_loads
+from .tracebacks import forgets_locals
 
 __all__ = [
     "DjangoCryptography",
@@ -49,15 +49,8 @@ __all__ = [
     "LegacyDecodeError",
     "LegacyDecoder",
     "Plaintext",
+    "restricted_loads",
 ]
-
-
-class LegacyDecodeError(KeyRotationError):
-    """A legacy value could not be authenticated or turned into a value of the new field.
-
-    The message says why in general terms (bad MAC, wrong key, not a token, unexpected type) and
-    never carries a byte of the value.
-    """
 
 
 def _bytes(raw: Any) -> bytes:
@@ -128,6 +121,7 @@ class Plaintext(LegacyDecoder):
 
     name = "plaintext"
 
+    @forgets_locals  # ``raw`` is the plain value
     def decode(self, raw: Any, base_field: models.Field) -> Any:
         if isinstance(raw, memoryview):
             raw = bytes(raw)
@@ -141,53 +135,6 @@ class Plaintext(LegacyDecoder):
 
 # -- django-cryptography ----------------------------------------------------------------------
 
-_ALLOWED_GLOBALS = (
-    {
-        ("builtins", name)
-        for name in (
-            "set",
-            "frozenset",
-            "bytearray",
-            "complex",
-            "int",
-            "float",
-            "str",
-            "bytes",
-            "bool",
-            "list",
-            "dict",
-            "tuple",
-            "slice",
-            "range",
-        )
-    }
-    | {("datetime", name) for name in ("datetime", "date", "time", "timedelta", "timezone")}
-    | {
-        ("decimal", "Decimal"),
-        ("uuid", "UUID"),
-        ("uuid", "SafeUUID"),
-        ("zoneinfo", "ZoneInfo"),
-        ("copyreg", "_reconstructor"),
-    }
-)
-
-
-class _RestrictedUnpickler(pickle.Unpickler):  # noqa: S301 - only the globals listed above
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise LegacyDecodeError(f"pickled value uses a forbidden type {module}.{name}")
-        return super().find_class(module, name)
-
-
-def restricted_loads(data: bytes) -> Any:
-    """``pickle.loads`` allowing only builtin scalars/containers, datetime, decimal and uuid."""
-    try:
-        return _RestrictedUnpickler(io.BytesIO(data)).load()
-    except LegacyDecodeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any malformed pickle
-        raise LegacyDecodeError(f"pickled value does not load ({type(exc).__name__})") from None
-
 
 class DjangoCryptography(LegacyDecoder):
     """django-cryptography: ``0x80 | ts(8) | IV(16) | AES-CBC(PKCS7(pickle)) | HMAC-SHA256(32)``.
@@ -200,9 +147,11 @@ class DjangoCryptography(LegacyDecoder):
         password: ``CRYPTOGRAPHY_KEY`` if it was set (default: the secret key).
         salt: ``CRYPTOGRAPHY_SALT`` (default ``b"django-cryptography"``).
         iterations: PBKDF2 iterations (30000 in every release).
+        max_bytes, max_items: what one value may unpickle to (see :func:`restricted_loads`).
 
     The HMAC is verified (constant time) before anything is decrypted, and the pickle is loaded
-    by a restricted unpickler. ``ttl=`` of the legacy field is ignored: adoption keeps every value.
+    by a restricted, bounded unpickler (:func:`restricted_loads`). ``ttl=`` of the legacy field
+    is ignored: adoption keeps every value.
     """
 
     name = "django-cryptography"
@@ -214,12 +163,15 @@ class DjangoCryptography(LegacyDecoder):
         password: Any = None,
         salt: bytes | str = b"django-cryptography",
         iterations: int = 30000,
+        max_bytes: int = MAX_PICKLE_BYTES,
+        max_items: int = MAX_PICKLE_ITEMS,
     ) -> None:
         if key is not None and len(key) not in (16, 24, 32):
             raise TypeError("DjangoCryptography: key must be 16, 24 or 32 bytes")
         self._secret_key, self._key, self._password = secret_key, key, password
         self._salt = salt.encode() if isinstance(salt, str) else bytes(salt)
         self._iterations = iterations
+        self._limits = {"max_bytes": max_bytes, "max_items": max_items}
         self._cached: tuple[list[bytes], bytes] | None = None
 
     def _keys(self) -> tuple[list[bytes], bytes]:
@@ -238,6 +190,7 @@ class DjangoCryptography(LegacyDecoder):
             self._cached = (macs, aes)
         return self._cached
 
+    @forgets_locals  # ``macs`` and ``aes`` are the keys, ``padded`` the plaintext
     def decrypt(self, blob: bytes) -> bytes:
         """The pickle bytes inside a django-cryptography value (HMAC verified first)."""
         if len(blob) < 1 + 8 + 16 + 16 + 32 or blob[0] != 0x80:
@@ -257,8 +210,9 @@ class DjangoCryptography(LegacyDecoder):
         except ValueError:
             raise LegacyDecodeError("bad padding (wrong AES key)") from None
 
+    @forgets_locals  # ``value`` is the plaintext
     def decode(self, raw: Any, base_field: models.Field) -> Any:
-        value = restricted_loads(self.decrypt(_bytes(raw)))
+        value = restricted_loads(self.decrypt(_bytes(raw)), **self._limits)
         try:
             return base_field.to_python(value)
         except Exception as exc:  # noqa: BLE001
@@ -286,12 +240,14 @@ class _FernetDecoder(LegacyDecoder):
             self._fernet = MultiFernet([Fernet(k) for k in keys])
         return self._fernet
 
+    @forgets_locals  # the frames below hold the Fernet keys
     def decrypt(self, raw: Any) -> bytes:
         try:
             return self._multi().decrypt(_bytes(raw))
         except (InvalidToken, UnicodeEncodeError):
             raise LegacyDecodeError("Fernet token does not verify with any key") from None
 
+    @forgets_locals  # ``plaintext`` and ``text``
     def decode(self, raw: Any, base_field: models.Field) -> Any:
         plaintext = self.decrypt(raw)
         if isinstance(base_field, models.BinaryField):
@@ -342,6 +298,7 @@ class FernetFields(_FernetDecoder):
         super().__init__(tz=tz)
         self._keys, self._use_hkdf = keys, use_hkdf
 
+    @forgets_locals  # the keys
     def fernet_keys(self) -> list[bytes]:
         keys = self._keys
         if keys is None:
@@ -374,6 +331,7 @@ class EncryptedModelFields(_FernetDecoder):
         super().__init__(tz=tz)
         self._keys = keys
 
+    @forgets_locals  # the keys
     def fernet_keys(self) -> list[bytes]:
         keys = self._keys if self._keys is not None else getattr(settings, "FIELD_ENCRYPTION_KEY", None)
         if keys is None:
@@ -407,6 +365,7 @@ class FernetEncryptedFields(_FernetDecoder):
         super().__init__(tz=tz)
         self._secrets, self._salts, self._iterations = secret_keys, salts, iterations
 
+    @forgets_locals  # the secrets
     def fernet_keys(self) -> list[bytes]:
         secrets = self._secrets
         if secrets is None:
@@ -433,6 +392,7 @@ def legacy_field(field: models.Field) -> models.Field | None:
     return field.model._meta.get_field(name)
 
 
+@forgets_locals  # ``raw`` may be the plain value (and a subclass's decoder is not decorated)
 def decode_value(field: models.Field, raw: Any) -> Any:
     """The Python value of the EncryptedField ``field`` from its legacy field's value ``raw``."""
     value = field.legacy.decode(raw, field.base_field)

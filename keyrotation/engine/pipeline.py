@@ -32,6 +32,7 @@ from typing import Any
 from django.db import connections, transaction
 
 from ..models import RunStatus
+from ..tracebacks import forgets_locals
 from . import runs, sql
 from .plan import ModelPlan
 
@@ -137,6 +138,7 @@ class Pipeline:
         """Checked right before each commit: after a pause or an abort, no batch commits."""
         return runs.current_status(self.worker.run.pk, using=self.using) == RunStatus.RUNNING
 
+    @forgets_locals  # as the runner's: ``rows`` and what transforming them opens
     def _batch(self, n: int) -> bool:
         """Batch ``n``: True if a next batch may follow."""
         prev, me = self._slot(n - 1), self._slot(n)

@@ -18,6 +18,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from .. import signals
 from ..exceptions import KEKUnavailable, KeyRotationError
 from ..models import QuarantinedValue, ReencryptionRun, RunStatus
+from ..tracebacks import forgets_locals
 from . import runs, sql
 from .pipeline import Pipeline
 from .plan import ModelPlan
@@ -111,6 +112,7 @@ class _Worker:
 
     # -- one batch -------------------------------------------------------------------------
 
+    @forgets_locals  # ``rows`` hold legacy plaintexts, and transforming them every plaintext
     def _batch(self, plan: ModelPlan, lo, hi, *, skip_locked: bool, chunk=None) -> tuple[int, object, int]:
         """One transaction. Returns (rows seen, last pk seen or None, rows written)."""
         using = self.opts.using

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import crypto, keyring
 from ..exceptions import KEKUnavailable, KeyRotationError
+from ..tracebacks import forgets_locals
 from .plan import EncColumn, IdxColumn, ModelPlan
 from .sql import CLEAR, KEEP, extra_sources, legacy_columns
 
@@ -155,6 +156,7 @@ class BatchTransformer:
         """One row (tests, fuzzing); raises RowFailureError for an unopenable value."""
         return self.transform_batch([row])[0]
 
+    @forgets_locals  # ``plaintexts``: every value of the batch opened so far
     def transform_batch(self, rows: list[tuple], *, stop: bool = True) -> tuple[Write, list[RowFailure]]:
         """The batch's :class:`Write` and the rows that failed (left out of the write).
 

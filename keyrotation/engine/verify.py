@@ -6,11 +6,13 @@ from django.db import connections
 
 from .. import crypto, keyring
 from ..exceptions import KeyRotationError
+from ..tracebacks import forgets_locals
 from . import plan as _plan
 from . import sql
 from .transform import Rings, RowFailureError, open_value
 
 
+@forgets_locals  # ``rows`` may hold legacy plaintexts, a check the opened values
 def verify(
     models: list[str] | None = None, *, batch_size: int = 2000, using: str = "default", limit: int = 100
 ) -> dict:

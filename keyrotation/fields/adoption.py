@@ -17,6 +17,7 @@ from django.db import models
 from .. import legacy
 from ..exceptions import DecryptionError
 from ..legacy import LegacyDecodeError, Plaintext, decode_value
+from ..tracebacks import forgets_locals
 from .sealed import NOT_ADOPTED
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ def check(field: EncryptedField, encrypted_class: type) -> list[checks.CheckMess
     return []
 
 
+@forgets_locals  # ``raw`` may be the plain value
 def read_legacy(field: EncryptedField, instance: models.Model) -> Any:
     """The decoded value of the legacy column of ``instance`` (None when it is NULL).
 

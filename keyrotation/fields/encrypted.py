@@ -281,11 +281,11 @@ class EncryptedField(models.Field):
             raise DecryptionError(label=self.label, pk=pk, version=version) from None
         try:
             return self._decode(data)
-        except (ValueError, TypeError, ArithmeticError):
-            pk = instance.pk if instance is not None else pk
-            raise DecryptionError(
-                "Decrypted value does not decode", label=self.label, pk=pk, version=version
-            ) from None
+        except Exception:  # noqa: BLE001, S110 - any decoder error (a JSONField's decoder class too)
+            pass  # raised below, outside the handler: the decoder's error may quote the value
+        del data  # the plaintext: this frame is in the traceback of the error
+        pk = instance.pk if instance is not None else pk
+        raise DecryptionError("Decrypted value does not decode", label=self.label, pk=pk, version=version)
 
     def _cipher_entry(self, version: int, pk: Any) -> tuple[crypto.Cipher, float, int]:
         """Ask the keyring for the cipher of ``version`` and keep it (the slow path)."""
@@ -309,10 +309,11 @@ class EncryptedField(models.Field):
             ) from exc
         try:
             return codecs.decode(self.base_field, data)
-        except (ValueError, TypeError, ArithmeticError):
-            raise DecryptionError(
-                "Decrypted value does not decode", label=self.label, pk=pk, version=sealed.version
-            ) from None
+        except Exception:  # noqa: BLE001, S110 - as in _open
+            pass
+        del data
+        version = sealed.version
+        raise DecryptionError("Decrypted value does not decode", label=self.label, pk=pk, version=version)
 
     # -- database round trip ------------------------------------------------------------------
 

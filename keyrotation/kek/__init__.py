@@ -16,6 +16,7 @@ from django.utils.module_loading import import_string
 
 from .. import conf
 from ..exceptions import ConfigurationError
+from ..tracebacks import forgets_locals
 
 BACKENDS = {
     "local": "keyrotation.kek.local.LocalKEK",
@@ -25,7 +26,8 @@ BACKENDS = {
 
 @runtime_checkable
 class KEKBackend(Protocol):
-    """What a KEK backend provides. None of these may log or raise with key material."""
+    """What a KEK backend provides. None of these may log or raise with key material, nor leave it
+    in a local variable of a frame that an exception carries (see :mod:`keyrotation.tracebacks`)."""
 
     def wrap(self, dek: bytes, context: bytes) -> tuple[bytes, str]:
         """Wrap a data key; return (wrapped bytes, id of the KEK version that wrapped it)."""
@@ -54,6 +56,7 @@ def context_for(keyring: str, purpose: str, version: int) -> bytes:
     return f"keyrotation:{keyring}:{purpose}:{version}".encode()
 
 
+@forgets_locals  # ``options`` holds the master keys or the Vault token
 def load_backend(options: dict[str, Any] | None = None) -> KEKBackend:
     """Build the configured KEK backend (not cached: callers cache the keyring, not the KEK)."""
     options = conf.kek() if options is None else options

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..crypto import KEY_BYTES, NONCE_BYTES, fingerprint
 from ..exceptions import ConfigurationError, KEKUnavailable
+from ..tracebacks import forgets_locals
 
 WRAP_FORMAT = 0x01
 _FP_BYTES = 8
@@ -49,9 +50,24 @@ def _decode(index: int, text: Any) -> bytes:
     return raw
 
 
-class LocalKEK:
-    """Master keys held in settings (environment variables, a secrets manager…)."""
+def _open_wrapped(key: bytes, nonce: bytes, sealed: bytes, context: bytes) -> bytes | None:
+    """The data key, or None if the tag does not verify.
 
+    It returns instead of raising so that the frame that raises (``unwrap``) never held the key.
+    """
+    try:
+        return AESGCM(key).decrypt(nonce, sealed, context)
+    except InvalidTag:
+        return None
+
+
+class LocalKEK:
+    """Master keys held in settings (environment variables, a secrets manager…).
+
+    No frame of an exception raised by its methods holds a master key or a data key.
+    """
+
+    @forgets_locals  # ``options`` and ``keys`` hold the master keys
     def __init__(self, options: dict[str, Any]) -> None:
         keys = options.get("KEYS")
         if isinstance(keys, str):
@@ -80,6 +96,7 @@ class LocalKEK:
     def check(self) -> None:
         """Local keys are validated in the constructor; nothing to reach."""
 
+    @forgets_locals  # ``dek`` is a parameter
     def wrap(self, dek: bytes, context: bytes) -> tuple[bytes, str]:
         nonce = os.urandom(NONCE_BYTES)
         sealed = AESGCM(self._keys[self._current]).encrypt(nonce, dek, context)
@@ -90,19 +107,18 @@ class LocalKEK:
         if len(wrapped) < 1 + _FP_BYTES + NONCE_BYTES + 16 or wrapped[0] != WRAP_FORMAT:
             raise KEKUnavailable("wrapped key is not in the local KEK format")
         fp = wrapped[1 : 1 + _FP_BYTES]
-        key = self._keys.get(fp)
-        if key is None:
+        if fp not in self._keys:
             raise KEKUnavailable(
                 f"data key was wrapped by local master key {fp.hex()}, which is not among "
                 f'KEYROTATION["KEK"]["KEYS"] (configured: {", ".join(k.hex() for k in self._keys)})'
             )
         nonce = wrapped[1 + _FP_BYTES : 1 + _FP_BYTES + NONCE_BYTES]
-        try:
-            return AESGCM(key).decrypt(nonce, wrapped[1 + _FP_BYTES + NONCE_BYTES :], context)
-        except InvalidTag:
+        dek = _open_wrapped(self._keys[fp], nonce, wrapped[1 + _FP_BYTES + NONCE_BYTES :], context)
+        if dek is None:
             raise KEKUnavailable(
                 f"local master key {fp.hex()} failed to unwrap a data key (tampered or misplaced)"
-            ) from None
+            )
+        return dek
 
     def rewrap(self, wrapped: bytes, context: bytes) -> tuple[bytes, str]:
         return self.wrap(self.unwrap(wrapped, context), context)

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import ConfigurationError, KEKUnavailable
+from ..tracebacks import forgets_locals
 
 try:
     import hvac
@@ -58,9 +59,18 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-class VaultTransitKEK:
-    """Data keys wrapped by a Vault/OpenBao Transit key; KEK calls are counted in ``requests``."""
+def _reason(exc: BaseException) -> str | None:
+    return next((reason for cls, reason in _REASONS if isinstance(exc, cls)), None)
 
+
+class VaultTransitKEK:
+    """Data keys wrapped by a Vault/OpenBao Transit key; KEK calls are counted in ``requests``.
+
+    No frame of an exception raised by its methods holds the token or a data key, and no error of
+    hvac or requests is chained to one (their frames hold the request headers, token included).
+    """
+
+    @forgets_locals  # ``options`` holds the token
     def __init__(self, options: dict[str, Any]) -> None:
         self.mount = options.get("MOUNT", "transit")
         self.key_name = options.get("KEY_NAME", "keyrotation")
@@ -97,14 +107,16 @@ class VaultTransitKEK:
             self.requests += 1
             return self._send(what, fn, **kwargs)
 
+    @forgets_locals  # below it, hvac's and requests' frames hold the token in the request headers
     def _send(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
         try:
             return fn(mount_point=self.mount, **kwargs)
         except Exception as exc:
-            for cls, reason in _REASONS:
-                if isinstance(exc, cls):
-                    raise KEKUnavailable(f"{what} failed on {self.describe()}: {reason}") from None
-            raise
+            reason = _reason(exc)
+            if reason is None:
+                raise
+        # Raised here, not in the handler: the client's error is then not chained to ours.
+        raise KEKUnavailable(f"{what} failed on {self.describe()}: {reason}")
 
     def ensure_key(self) -> bool:
         """Create the derived transit key if missing; return True if it was created."""
@@ -138,6 +150,7 @@ class VaultTransitKEK:
         version = match.group(1).decode() if match else "?"
         return f"vault:{self.mount}/{self.key_name}:v{version}"
 
+    @forgets_locals  # ``dek`` is a parameter, and ``_call`` gets it in base64
     def wrap(self, dek: bytes, context: bytes) -> tuple[bytes, str]:
         resp = self._call(
             "encrypt",
@@ -149,6 +162,7 @@ class VaultTransitKEK:
         ciphertext = resp["data"]["ciphertext"]
         return ciphertext.encode("ascii"), self._id_of(ciphertext)
 
+    @forgets_locals  # ``resp`` holds the data key in base64
     def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
         resp = self._call(
             "decrypt",
