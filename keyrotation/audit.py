@@ -97,28 +97,63 @@ def record(
     details = details or {}
     _check_details(details)
     using = using or router.db_for_write(KeyRotationAudit)
-    row = KeyRotationAudit(
-        created_at=timezone.now(),
-        action=action,
-        actor=actor or default_actor(),
-        host=socket.gethostname()[:255],
-        pid=os.getpid(),
-        keyring=keyring,
-        purpose=purpose,
-        from_version=from_version,
-        to_version=to_version,
-        status=status,
-        rows_processed=rows_processed,
-        rows_failed=rows_failed,
-        details=details,
-    )
+    values = {
+        "action": action,
+        "actor": actor or default_actor(),
+        "keyring": keyring,
+        "purpose": purpose,
+        "from_version": from_version,
+        "to_version": to_version,
+        "status": status,
+        "rows_processed": rows_processed,
+        "rows_failed": rows_failed,
+        "details": details,
+    }
+    return append(KeyRotationAudit, None, using, values)
+
+
+def append(audit_model, datakey_model, using: str, values: dict[str, Any]):
+    """Seal ``values`` (model field values) into a new row at the tail of the chain.
+
+    Takes the models as arguments so that a migration can append with its historical models
+    (:func:`record` is this with the app's models and checked ``details``). Takes
+    the chain lock for the rest of the current transaction. On an empty trail without a chain key,
+    first creates the key; the new row, the first of the trail, authenticates the key's state.
+    """
     with transaction.atomic(using=using):
         _lock_chain(using)
-        tail = KeyRotationAudit.objects.using(using).order_by("-id").values_list("row_hash", flat=True)
-        tail = tail.first()
-        row.chain_key_version, key = audit_chain.active_chain_key(using)
-        row.prev_hash = tail or ""
-        values = {name: getattr(row, name) for name in audit_chain.HASHED_FIELDS}
-        row.row_hash = audit_chain.row_hash(key, row.prev_hash, values)
-        row.save(using=using)
+        return _append_locked(audit_model, datakey_model, using, values)
+
+
+def _append_locked(audit_model, datakey_model, using: str, values: dict[str, Any]):
+    from . import key_state
+
+    tail = audit_model.objects.using(using).order_by("-id").values_list("row_hash", flat=True).first()
+    key = audit_chain.find_chain_key(using, datakey_model)
+    if key is None:
+        key = audit_chain.create_chain_key(using, datakey_model)
+        row = _save(audit_model, using, key, "", values)
+        # The first row of the trail is the one that records the chain key's creation.
+        chain_rows = _datakey(datakey_model).objects.using(using).filter(keyring=audit_chain.AUDIT_KEYRING)
+        key_state.seal(chain_rows, row.pk, using, datakey_model)
+        return row
+    return _save(audit_model, using, key, tail or "", values)
+
+
+def _datakey(datakey_model):
+    if datakey_model is not None:
+        return datakey_model
+    from .models import DataKey
+
+    return DataKey
+
+
+def _save(audit_model, using: str, key: audit_chain.ChainKey, prev_hash: str, values: dict[str, Any]):
+    fields = {"details": {}, "host": socket.gethostname()[:255], "pid": os.getpid(), **values}
+    row = audit_model(created_at=timezone.now(), **fields)
+    row.chain_key_version = key.version
+    row.prev_hash = prev_hash
+    hashed = {name: getattr(row, name) for name in audit_chain.HASHED_FIELDS}
+    row.row_hash = audit_chain.row_hash(key.row_key, prev_hash, hashed)
+    row.save(using=using)
     return row

@@ -19,7 +19,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from hashlib import sha256
 from typing import Any
@@ -90,26 +90,47 @@ def row_hash(key: bytes, prev_hash: str, row: dict[str, Any]) -> str:
 
 # -- the chain key ------------------------------------------------------------------------------
 
-_SUBKEYS: dict[tuple[int, bytes], bytes] = {}
+_STATE_LABEL = "keyrotation.DataKey.state"
+
+
+@dataclass(frozen=True)
+class ChainKey:
+    """One version of the chain key: the row-hash key and the key-state MAC key derived from it.
+
+    Two HKDF subkeys of the same wrapped data key, so that a row hash can never be passed off as a
+    key-state MAC or the other way round. ``repr()`` shows the version only.
+    """
+
+    version: int
+    row_key: bytes = field(repr=False)
+    state_key: bytes = field(repr=False)
+
+
+_KEYS: dict[tuple[int, bytes], ChainKey] = {}
 _LOCK = threading.Lock()
 
 
-def _subkey(version: int, wrapped: bytes) -> bytes:
+def chain_key(version: int, wrapped: bytes) -> ChainKey:
+    """The chain key of ``version`` from its wrapped bytes (one KEK call per process and version)."""
     # Cached by wrapped bytes: a rewrap or a rolled-back key creation can never serve a stale key.
-    cache_key = (version, wrapped)
-    key = _SUBKEYS.get(cache_key)
+    cache_key = (version, bytes(wrapped))
+    key = _KEYS.get(cache_key)
     if key is None:
-        dek = keyring.kek_backend().unwrap(wrapped, context_for(AUDIT_KEYRING, AUDIT_PURPOSE, version))
-        key = crypto.derive_subkey(dek, AUDIT_PURPOSE, _LABEL)
+        dek = keyring.kek_backend().unwrap(cache_key[1], context_for(AUDIT_KEYRING, AUDIT_PURPOSE, version))
+        key = ChainKey(
+            version,
+            crypto.derive_subkey(dek, AUDIT_PURPOSE, _LABEL),
+            crypto.derive_subkey(dek, AUDIT_PURPOSE, _STATE_LABEL),
+        )
         with _LOCK:
-            _SUBKEYS[cache_key] = key
+            _KEYS[cache_key] = key
     return key
 
 
 def clear_cache() -> None:
     """Forget unwrapped chain keys (tests)."""
     with _LOCK:
-        _SUBKEYS.clear()
+        _KEYS.clear()
 
 
 def _datakey_model(datakey_model):
@@ -120,36 +141,51 @@ def _datakey_model(datakey_model):
     return DataKey
 
 
-def active_chain_key(using: str | None = None, datakey_model=None) -> tuple[int, bytes]:
-    """(version, key) to seal new rows with, creating version 1 on first use.
+def find_chain_key(using: str | None = None, datakey_model=None) -> ChainKey | None:
+    """The active chain key, or None when there is none."""
+    model = _datakey_model(datakey_model)
+    qs = model.objects.using(using).filter(keyring=AUDIT_KEYRING, purpose=AUDIT_PURPOSE, state="active")
+    row = qs.values_list("version", "wrapped_key").first()
+    if row is None or row[1] is None:
+        return None
+    return chain_key(row[0], bytes(row[1]))
+
+
+def create_chain_key(using: str | None = None, datakey_model=None) -> ChainKey:
+    """Create version 1 of the chain key, wrapped by the KEK (first use of an empty trail only).
 
     Call with appends serialised (``audit.record`` holds the chain lock), so two processes cannot
-    both create version 1.
+    both create version 1. Its state is authenticated by the caller, once the audit row that
+    records it exists (see ``keyrotation.key_state``).
     """
     model = _datakey_model(datakey_model)
-    qs = model.objects.using(using).filter(keyring=AUDIT_KEYRING, purpose=AUDIT_PURPOSE)
-    row = qs.filter(state="active").values_list("version", "wrapped_key").first()
-    if row is None:
-        wrapped, kek_id = keyring.kek_backend().wrap(
-            os.urandom(crypto.KEY_BYTES), context_for(AUDIT_KEYRING, AUDIT_PURPOSE, 1)
-        )
-        now = dj_timezone.now()
-        model.objects.using(using).create(
-            keyring=AUDIT_KEYRING,
-            purpose=AUDIT_PURPOSE,
-            version=1,
-            state="active",
-            wrapped_key=wrapped,
-            kek_id=kek_id,
-            created_at=now,
-            activated_at=now,
-        )
-        row = (1, wrapped)
-    version, wrapped = row
-    return version, _subkey(version, bytes(wrapped))
+    wrapped, kek_id = keyring.kek_backend().wrap(
+        os.urandom(crypto.KEY_BYTES), context_for(AUDIT_KEYRING, AUDIT_PURPOSE, 1)
+    )
+    now = dj_timezone.now()
+    model.objects.using(using).create(
+        keyring=AUDIT_KEYRING,
+        purpose=AUDIT_PURPOSE,
+        version=1,
+        state="active",
+        wrapped_key=wrapped,
+        kek_id=kek_id,
+        created_at=now,
+        activated_at=now,
+    )
+    return chain_key(1, wrapped)
 
 
-def chain_keys(using: str | None = None, datakey_model=None) -> dict[int, bytes | None]:
+def active_chain_key(using: str | None = None, datakey_model=None) -> tuple[int, bytes]:
+    """(version, row-hash key) to seal new rows with, creating version 1 if there is none.
+
+    Used by migration ``0003`` to seal rows written before the chain.
+    """
+    key = find_chain_key(using, datakey_model) or create_chain_key(using, datakey_model)
+    return key.version, key.row_key
+
+
+def chain_keys(using: str | None = None, datakey_model=None) -> dict[int, ChainKey | None]:
     """Every chain-key version; None for a destroyed one.
 
     Retired versions still verify the rows they sealed: their wrapped material is kept, and
@@ -160,9 +196,9 @@ def chain_keys(using: str | None = None, datakey_model=None) -> dict[int, bytes 
     rows = (
         model.objects.using(using)
         .filter(keyring=AUDIT_KEYRING, purpose=AUDIT_PURPOSE)
-        .values_list("version", "state", "wrapped_key")
+        .values_list("version", "wrapped_key")
     )
-    return {v: _subkey(v, bytes(w)) if w is not None else None for v, s, w in rows}
+    return {v: chain_key(v, bytes(w)) if w is not None else None for v, w in rows}
 
 
 def seal_legacy(audit_model, datakey_model, using: str) -> int:
@@ -235,14 +271,15 @@ def verify(using: str | None = None, model=None, datakey_model=None) -> ChainRep
     prev, count = "", 0
     for row in iter_rows(using, model):
         reason = ""
-        key = keys.get(row["chain_key_version"])
+        version = row["chain_key_version"]
+        key = keys.get(version)
         if not row["row_hash"]:
             reason = "row is not sealed (no row_hash)"
         elif row["prev_hash"] != prev:
             reason = "prev_hash does not match the previous row (a row was deleted, inserted or moved)"
         elif key is None:
-            reason = f"chain key version {row['chain_key_version']} is missing or not usable"
-        elif not hmac.compare_digest(row_hash(key, prev, row), row["row_hash"]):
+            reason = f"chain key version {version} is missing or not usable"
+        elif not hmac.compare_digest(row_hash(key.row_key, prev, row), row["row_hash"]):
             reason = "row_hash does not match its content (the row was edited)"
         if reason:
             return ChainReport(

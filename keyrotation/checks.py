@@ -4,6 +4,8 @@
 * ``keyrotation.E002`` (``check --deploy``): the KEK cannot be reached or used.
 * ``keyrotation.E003`` (``check --database default``, run by ``migrate``): a keyring used by a
   registered field has no active key; run ``rotatekeys --init``.
+* ``keyrotation.E004`` (database): a stored key state is not authenticated (changed outside the
+  lifecycle, e.g. by SQL); the keyring refuses it. Needs the KEK (skipped when unreachable: E002).
 * ``keyrotation.E111`` to ``E115`` (tag ``admin``): a ``ModelAdmin`` names encrypted fields in
   ``search_fields`` (entries that cannot be searched), ``list_filter``, ``ordering``,
   ``date_hierarchy`` or ``sortable_by``; see :func:`keyrotation.admin_integration.model_admin_errors`.
@@ -82,6 +84,32 @@ def check_keys_initialised(app_configs=None, databases=None, **kwargs):
         )
         for keyring, purpose in sorted(needed - active)
     ]
+
+
+@register(Tags.database)
+def check_key_states(app_configs=None, databases=None, **kwargs):
+    if not databases:
+        return []
+    from . import key_state
+
+    errors = []
+    for alias in databases:
+        try:
+            found = key_state.problems(using=alias)
+        except DatabaseError:  # tables or columns not migrated yet: migrate will add them
+            continue
+        except (ConfigurationError, KEKUnavailable):  # reported by E001 / E002
+            continue
+        errors += [
+            Error(
+                str(problem),
+                hint="Compare `rotatekeys --list` with the audit trail; put the state right, then "
+                f"`rotatekeys --accept-state --keyring {problem.keyring} --purpose {problem.purpose}`.",
+                id="keyrotation.E004",
+            )
+            for problem in found
+        ]
+    return errors
 
 
 @register(Tags.admin)

@@ -19,6 +19,7 @@ from keyrotation.models import AppendOnlyError, DataKey, KeyRotationAudit
 
 pytestmark = pytest.mark.django_db
 TABLE = KeyRotationAudit._meta.db_table
+STATES_OK = "key states: every key's state is authenticated"
 
 
 def rows(n=3, **kwargs):
@@ -50,11 +51,11 @@ def test_rows_are_chained_and_verify():
     report = audit_chain.verify()
     assert report.ok and report.rows == 3 and report.head == c.row_hash
     assert str(report) == "chain verified: 3 rows"
-    assert verify_cmd() == (0, f"OK: 3 rows, head {c.row_hash}\n")
+    assert verify_cmd() == (0, f"OK: 3 rows, head {c.row_hash}\n{STATES_OK}\n")
 
 
 def test_empty_trail_verifies():
-    assert verify_cmd() == (0, "OK: 0 rows, head -\n")
+    assert verify_cmd() == (0, f"OK: 0 rows, head -\n{STATES_OK}\n")
 
 
 def test_lifecycle_rows_are_chained(keys):
