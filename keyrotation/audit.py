@@ -27,7 +27,7 @@ from typing import Any
 from django.db import connections, router, transaction
 from django.utils import timezone
 
-from . import audit_chain
+from . import audit_anchor, audit_chain
 from .models import KeyRotationAudit
 
 # Any fixed 64-bit key; the same in every process (derived from the name, documented here).
@@ -89,10 +89,13 @@ def record(
     """Append one audit row, sealed into the hash chain.
 
     Call it inside the transaction of the change it records: the row commits or rolls back with
-    the change, and the chain lock is held until that transaction ends.
+    the change, and the chain lock is held until that transaction ends. Once it commits, the new
+    head goes to the ``AUDIT_ANCHOR``, if one is configured.
 
     Raises:
         TypeError, ValueError: ``details`` holds something other than JSON scalars.
+        KeyStateError: the audit chain key is missing while audit rows exist (a new key would
+            leave every existing row unverifiable, so none is made).
     """
     details = details or {}
     _check_details(details)
@@ -109,14 +112,17 @@ def record(
         "rows_failed": rows_failed,
         "details": details,
     }
-    return append(KeyRotationAudit, None, using, values)
+    row = append(KeyRotationAudit, None, using, values)
+    head = audit_anchor.ChainHead(row.pk, row.row_hash)
+    transaction.on_commit(lambda: audit_anchor.publish(head), using=using)
+    return row
 
 
 def append(audit_model, datakey_model, using: str, values: dict[str, Any]):
     """Seal ``values`` (model field values) into a new row at the tail of the chain.
 
     Takes the models as arguments so that a migration can append with its historical models
-    (:func:`record` is this with the app's models and checked ``details``). Takes
+    (:func:`record` is this with the app's models, checked ``details`` and the anchor). Takes
     the chain lock for the rest of the current transaction. On an empty trail without a chain key,
     first creates the key; the new row, the first of the trail, authenticates the key's state.
     """
@@ -131,6 +137,8 @@ def _append_locked(audit_model, datakey_model, using: str, values: dict[str, Any
     tail = audit_model.objects.using(using).order_by("-id").values_list("row_hash", flat=True).first()
     key = audit_chain.find_chain_key(using, datakey_model)
     if key is None:
+        if tail is not None:
+            raise audit_chain.missing_key_error()
         key = audit_chain.create_chain_key(using, datakey_model)
         row = _save(audit_model, using, key, "", values)
         # The first row of the trail is the one that records the chain key's creation.

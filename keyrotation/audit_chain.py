@@ -27,6 +27,7 @@ from typing import Any
 from django.utils import timezone as dj_timezone
 
 from . import crypto, keyring
+from .exceptions import KeyStateError
 from .kek import context_for
 
 AUDIT_KEYRING = "_audit_chain"
@@ -176,12 +177,32 @@ def create_chain_key(using: str | None = None, datakey_model=None) -> ChainKey:
     return chain_key(1, wrapped)
 
 
-def active_chain_key(using: str | None = None, datakey_model=None) -> tuple[int, bytes]:
+def missing_key_error() -> KeyStateError:
+    """The refusal to make a chain key while rows sealed by the lost one exist."""
+    return KeyStateError(
+        "the audit chain key is missing while audit rows exist; refusing to make a new one (every "
+        "existing row would stop verifying): restore its DataKey row from a backup",
+        keyring=AUDIT_KEYRING,
+        purpose=AUDIT_PURPOSE,
+    )
+
+
+def active_chain_key(using: str | None = None, datakey_model=None, audit_model=None) -> tuple[int, bytes]:
     """(version, row-hash key) to seal new rows with, creating version 1 if there is none.
 
-    Used by migration ``0003`` to seal rows written before the chain.
+    Used by migration ``0003`` to seal rows written before the chain. Never creates a key while
+    sealed rows exist: they would all stop verifying (``audit.record()`` refuses the same way).
+
+    Raises:
+        KeyStateError: there is no chain key but sealed audit rows exist.
     """
-    key = find_chain_key(using, datakey_model) or create_chain_key(using, datakey_model)
+    key = find_chain_key(using, datakey_model)
+    if key is None:
+        if audit_model is None:
+            from .models import KeyRotationAudit as audit_model
+        if audit_model.objects.using(using).exclude(row_hash="").exists():
+            raise missing_key_error()
+        key = create_chain_key(using, datakey_model)
     return key.version, key.row_key
 
 
@@ -201,6 +222,12 @@ def chain_keys(using: str | None = None, datakey_model=None) -> dict[int, ChainK
     return {v: chain_key(v, bytes(w)) if w is not None else None for v, w in rows}
 
 
+def _created_at(using: str | None, datakey_model) -> dict[int, datetime]:
+    model = _datakey_model(datakey_model)
+    rows = model.objects.using(using).filter(keyring=AUDIT_KEYRING, purpose=AUDIT_PURPOSE)
+    return dict(rows.values_list("version", "created_at"))
+
+
 def seal_legacy(audit_model, datakey_model, using: str) -> int:
     """Seal, in id order, rows written before the chain existed (migration 0003); return how many.
 
@@ -209,7 +236,7 @@ def seal_legacy(audit_model, datakey_model, using: str) -> int:
     rows = list(audit_model.objects.using(using).order_by("id").values("id", *HASHED_FIELDS))
     if not rows:
         return 0
-    version, key = active_chain_key(using, datakey_model)
+    version, key = active_chain_key(using, datakey_model, audit_model)
     prev = ""
     for row in rows:
         row["chain_key_version"] = version
@@ -235,6 +262,7 @@ class ChainReport:
     broken_created_at: datetime | None = None
     reason: str = ""
     head: str = ""
+    head_id: int | None = None
 
     def __str__(self) -> str:
         if self.ok:
@@ -265,10 +293,16 @@ def verify(using: str | None = None, model=None, datakey_model=None) -> ChainRep
 
     Detects an edited row (its hash), a deleted or inserted row (the next row's ``prev_hash``), and
     rows moved between positions. Cannot by itself detect the *newest* rows being deleted: compare
-    :attr:`ChainReport.head` with a head recorded earlier (an export, ``audit_verify --head``).
+    :attr:`ChainReport.head` with a head recorded elsewhere (the ``AUDIT_ANCHOR`` setting, an
+    export, ``audit_verify --head``).
+
+    A row whose hash does not match and whose chain key was created *after* the row was written
+    is reported as "chain key replaced": the key that sealed it is gone and another one took its
+    version, so no row sealed before can verify; nothing says those rows were edited.
     """
     keys = chain_keys(using, datakey_model)
-    prev, count = "", 0
+    created = _created_at(using, datakey_model)
+    prev, prev_id, count = "", None, 0
     for row in iter_rows(using, model):
         reason = ""
         version = row["chain_key_version"]
@@ -280,7 +314,14 @@ def verify(using: str | None = None, model=None, datakey_model=None) -> ChainRep
         elif key is None:
             reason = f"chain key version {version} is missing or not usable"
         elif not hmac.compare_digest(row_hash(key.row_key, prev, row), row["row_hash"]):
-            reason = "row_hash does not match its content (the row was edited)"
+            if created.get(version) is not None and created[version] > row["created_at"]:
+                reason = (
+                    f"chain key replaced: chain key version {version} was created after this row was "
+                    "sealed (its DataKey row was deleted and a new key made); rows sealed before "
+                    "cannot be verified"
+                )
+            else:
+                reason = "row_hash does not match its content (the row was edited)"
         if reason:
             return ChainReport(
                 rows=count,
@@ -290,9 +331,10 @@ def verify(using: str | None = None, model=None, datakey_model=None) -> ChainRep
                 broken_created_at=row["created_at"],
                 reason=reason,
                 head=prev,
+                head_id=prev_id,
             )
-        prev, count = row["row_hash"], count + 1
-    return ChainReport(rows=count, ok=True, head=prev)
+        prev, prev_id, count = row["row_hash"], row["id"], count + 1
+    return ChainReport(rows=count, ok=True, head=prev, head_id=prev_id)
 
 
 def contains_head(head: str, using: str | None = None, model=None) -> bool:

@@ -6,6 +6,8 @@
   registered field has no active key; run ``rotatekeys --init``.
 * ``keyrotation.E004`` (database): a stored key state is not authenticated (changed outside the
   lifecycle, e.g. by SQL); the keyring refuses it. Needs the KEK (skipped when unreachable: E002).
+* ``keyrotation.E005`` (database): the audit chain key is missing while audit rows exist; appends
+  are refused until its row is restored.
 * ``keyrotation.E111`` to ``E115`` (tag ``admin``): a ``ModelAdmin`` names encrypted fields in
   ``search_fields`` (entries that cannot be searched), ``list_filter``, ``ordering``,
   ``date_hierarchy`` or ``sortable_by``; see :func:`keyrotation.admin_integration.model_admin_errors`.
@@ -32,6 +34,7 @@ def check_settings(app_configs=None, **kwargs):
         conf.blind_index_bytes()
         conf.default_keyring()
         conf.batch_size()
+        conf.audit_anchor()
         from .kek import load_backend
 
         if conf.kek()["BACKEND"] == "local":
@@ -109,6 +112,34 @@ def check_key_states(app_configs=None, databases=None, **kwargs):
             )
             for problem in found
         ]
+    return errors
+
+
+@register(Tags.database)
+def check_audit_chain_key(app_configs=None, databases=None, **kwargs):
+    if not databases:
+        return []
+    from .audit_chain import AUDIT_KEYRING, AUDIT_PURPOSE
+    from .models import DataKey, KeyRotationAudit
+
+    errors = []
+    for alias in databases:
+        try:
+            rows = KeyRotationAudit.objects.using(alias).exists()
+            keys = DataKey.objects.using(alias).filter(keyring=AUDIT_KEYRING, purpose=AUDIT_PURPOSE)
+            missing = rows and not keys.filter(state="active").exclude(wrapped_key=None).exists()
+        except DatabaseError:  # tables not migrated yet
+            continue
+        if missing:
+            errors.append(
+                Error(
+                    f"the audit chain key is missing while audit rows exist (database {alias!r}); "
+                    "audit appends, and so every key lifecycle operation, are refused",
+                    hint=f"Restore the DataKey row of keyring {AUDIT_KEYRING!r} from a backup; a new "
+                    "key would leave every existing audit row unverifiable.",
+                    id="keyrotation.E005",
+                )
+            )
     return errors
 
 

@@ -1,5 +1,5 @@
-"""``manage.py audit_verify``: recompute the audit hash chain and check that every stored key
-state is authenticated; exit 1 on any failure."""
+"""``manage.py audit_verify``: recompute the audit hash chain, compare its head with the anchor,
+and check that every stored key state is authenticated; exit 1 on any failure."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import audit_chain, key_state
+from ... import audit_anchor, audit_chain, key_state
 from ...exceptions import KeyRotationError
 
 
 class Command(BaseCommand):
     help = (
-        "Verify the key rotation audit trail's hash chain and the authentication of every key state. "
-        "Prints 'OK' and the row count, or names the first row that does not verify (id, action, "
-        "created_at) and each key whose state is not authenticated, and exits 1. Needs the KEK (the "
-        "chain is keyed)."
+        "Verify the key rotation audit trail's hash chain, its head against the AUDIT_ANCHOR setting "
+        "(if set), and the authentication of every key state. Prints 'OK' and the row count, or "
+        "names the first row that does not verify (id, action, created_at), the anchor mismatch and "
+        "each key whose state is not authenticated, and exits 1. Needs the KEK (the chain is keyed)."
     )
 
     def add_arguments(self, parser):
@@ -49,6 +49,11 @@ class Command(BaseCommand):
             lines.append(f"OK: {report.rows} rows, head {report.head or '-'}")
             if head and not audit_chain.contains_head(head, using=using):
                 failures.append(f"no row has row_hash {head} (newest rows deleted?)")
+            anchored, reason = audit_anchor.check(report.head_id, using=using)
+            if reason:
+                failures.append(f"audit anchor: {reason}")
+            elif anchored is not None:
+                lines.append(f"anchor: row #{anchored.id} is in the chain")
         problems = key_state.problems(using=using)
         failures += [str(p) for p in problems]
         if not problems:
