@@ -13,6 +13,11 @@ processes can never both extend the same tail (a fork):
 
 Lock order: callers take their row locks (DataKey, ReencryptionRun) first and call ``record()``
 last in their transaction, so the chain lock is always the last lock taken and cannot deadlock.
+(The lifecycle then writes the state MACs of DataKey rows it already holds locked.)
+
+After the caller's transaction commits, the new head goes to the ``AUDIT_ANCHOR``, if one is
+configured (:mod:`keyrotation.audit_anchor`). A trail whose chain key is missing is never given
+a new one: see :func:`record`.
 """
 
 from __future__ import annotations

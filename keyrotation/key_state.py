@@ -14,9 +14,10 @@ carries, written by the lifecycle in the same transaction as the audit row of th
 
 A row is *authenticated* when its MAC verifies and its ``state_audit_id`` is the id of the newest
 audit row that changed key state for its keyring and purpose (:data:`STATE_ACTIONS`, or a
-:data:`GLOBAL_STATE_ACTIONS` row). The keyring cache checks this on every listing (one query, the
-newest audit id comes with it as a subquery) and never uses the state of a row that fails;
-``audit_verify`` and the system check ``keyrotation.E004`` report such rows.
+:data:`GLOBAL_STATE_ACTIONS` row; for the audit chain key itself, also the first row of the
+trail, whose append created it). The keyring cache checks this once per listing (the newest audit
+id comes with the listing's one query, as a subquery) and never uses the state of a row that
+fails; ``audit_verify`` and the system check ``keyrotation.E004`` report such rows.
 
 What it cannot see: a writer who deletes the newest audit rows *and* puts back every key row of
 a keyring exactly as it was at that older moment. The chain's external anchor
