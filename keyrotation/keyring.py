@@ -3,7 +3,8 @@
 Cost model (why this is safe at scale): a keyring is *listed* from the database at most once per
 ``CACHE_SECONDS`` (one small query), and a data key is *unwrapped* by the KEK once per process and
 version, the first time a value under that version is read or written. Reading a million rows
-under two versions costs two KEK calls. Unwrapped keys and per-column subkeys stay in this
+under two versions costs two KEK calls, and one more for the audit chain key, whose MACs
+authenticate the key states (once per process). Unwrapped keys and per-column subkeys stay in this
 process's memory only and never appear in ``repr()``.
 
 A ciphertext naming a version the cache does not know (another process just rotated) makes the
@@ -485,13 +486,17 @@ def decrypt(name: str, label: str, token: bytes, *, pk: object = None, version: 
 
 
 def clear_cache() -> None:
-    """Forget every cached keyring, unwrapped key and high-water mark (tests; after a KEK change).
+    """Forget every cached keyring, unwrapped key (the audit chain key's too) and high-water mark
+    (tests; after a KEK change).
 
     :func:`invalidate` and the TTL keep the high-water marks: only this resets them.
     """
+    from . import audit_chain
+
     CACHE.clear()
     CACHE.forget_high_water_marks()
     _UNWRAPPED.clear()
+    audit_chain.clear_cache()
 
 
 def invalidate() -> None:
