@@ -117,7 +117,9 @@ def chain_key(version: int, wrapped: bytes) -> ChainKey:
     cache_key = (version, bytes(wrapped))
     key = _KEYS.get(cache_key)
     if key is None:
-        dek = keyring.kek_backend().unwrap(cache_key[1], context_for(AUDIT_KEYRING, AUDIT_PURPOSE, version))
+        # Through the keyring's unwrapped-key cache: one KEK call at a time per process (a Vault
+        # client is not shared between threads), and none again after a clear of this cache only.
+        dek = keyring.unwrap(AUDIT_KEYRING, AUDIT_PURPOSE, version, cache_key[1])
         key = ChainKey(
             version,
             crypto.derive_subkey(dek, AUDIT_PURPOSE, _LABEL),

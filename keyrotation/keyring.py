@@ -171,6 +171,7 @@ class Keyring:
         self._chain_keys = chain_keys or {}
         self._high_water = high_water
         self._refused: dict[int, str] | None = None  # version -> why it is not used; None: not checked yet
+        self._check_lock = threading.Lock()
         self._subkeys: dict[tuple[int, str], bytes] = {}
         self._ciphers: dict[tuple[int, str], crypto.Cipher] = {}
         self.expires_at = loaded_at  # set by the cache: when this listing stops being trusted
@@ -189,22 +190,26 @@ class Keyring:
         """
         refused = self._refused
         if refused is None:
-            refused = {}
-            for kv in self._versions.values():
-                reason = self._authenticate(kv)
-                if reason:
-                    refused[kv.version] = f"key state ({kv.state}) is not authenticated: {reason}"
-            active = self._active
-            if active is not None and active not in refused and self._high_water is not None:
-                assert self._latest_audit_id is not None  # an authenticated state names it
-                reason = self._high_water(self, HighWater(self._latest_audit_id, active))
-                if reason:
-                    refused[active] = reason
-            for version, reason in sorted(refused.items()):
-                logger.error(
-                    "%s [keyring=%r purpose=%r version=%s]", reason, self.name, self.purpose, version
-                )
-            self._refused = refused
+            with self._check_lock:  # threads starting on a new listing together check (and log) it once
+                refused = self._refused
+                if refused is None:
+                    refused = self._refused = self._check()
+        return refused
+
+    def _check(self) -> dict[int, str]:
+        refused = {}
+        for kv in self._versions.values():
+            reason = self._authenticate(kv)
+            if reason:
+                refused[kv.version] = f"key state ({kv.state}) is not authenticated: {reason}"
+        active = self._active
+        if active is not None and active not in refused and self._high_water is not None:
+            assert self._latest_audit_id is not None  # an authenticated state names it
+            reason = self._high_water(self, HighWater(self._latest_audit_id, active))
+            if reason:
+                refused[active] = reason
+        for version, reason in sorted(refused.items()):
+            logger.error("%s [keyring=%r purpose=%r version=%s]", reason, self.name, self.purpose, version)
         return refused
 
     def _authenticate(self, kv: KeyVersion) -> str:
@@ -502,6 +507,12 @@ def clear_cache() -> None:
 def invalidate() -> None:
     """Forget listed keyrings (not unwrapped keys): the next use lists them again."""
     CACHE.clear()
+
+
+def unwrap(name: str, purpose: str, version: int, wrapped: bytes) -> bytes:
+    """The data key ``version`` of (name, purpose) from its wrapped bytes, through the process's
+    unwrapped-key cache (one KEK call per process and wrapped key, one at a time)."""
+    return _UNWRAPPED.get(name, purpose, KeyVersion(version, "", wrapped))
 
 
 def kek_backend() -> KEKBackend:

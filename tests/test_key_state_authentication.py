@@ -325,3 +325,35 @@ def test_listing_needs_no_kek_and_using_it_checks_the_states_once(monkeypatch, d
     with django_assert_num_queries(1):  # the people; the listing is cached
         assert [p.email for p in Person.objects.order_by("pk")] == [p.email for p in people]
     assert len(calls) == 2  # the audit chain key (for the MACs) and v1, once each
+
+
+def test_threads_starting_on_a_new_listing_unwrap_the_chain_key_once(monkeypatch):
+    """A Vault client is not shared between threads: the chain key's unwrap is single-flight too."""
+    import threading
+    import time
+
+    lifecycle.init("default")
+    keyring.clear_cache()
+    backend = keyring.kek_backend()
+    real, calls = backend.unwrap, []
+
+    def slow_unwrap(wrapped, context):
+        calls.append(context)
+        time.sleep(0.05)  # every thread arrives while the first one is in here
+        return real(wrapped, context)
+
+    monkeypatch.setattr(backend, "unwrap", slow_unwrap)
+    ring = keyring.get_keyring("default", "encrypt")
+    start, results = threading.Barrier(6), []
+
+    def use():
+        start.wait()
+        results.append(ring.subkey(1, LABEL))
+
+    threads = [threading.Thread(target=use) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(calls) == [b"keyrotation:_audit_chain:index:1", b"keyrotation:default:encrypt:1"]
+    assert len(results) == 6 and len(set(results)) == 1
