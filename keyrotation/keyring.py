@@ -175,6 +175,7 @@ class Keyring:
         self._subkeys: dict[tuple[int, str], bytes] = {}
         self._ciphers: dict[tuple[int, str], crypto.Cipher] = {}
         self.expires_at = loaded_at  # set by the cache: when this listing stops being trusted
+        self.generation = 0  # set by the cache: the cache generation this listing started
 
     def __repr__(self) -> str:
         states = ", ".join(f"v{v}={kv.state}" for v, kv in sorted(self._versions.items()))
@@ -326,7 +327,8 @@ class KeyringCache:
 
     def __init__(self) -> None:
         self._rings: dict[tuple[str, str], Keyring] = {}
-        self._marks: dict[tuple[str, str], HighWater] = {}
+        # (keyring, purpose) -> the newest state used, and the generation of the listing it came from
+        self._marks: dict[tuple[str, str], tuple[HighWater, int]] = {}
         self._lock = threading.Lock()
         self.loads = 0  # how many times a keyring was listed from the database
         # Bumped whenever a listed keyring is replaced or forgotten: what was derived from a listing
@@ -362,24 +364,25 @@ class KeyringCache:
             self._rings[(name, purpose)] = ring
             self.loads += 1
             self.generation += 1
+            ring.generation = self.generation
         return ring
 
     def _check_high_water(self, ring: Keyring, listed: HighWater) -> str:
         """Why ``ring``, whose authenticated state is ``listed``, may not be used; else record it."""
         key = (ring.name, ring.purpose)
         with self._lock:
-            if self._rings.get(key) is not ring:
-                # Superseded by a newer listing while nobody used it: it was the state at the time
-                # it was listed, as during any TTL; not evidence of a downgrade, and not a mark.
+            seen, seen_generation = self._marks.get(key, (None, 0))
+            if ring.generation < seen_generation:
+                # Listed before the state already used was listed (a thread still holding the
+                # previous listing during a rotation): older by time, not evidence of a downgrade.
                 return ""
-            seen = self._marks.get(key)
             if seen is not None and seen.refuses(listed):
                 return (
                     f"downgraded key state refused: active version {listed.version} (authenticated by "
                     f"audit row #{listed.audit_id}) is older than active version {seen.version} (audit "
                     f"row #{seen.audit_id}), which this process has already used"
                 )
-            self._marks[key] = listed
+            self._marks[key] = (listed, ring.generation)
             return ""
 
     def clear(self) -> None:

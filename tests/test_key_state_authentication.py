@@ -173,6 +173,18 @@ def test_a_process_never_encrypts_under_an_older_state_than_it_has_used():
 # -- legitimate transitions ---------------------------------------------------------------------
 
 
+def test_a_listing_taken_before_a_rotation_is_not_a_downgrade():
+    """A thread still holding the previous listing during a rotation (as during any TTL)."""
+    lifecycle.init("default")
+    before = keyring.get_keyring("default", "encrypt")
+    lifecycle.rotate("default", "encrypt")
+    keyring.invalidate()
+    assert keyring.encrypt("default", LABEL, b"x")[1] == 2
+    assert before.encrypt(LABEL, b"late")[1] == 1
+    keyring.invalidate()
+    assert keyring.encrypt("default", LABEL, b"x")[1] == 2
+
+
 def test_a_rollback_is_followed_by_a_process_that_has_used_the_newer_version():
     lifecycle.init("default")
     lifecycle.rotate("default", "encrypt")
