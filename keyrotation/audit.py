@@ -13,6 +13,11 @@ processes can never both extend the same tail (a fork):
 
 Lock order: callers take their row locks (DataKey, ReencryptionRun) first and call ``record()``
 last in their transaction, so the chain lock is always the last lock taken and cannot deadlock.
+(The lifecycle then writes the state MACs of DataKey rows it already holds locked.)
+
+After the caller's transaction commits, the new head goes to the ``AUDIT_ANCHOR``, if one is
+configured (:mod:`keyrotation.audit_anchor`). A trail whose chain key is missing is never given
+a new one: see :func:`record`.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 from django.db import connections, router, transaction
 from django.utils import timezone
 
-from . import audit_chain
+from . import audit_anchor, audit_chain
 from .models import KeyRotationAudit
 
 # Any fixed 64-bit key; the same in every process (derived from the name, documented here).
@@ -89,36 +94,79 @@ def record(
     """Append one audit row, sealed into the hash chain.
 
     Call it inside the transaction of the change it records: the row commits or rolls back with
-    the change, and the chain lock is held until that transaction ends.
+    the change, and the chain lock is held until that transaction ends. Once it commits, the new
+    head goes to the ``AUDIT_ANCHOR``, if one is configured.
 
     Raises:
         TypeError, ValueError: ``details`` holds something other than JSON scalars.
+        KeyStateError: the audit chain key is missing while audit rows exist (a new key would
+            leave every existing row unverifiable, so none is made).
     """
     details = details or {}
     _check_details(details)
     using = using or router.db_for_write(KeyRotationAudit)
-    row = KeyRotationAudit(
-        created_at=timezone.now(),
-        action=action,
-        actor=actor or default_actor(),
-        host=socket.gethostname()[:255],
-        pid=os.getpid(),
-        keyring=keyring,
-        purpose=purpose,
-        from_version=from_version,
-        to_version=to_version,
-        status=status,
-        rows_processed=rows_processed,
-        rows_failed=rows_failed,
-        details=details,
-    )
+    values = {
+        "action": action,
+        "actor": actor or default_actor(),
+        "keyring": keyring,
+        "purpose": purpose,
+        "from_version": from_version,
+        "to_version": to_version,
+        "status": status,
+        "rows_processed": rows_processed,
+        "rows_failed": rows_failed,
+        "details": details,
+    }
+    row = append(KeyRotationAudit, None, using, values)
+    head = audit_anchor.ChainHead(row.pk, row.row_hash)
+    transaction.on_commit(lambda: audit_anchor.publish(head), using=using)
+    return row
+
+
+def append(audit_model, datakey_model, using: str, values: dict[str, Any]):
+    """Seal ``values`` (model field values) into a new row at the tail of the chain.
+
+    Takes the models as arguments so that a migration can append with its historical models
+    (:func:`record` is this with the app's models, checked ``details`` and the anchor). Takes
+    the chain lock for the rest of the current transaction. On an empty trail without a chain key,
+    first creates the key; the new row, the first of the trail, authenticates the key's state.
+    """
     with transaction.atomic(using=using):
         _lock_chain(using)
-        tail = KeyRotationAudit.objects.using(using).order_by("-id").values_list("row_hash", flat=True)
-        tail = tail.first()
-        row.chain_key_version, key = audit_chain.active_chain_key(using)
-        row.prev_hash = tail or ""
-        values = {name: getattr(row, name) for name in audit_chain.HASHED_FIELDS}
-        row.row_hash = audit_chain.row_hash(key, row.prev_hash, values)
-        row.save(using=using)
+        return _append_locked(audit_model, datakey_model, using, values)
+
+
+def _append_locked(audit_model, datakey_model, using: str, values: dict[str, Any]):
+    from . import key_state
+
+    tail = audit_model.objects.using(using).order_by("-id").values_list("row_hash", flat=True).first()
+    key = audit_chain.find_chain_key(using, datakey_model)
+    if key is None:
+        if tail is not None:
+            raise audit_chain.missing_key_error()
+        key = audit_chain.create_chain_key(using, datakey_model)
+        row = _save(audit_model, using, key, "", values)
+        # The first row of the trail is the one that records the chain key's creation.
+        chain_rows = _datakey(datakey_model).objects.using(using).filter(keyring=audit_chain.AUDIT_KEYRING)
+        key_state.seal(chain_rows, row.pk, using, datakey_model)
+        return row
+    return _save(audit_model, using, key, tail or "", values)
+
+
+def _datakey(datakey_model):
+    if datakey_model is not None:
+        return datakey_model
+    from .models import DataKey
+
+    return DataKey
+
+
+def _save(audit_model, using: str, key: audit_chain.ChainKey, prev_hash: str, values: dict[str, Any]):
+    fields = {"details": {}, "host": socket.gethostname()[:255], "pid": os.getpid(), **values}
+    row = audit_model(created_at=timezone.now(), **fields)
+    row.chain_key_version = key.version
+    row.prev_hash = prev_hash
+    hashed = {name: getattr(row, name) for name in audit_chain.HASHED_FIELDS}
+    row.row_hash = audit_chain.row_hash(key.row_key, prev_hash, hashed)
+    row.save(using=using)
     return row

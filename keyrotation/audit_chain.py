@@ -19,7 +19,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from hashlib import sha256
 from typing import Any
@@ -27,6 +27,7 @@ from typing import Any
 from django.utils import timezone as dj_timezone
 
 from . import crypto, keyring
+from .exceptions import KeyStateError
 from .kek import context_for
 
 AUDIT_KEYRING = "_audit_chain"
@@ -90,26 +91,49 @@ def row_hash(key: bytes, prev_hash: str, row: dict[str, Any]) -> str:
 
 # -- the chain key ------------------------------------------------------------------------------
 
-_SUBKEYS: dict[tuple[int, bytes], bytes] = {}
+_STATE_LABEL = "keyrotation.DataKey.state"
+
+
+@dataclass(frozen=True)
+class ChainKey:
+    """One version of the chain key: the row-hash key and the key-state MAC key derived from it.
+
+    Two HKDF subkeys of the same wrapped data key, so that a row hash can never be passed off as a
+    key-state MAC or the other way round. ``repr()`` shows the version only.
+    """
+
+    version: int
+    row_key: bytes = field(repr=False)
+    state_key: bytes = field(repr=False)
+
+
+_KEYS: dict[tuple[int, bytes], ChainKey] = {}
 _LOCK = threading.Lock()
 
 
-def _subkey(version: int, wrapped: bytes) -> bytes:
+def chain_key(version: int, wrapped: bytes) -> ChainKey:
+    """The chain key of ``version`` from its wrapped bytes (one KEK call per process and version)."""
     # Cached by wrapped bytes: a rewrap or a rolled-back key creation can never serve a stale key.
-    cache_key = (version, wrapped)
-    key = _SUBKEYS.get(cache_key)
+    cache_key = (version, bytes(wrapped))
+    key = _KEYS.get(cache_key)
     if key is None:
-        dek = keyring.kek_backend().unwrap(wrapped, context_for(AUDIT_KEYRING, AUDIT_PURPOSE, version))
-        key = crypto.derive_subkey(dek, AUDIT_PURPOSE, _LABEL)
+        # Through the keyring's unwrapped-key cache: one KEK call at a time per process (a Vault
+        # client is not shared between threads), and none again after a clear of this cache only.
+        dek = keyring.unwrap(AUDIT_KEYRING, AUDIT_PURPOSE, version, cache_key[1])
+        key = ChainKey(
+            version,
+            crypto.derive_subkey(dek, AUDIT_PURPOSE, _LABEL),
+            crypto.derive_subkey(dek, AUDIT_PURPOSE, _STATE_LABEL),
+        )
         with _LOCK:
-            _SUBKEYS[cache_key] = key
+            _KEYS[cache_key] = key
     return key
 
 
 def clear_cache() -> None:
     """Forget unwrapped chain keys (tests)."""
     with _LOCK:
-        _SUBKEYS.clear()
+        _KEYS.clear()
 
 
 def _datakey_model(datakey_model):
@@ -120,36 +144,71 @@ def _datakey_model(datakey_model):
     return DataKey
 
 
-def active_chain_key(using: str | None = None, datakey_model=None) -> tuple[int, bytes]:
-    """(version, key) to seal new rows with, creating version 1 on first use.
+def find_chain_key(using: str | None = None, datakey_model=None) -> ChainKey | None:
+    """The active chain key, or None when there is none."""
+    model = _datakey_model(datakey_model)
+    qs = model.objects.using(using).filter(keyring=AUDIT_KEYRING, purpose=AUDIT_PURPOSE, state="active")
+    row = qs.values_list("version", "wrapped_key").first()
+    if row is None or row[1] is None:
+        return None
+    return chain_key(row[0], bytes(row[1]))
+
+
+def create_chain_key(using: str | None = None, datakey_model=None) -> ChainKey:
+    """Create version 1 of the chain key, wrapped by the KEK (first use of an empty trail only).
 
     Call with appends serialised (``audit.record`` holds the chain lock), so two processes cannot
-    both create version 1.
+    both create version 1. Its state is authenticated by the caller, once the audit row that
+    records it exists (see ``keyrotation.key_state``).
     """
     model = _datakey_model(datakey_model)
-    qs = model.objects.using(using).filter(keyring=AUDIT_KEYRING, purpose=AUDIT_PURPOSE)
-    row = qs.filter(state="active").values_list("version", "wrapped_key").first()
-    if row is None:
-        wrapped, kek_id = keyring.kek_backend().wrap(
-            os.urandom(crypto.KEY_BYTES), context_for(AUDIT_KEYRING, AUDIT_PURPOSE, 1)
-        )
-        now = dj_timezone.now()
-        model.objects.using(using).create(
-            keyring=AUDIT_KEYRING,
-            purpose=AUDIT_PURPOSE,
-            version=1,
-            state="active",
-            wrapped_key=wrapped,
-            kek_id=kek_id,
-            created_at=now,
-            activated_at=now,
-        )
-        row = (1, wrapped)
-    version, wrapped = row
-    return version, _subkey(version, bytes(wrapped))
+    wrapped, kek_id = keyring.kek_backend().wrap(
+        os.urandom(crypto.KEY_BYTES), context_for(AUDIT_KEYRING, AUDIT_PURPOSE, 1)
+    )
+    now = dj_timezone.now()
+    model.objects.using(using).create(
+        keyring=AUDIT_KEYRING,
+        purpose=AUDIT_PURPOSE,
+        version=1,
+        state="active",
+        wrapped_key=wrapped,
+        kek_id=kek_id,
+        created_at=now,
+        activated_at=now,
+    )
+    return chain_key(1, wrapped)
 
 
-def chain_keys(using: str | None = None, datakey_model=None) -> dict[int, bytes | None]:
+def missing_key_error() -> KeyStateError:
+    """The refusal to make a chain key while rows sealed by the lost one exist."""
+    return KeyStateError(
+        "the audit chain key is missing while audit rows exist; refusing to make a new one (every "
+        "existing row would stop verifying): restore its DataKey row from a backup",
+        keyring=AUDIT_KEYRING,
+        purpose=AUDIT_PURPOSE,
+    )
+
+
+def active_chain_key(using: str | None = None, datakey_model=None, audit_model=None) -> tuple[int, bytes]:
+    """(version, row-hash key) to seal new rows with, creating version 1 if there is none.
+
+    Used by migration ``0003`` to seal rows written before the chain. Never creates a key while
+    sealed rows exist: they would all stop verifying (``audit.record()`` refuses the same way).
+
+    Raises:
+        KeyStateError: there is no chain key but sealed audit rows exist.
+    """
+    key = find_chain_key(using, datakey_model)
+    if key is None:
+        if audit_model is None:
+            from .models import KeyRotationAudit as audit_model
+        if audit_model.objects.using(using).exclude(row_hash="").exists():
+            raise missing_key_error()
+        key = create_chain_key(using, datakey_model)
+    return key.version, key.row_key
+
+
+def chain_keys(using: str | None = None, datakey_model=None) -> dict[int, ChainKey | None]:
     """Every chain-key version; None for a destroyed one.
 
     Retired versions still verify the rows they sealed: their wrapped material is kept, and
@@ -160,9 +219,15 @@ def chain_keys(using: str | None = None, datakey_model=None) -> dict[int, bytes 
     rows = (
         model.objects.using(using)
         .filter(keyring=AUDIT_KEYRING, purpose=AUDIT_PURPOSE)
-        .values_list("version", "state", "wrapped_key")
+        .values_list("version", "wrapped_key")
     )
-    return {v: _subkey(v, bytes(w)) if w is not None else None for v, s, w in rows}
+    return {v: chain_key(v, bytes(w)) if w is not None else None for v, w in rows}
+
+
+def _created_at(using: str | None, datakey_model) -> dict[int, datetime]:
+    model = _datakey_model(datakey_model)
+    rows = model.objects.using(using).filter(keyring=AUDIT_KEYRING, purpose=AUDIT_PURPOSE)
+    return dict(rows.values_list("version", "created_at"))
 
 
 def seal_legacy(audit_model, datakey_model, using: str) -> int:
@@ -173,7 +238,7 @@ def seal_legacy(audit_model, datakey_model, using: str) -> int:
     rows = list(audit_model.objects.using(using).order_by("id").values("id", *HASHED_FIELDS))
     if not rows:
         return 0
-    version, key = active_chain_key(using, datakey_model)
+    version, key = active_chain_key(using, datakey_model, audit_model)
     prev = ""
     for row in rows:
         row["chain_key_version"] = version
@@ -199,6 +264,7 @@ class ChainReport:
     broken_created_at: datetime | None = None
     reason: str = ""
     head: str = ""
+    head_id: int | None = None
 
     def __str__(self) -> str:
         if self.ok:
@@ -229,21 +295,35 @@ def verify(using: str | None = None, model=None, datakey_model=None) -> ChainRep
 
     Detects an edited row (its hash), a deleted or inserted row (the next row's ``prev_hash``), and
     rows moved between positions. Cannot by itself detect the *newest* rows being deleted: compare
-    :attr:`ChainReport.head` with a head recorded earlier (an export, ``audit_verify --head``).
+    :attr:`ChainReport.head` with a head recorded elsewhere (the ``AUDIT_ANCHOR`` setting, an
+    export, ``audit_verify --head``).
+
+    A row whose hash does not match and whose chain key was created *after* the row was written
+    is reported as "chain key replaced": the key that sealed it is gone and another one took its
+    version, so no row sealed before can verify; nothing says those rows were edited.
     """
     keys = chain_keys(using, datakey_model)
-    prev, count = "", 0
+    created = _created_at(using, datakey_model)
+    prev, prev_id, count = "", None, 0
     for row in iter_rows(using, model):
         reason = ""
-        key = keys.get(row["chain_key_version"])
+        version = row["chain_key_version"]
+        key = keys.get(version)
         if not row["row_hash"]:
             reason = "row is not sealed (no row_hash)"
         elif row["prev_hash"] != prev:
             reason = "prev_hash does not match the previous row (a row was deleted, inserted or moved)"
         elif key is None:
-            reason = f"chain key version {row['chain_key_version']} is missing or not usable"
-        elif not hmac.compare_digest(row_hash(key, prev, row), row["row_hash"]):
-            reason = "row_hash does not match its content (the row was edited)"
+            reason = f"chain key version {version} is missing or not usable"
+        elif not hmac.compare_digest(row_hash(key.row_key, prev, row), row["row_hash"]):
+            if created.get(version) is not None and created[version] > row["created_at"]:
+                reason = (
+                    f"chain key replaced: chain key version {version} was created after this row was "
+                    "sealed (its DataKey row was deleted and a new key made); rows sealed before "
+                    "cannot be verified"
+                )
+            else:
+                reason = "row_hash does not match its content (the row was edited)"
         if reason:
             return ChainReport(
                 rows=count,
@@ -253,9 +333,10 @@ def verify(using: str | None = None, model=None, datakey_model=None) -> ChainRep
                 broken_created_at=row["created_at"],
                 reason=reason,
                 head=prev,
+                head_id=prev_id,
             )
-        prev, count = row["row_hash"], count + 1
-    return ChainReport(rows=count, ok=True, head=prev)
+        prev, prev_id, count = row["row_hash"], row["id"], count + 1
+    return ChainReport(rows=count, ok=True, head=prev, head_id=prev_id)
 
 
 def contains_head(head: str, using: str | None = None, model=None) -> bool:

@@ -4,6 +4,10 @@
 * ``keyrotation.E002`` (``check --deploy``): the KEK cannot be reached or used.
 * ``keyrotation.E003`` (``check --database default``, run by ``migrate``): a keyring used by a
   registered field has no active key; run ``rotatekeys --init``.
+* ``keyrotation.E004`` (database): a stored key state is not authenticated (changed outside the
+  lifecycle, e.g. by SQL); the keyring refuses it. Needs the KEK (skipped when unreachable: E002).
+* ``keyrotation.E005`` (database): the audit chain key is missing while audit rows exist; appends
+  are refused until its row is restored.
 * ``keyrotation.E111`` to ``E115`` (tag ``admin``): a ``ModelAdmin`` names encrypted fields in
   ``search_fields`` (entries that cannot be searched), ``list_filter``, ``ordering``,
   ``date_hierarchy`` or ``sortable_by``; see :func:`keyrotation.admin_integration.model_admin_errors`.
@@ -30,6 +34,7 @@ def check_settings(app_configs=None, **kwargs):
         conf.blind_index_bytes()
         conf.default_keyring()
         conf.batch_size()
+        conf.audit_anchor()
         from .kek import load_backend
 
         if conf.kek()["BACKEND"] == "local":
@@ -82,6 +87,60 @@ def check_keys_initialised(app_configs=None, databases=None, **kwargs):
         )
         for keyring, purpose in sorted(needed - active)
     ]
+
+
+@register(Tags.database)
+def check_key_states(app_configs=None, databases=None, **kwargs):
+    if not databases:
+        return []
+    from . import key_state
+
+    errors = []
+    for alias in databases:
+        try:
+            found = key_state.problems(using=alias)
+        except DatabaseError:  # tables or columns not migrated yet: migrate will add them
+            continue
+        except (ConfigurationError, KEKUnavailable):  # reported by E001 / E002
+            continue
+        errors += [
+            Error(
+                str(problem),
+                hint="Compare `rotatekeys --list` with the audit trail; put the state right, then "
+                f"`rotatekeys --accept-state --keyring {problem.keyring} --purpose {problem.purpose}`.",
+                id="keyrotation.E004",
+            )
+            for problem in found
+        ]
+    return errors
+
+
+@register(Tags.database)
+def check_audit_chain_key(app_configs=None, databases=None, **kwargs):
+    if not databases:
+        return []
+    from .audit_chain import AUDIT_KEYRING, AUDIT_PURPOSE
+    from .models import DataKey, KeyRotationAudit
+
+    errors = []
+    for alias in databases:
+        try:
+            rows = KeyRotationAudit.objects.using(alias).exists()
+            keys = DataKey.objects.using(alias).filter(keyring=AUDIT_KEYRING, purpose=AUDIT_PURPOSE)
+            missing = rows and not keys.filter(state="active").exclude(wrapped_key=None).exists()
+        except DatabaseError:  # tables not migrated yet
+            continue
+        if missing:
+            errors.append(
+                Error(
+                    f"the audit chain key is missing while audit rows exist (database {alias!r}); "
+                    "audit appends, and so every key lifecycle operation, are refused",
+                    hint=f"Restore the DataKey row of keyring {AUDIT_KEYRING!r} from a backup; a new "
+                    "key would leave every existing audit row unverifiable.",
+                    id="keyrotation.E005",
+                )
+            )
+    return errors
 
 
 @register(Tags.admin)

@@ -34,6 +34,7 @@ KNOWN_KEYS = frozenset(
         "MASK_IN_CHANGELIST",
         "ADMIN_INTEGRATION",
         "REDACT_PATTERNS",
+        "AUDIT_ANCHOR",
     }
 )
 
@@ -168,6 +169,29 @@ def redact_patterns() -> tuple[str, ...]:
             ) from None
         out.append(source)
     return tuple(out)
+
+
+def audit_anchor() -> Any:
+    """``KEYROTATION["AUDIT_ANCHOR"]`` (default ``None``): where every committed audit append writes
+    the chain's new head (row id and ``row_hash``; no secret), so that ``audit_verify`` detects the
+    newest audit rows, or all of them, being deleted.
+
+    An absolute file path (a JSON file, replaced atomically), or the dotted path of a callable that
+    returns an object with ``write(head)`` and ``read()`` (see
+    :class:`keyrotation.audit_anchor.AuditAnchor`). Put it where the database's writers cannot write.
+    """
+    value = _get("AUDIT_ANCHOR", None)
+    if value is None or callable(value):
+        return value
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(
+            'KEYROTATION["AUDIT_ANCHOR"] must be an absolute file path or the dotted path of a callable'
+        )
+    if not value.startswith("/") and ("/" in value or "\\" in value or "." not in value):
+        raise ConfigurationError(
+            f'KEYROTATION["AUDIT_ANCHOR"]: {value!r} is neither an absolute file path nor a dotted path'
+        )
+    return value
 
 
 def unknown_keys() -> set[str]:

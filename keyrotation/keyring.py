@@ -3,18 +3,32 @@
 Cost model (why this is safe at scale): a keyring is *listed* from the database at most once per
 ``CACHE_SECONDS`` (one small query), and a data key is *unwrapped* by the KEK once per process and
 version, the first time a value under that version is read or written. Reading a million rows
-under two versions costs two KEK calls. Unwrapped keys and per-column subkeys stay in this
+under two versions costs two KEK calls, and one more for the audit chain key, whose MACs
+authenticate the key states (once per process). Unwrapped keys and per-column subkeys stay in this
 process's memory only and never appear in ``repr()``.
 
 A ciphertext naming a version the cache does not know (another process just rotated) makes the
 keyring reload once, immediately, instead of waiting for the TTL.
+
+Key states are checked once per listing (at the first use of one of its keys), never per value:
+
+* each row's state must be authenticated (:mod:`keyrotation.key_state`): a row whose MAC does not
+  verify, or that names an older change than the audit trail's latest for its keyring, keeps
+  its place (its version is known, so it causes no reload) but its key is never used, and the
+  error says why;
+* a process never encrypts or indexes under a key state older than the newest it has used for
+  that keyring and purpose (its *high-water mark*): not under a lower active version, unless an
+  authenticated rollback newer than the state it has seen says so. A key table put back to an
+  earlier moment, authentic as it may be, is refused by every process that saw the later one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.core.signals import setting_changed
@@ -26,14 +40,47 @@ from .tracebacks import forgets_locals
 
 DECRYPTABLE = frozenset({"active", "decrypt_only"})
 
+logger = logging.getLogger("keyrotation.keyring")
+
 
 @dataclass(frozen=True)
 class KeyVersion:
-    """A listed DataKey row; ``wrapped`` is ciphertext under the KEK (not secret on its own)."""
+    """A listed DataKey row; ``wrapped`` is ciphertext under the KEK (not secret on its own).
+
+    ``seal`` is the authentication of its state as stored (see :mod:`keyrotation.key_state`).
+    """
 
     version: int
     state: str
     wrapped: bytes | None = field(repr=False)
+    seal: Seal | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Seal:
+    """A row's ``state_audit_id``, ``state_mac_version`` and ``state_mac`` (MACs, not secrets)."""
+
+    audit_id: int | None
+    mac_version: int | None
+    mac: str
+
+
+@dataclass(frozen=True)
+class HighWater:
+    """The newest key state a process has used for one keyring and purpose.
+
+    ``audit_id`` is the audit row that authenticated that state, ``version`` its active version.
+    """
+
+    audit_id: int
+    version: int
+
+    def refuses(self, listed: HighWater) -> bool:
+        """Whether ``listed`` is older: an earlier state, or a lower active version that no newer
+        authenticated change (a rollback) explains."""
+        return listed.audit_id < self.audit_id or (
+            listed.version < self.version and listed.audit_id <= self.audit_id
+        )
 
 
 class _Unwrapped:
@@ -107,22 +154,88 @@ os.register_at_fork(after_in_child=_UNWRAPPED.after_fork)
 
 
 class Keyring:
-    """The versions of one keyring for one purpose, as listed at ``loaded_at``."""
+    """The versions of one keyring for one purpose, as listed at ``loaded_at``.
 
-    def __init__(self, name: str, purpose: str, versions: list[KeyVersion], loaded_at: float):
+    Each version's state is authenticated once per listing, the first time a key of the listing
+    is used (:meth:`subkey`, :meth:`decryptable_versions`): listing needs no KEK call, so a status
+    page or a planner still works while the KEK is out of reach.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        purpose: str,
+        versions: list[KeyVersion],
+        loaded_at: float,
+        *,
+        latest_audit_id: int | None = None,
+        chain_keys: dict[int, bytes] | None = None,
+        high_water: Callable[[Keyring, HighWater], str] | None = None,
+    ):
         self.name = name
         self.purpose = purpose
         self.loaded_at = loaded_at
         self._versions = {kv.version: kv for kv in versions}
         active = [kv.version for kv in versions if kv.state == "active"]
         self._active = active[0] if active else None
+        # What authenticates the listing: the keyring's newest key-state change in the audit
+        # trail, the wrapped audit chain keys (for the MACs), and the cache's high-water check.
+        self._latest_audit_id = latest_audit_id
+        self._chain_keys = chain_keys or {}
+        self._high_water = high_water
+        self._refused: dict[int, str] | None = None  # version -> why it is not used; None: not checked yet
+        self._check_lock = threading.Lock()
         self._subkeys: dict[tuple[int, str], bytes] = {}
         self._ciphers: dict[tuple[int, str], crypto.Cipher] = {}
         self.expires_at = loaded_at  # set by the cache: when this listing stops being trusted
+        self.generation = 0  # set by the cache: the cache generation this listing started
 
     def __repr__(self) -> str:
         states = ", ".join(f"v{v}={kv.state}" for v, kv in sorted(self._versions.items()))
         return f"<Keyring {self.name}/{self.purpose}: {states or 'empty'}>"
+
+    def refused(self) -> dict[int, str]:
+        """``{version: why}`` for the versions whose state this listing does not use.
+
+        Checked once per listing (the first call unwraps the audit chain key if this process has
+        not yet): a version whose state is not authenticated (:func:`keyrotation.key_state.problem`),
+        and an active version older than one this process has already used (a downgrade).
+        Each refusal is logged once, as an error.
+        """
+        refused = self._refused
+        if refused is None:
+            with self._check_lock:  # threads starting on a new listing together check (and log) it once
+                refused = self._refused
+                if refused is None:
+                    refused = self._refused = self._check()
+        return refused
+
+    def _check(self) -> dict[int, str]:
+        refused = {}
+        for kv in self._versions.values():
+            reason = self._authenticate(kv)
+            if reason:
+                refused[kv.version] = f"key state ({kv.state}) is not authenticated: {reason}"
+        active = self._active
+        if active is not None and active not in refused and self._high_water is not None:
+            assert self._latest_audit_id is not None  # an authenticated state names it
+            reason = self._high_water(self, HighWater(self._latest_audit_id, active))
+            if reason:
+                refused[active] = reason
+        for version, reason in sorted(refused.items()):
+            logger.error("%s [keyring=%r purpose=%r version=%s]", reason, self.name, self.purpose, version)
+        return refused
+
+    def _authenticate(self, kv: KeyVersion) -> str:
+        from . import audit_chain, key_state
+
+        seal = kv.seal or Seal(None, None, "")
+        wrapped = self._chain_keys.get(seal.mac_version) if seal.mac_version is not None else None
+        chain_key = audit_chain.chain_key(seal.mac_version, wrapped) if wrapped is not None else None
+        row = key_state.StateRow(
+            self.name, self.purpose, kv.version, kv.state, seal.audit_id, seal.mac_version, seal.mac
+        )
+        return key_state.problem(row, self._latest_audit_id, chain_key)
 
     @property
     def versions(self) -> dict[int, str]:
@@ -131,6 +244,11 @@ class Keyring:
 
     @property
     def active_version(self) -> int:
+        """The version listed as active: new values are encrypted (or indexed) under it.
+
+        As listed: using it (:meth:`encrypt`, :meth:`index`, :meth:`cipher`, :meth:`subkey`)
+        checks that its state is authenticated and not a downgrade.
+        """
         if self._active is None:
             raise NoActiveKey(
                 "no active key; run `manage.py rotatekeys --init`",
@@ -140,8 +258,12 @@ class Keyring:
         return self._active
 
     def decryptable_versions(self) -> list[int]:
-        """Versions that may open values, newest first (active first)."""
-        return sorted((v for v, kv in self._versions.items() if kv.state in DECRYPTABLE), reverse=True)
+        """Versions that may open values, newest first (active first); refused versions left out."""
+        refused = self.refused()
+        return sorted(
+            (v for v, kv in self._versions.items() if kv.state in DECRYPTABLE and v not in refused),
+            reverse=True,
+        )
 
     def knows(self, version: int) -> bool:
         return version in self._versions
@@ -160,6 +282,9 @@ class Keyring:
             raise UnknownKeyVersion(
                 "unknown key version", keyring=self.name, purpose=self.purpose, version=version
             )
+        reason = self.refused().get(version)
+        if reason:
+            raise KeyStateError(reason, keyring=self.name, purpose=self.purpose, version=version)
         if kv.state not in DECRYPTABLE:
             raise KeyStateError(
                 f"key version is {kv.state} and may not be used",
@@ -221,6 +346,8 @@ class KeyringCache:
 
     def __init__(self) -> None:
         self._rings: dict[tuple[str, str], Keyring] = {}
+        # (keyring, purpose) -> the newest state used, and the generation of the listing it came from
+        self._marks: dict[tuple[str, str], tuple[HighWater, int]] = {}
         self._lock = threading.Lock()
         self.loads = 0  # how many times a keyring was listed from the database
         # Bumped whenever a listed keyring is replaced or forgotten: what was derived from a listing
@@ -241,24 +368,81 @@ class KeyringCache:
         return ring
 
     def _load(self, name: str, purpose: str, now: float) -> Keyring:
-        from .models import DataKey
-
-        rows = DataKey.objects.filter(keyring=name, purpose=purpose).values_list(
-            "version", "state", "wrapped_key"
+        versions, latest_audit_id, chain_keys = _list(name, purpose)
+        ring = Keyring(
+            name,
+            purpose,
+            versions,
+            now,
+            latest_audit_id=latest_audit_id,
+            chain_keys=chain_keys,
+            high_water=self._check_high_water,
         )
-        versions = [KeyVersion(v, s, bytes(w) if w is not None else None) for v, s, w in rows]
-        ring = Keyring(name, purpose, versions, now)
         ring.expires_at = now + conf.cache_seconds()
         with self._lock:
             self._rings[(name, purpose)] = ring
             self.loads += 1
             self.generation += 1
+            ring.generation = self.generation
         return ring
+
+    def _check_high_water(self, ring: Keyring, listed: HighWater) -> str:
+        """Why ``ring``, whose authenticated state is ``listed``, may not be used; else record it."""
+        key = (ring.name, ring.purpose)
+        with self._lock:
+            seen, seen_generation = self._marks.get(key, (None, 0))
+            if ring.generation < seen_generation:
+                # Listed before the state already used was listed (a thread still holding the
+                # previous listing during a rotation): older by time, not evidence of a downgrade.
+                return ""
+            if seen is not None and seen.refuses(listed):
+                return (
+                    f"downgraded key state refused: active version {listed.version} (authenticated by "
+                    f"audit row #{listed.audit_id}) is older than active version {seen.version} (audit "
+                    f"row #{seen.audit_id}), which this process has already used"
+                )
+            self._marks[key] = (listed, ring.generation)
+            return ""
 
     def clear(self) -> None:
         with self._lock:
             self._rings.clear()
             self.generation += 1
+
+    def forget_high_water_marks(self) -> None:
+        """Forget the newest states seen (tests; see :func:`clear_cache`)."""
+        with self._lock:
+            self._marks.clear()
+
+
+def _list(name: str, purpose: str) -> tuple[list[KeyVersion], int | None, dict[int, bytes]]:
+    """(versions of (name, purpose), the keyring's newest key-state change, wrapped chain keys).
+
+    One query: the keyring's rows, the audit chain key's rows (their wrapped keys check the MACs,
+    see :meth:`Keyring.refused`) and, as a subquery, the newest audit row that changed the
+    keyring's states.
+    """
+    from django.db.models import Q
+
+    from . import audit_chain, key_state
+    from .models import DataKey
+
+    chain = (audit_chain.AUDIT_KEYRING, audit_chain.AUDIT_PURPOSE)
+    rows = list(
+        DataKey.objects.filter(Q(keyring=name, purpose=purpose) | Q(keyring=chain[0], purpose=chain[1]))
+        .annotate(latest_audit_id=key_state.latest_audit_id_subquery(name, purpose))
+        .values_list(
+            "keyring", "purpose", "version", "state", "wrapped_key", *key_state.SEAL_FIELDS, "latest_audit_id"
+        )
+    )
+    chain_keys = {r[2]: bytes(r[4]) for r in rows if (r[0], r[1]) == chain and r[4] is not None}
+    versions, latest_audit_id = [], None
+    for keyring_, purpose_, version, state, wrapped, audit_id, mac_version, mac, latest in rows:
+        if (keyring_, purpose_) == (name, purpose):
+            latest_audit_id = latest
+            seal = Seal(audit_id, mac_version, mac or "")
+            versions.append(KeyVersion(version, state, bytes(wrapped) if wrapped is not None else None, seal))
+    return versions, latest_audit_id, chain_keys
 
 
 CACHE = KeyringCache()
@@ -329,14 +513,28 @@ def decrypt(name: str, label: str, token: bytes, *, pk: object = None, version: 
 
 
 def clear_cache() -> None:
-    """Forget every cached keyring and unwrapped key (tests; after a KEK change)."""
+    """Forget every cached keyring, unwrapped key (the audit chain key's too) and high-water mark
+    (tests; after a KEK change).
+
+    :func:`invalidate` and the TTL keep the high-water marks: only this resets them.
+    """
+    from . import audit_chain
+
     CACHE.clear()
+    CACHE.forget_high_water_marks()
     _UNWRAPPED.clear()
+    audit_chain.clear_cache()
 
 
 def invalidate() -> None:
     """Forget listed keyrings (not unwrapped keys): the next use lists them again."""
     CACHE.clear()
+
+
+def unwrap(name: str, purpose: str, version: int, wrapped: bytes) -> bytes:
+    """The data key ``version`` of (name, purpose) from its wrapped bytes, through the process's
+    unwrapped-key cache (one KEK call per process and wrapped key, one at a time)."""
+    return _UNWRAPPED.get(name, purpose, KeyVersion(version, "", wrapped))
 
 
 def kek_backend() -> KEKBackend:

@@ -1,8 +1,11 @@
 """The key lifecycle: generate, activate, roll back, retire, destroy, rewrap.
 
-Every function runs in one transaction that locks the keyring's rows, changes state, and writes
-its ``KeyRotationAudit`` row, so the audit trail can never disagree with the keys. Processes see
-the change within ``CACHE_SECONDS`` (at once for a version they meet in a ciphertext).
+Every function runs in one transaction that locks the keyring's rows, changes state, writes its
+``KeyRotationAudit`` row, and authenticates the new state of every row of the keyring and purpose
+with that audit row (see :mod:`keyrotation.key_state`), so the audit trail can never disagree with
+the keys. A keyring whose stored state is not authenticated (changed by SQL) is refused: no
+operation builds on it until an operator has looked at it and run :func:`accept_state`.
+Processes see the change within ``CACHE_SECONDS`` (at once for a version they meet in a ciphertext).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from . import audit, census, conf, crypto, keyring, signals
+from . import audit, audit_chain, census, conf, crypto, key_state, keyring, signals
 from .exceptions import KeyStateError, NoActiveKey, UnknownKeyVersion
 from .kek import context_for
 from .models import DataKey, KeyState
@@ -50,10 +53,50 @@ def check_transition(key: DataKey | None, to: str, keyring_name: str, purpose: s
         )
 
 
-def _locked(keyring_name: str, purpose: str) -> list[DataKey]:
-    return list(
+def _locked(keyring_name: str, purpose: str, *, authenticated: bool = True) -> list[DataKey]:
+    """The keyring's rows, locked; with ``authenticated``, refused unless every state is authentic."""
+    keys = list(
         DataKey.objects.select_for_update().filter(keyring=keyring_name, purpose=purpose).order_by("version")
     )
+    if authenticated and keys:
+        _refuse_unauthenticated(keys, keyring_name, purpose)
+    return keys
+
+
+def _refuse_unauthenticated(keys: list[DataKey], keyring_name: str, purpose: str) -> None:
+    expected = key_state.latest_audit_id(keyring_name, purpose, using=keys[0]._state.db)
+    chain = audit_chain.chain_keys(keys[0]._state.db)
+    for key in keys:
+        reason = key_state.problem(_state_row(key), expected, chain.get(key.state_mac_version))
+        if reason:
+            raise KeyStateError(
+                f"key state ({key.state}) is not authenticated: {reason}; check it with `rotatekeys "
+                "--list` and the audit trail, then restore it or run `rotatekeys --accept-state`",
+                keyring=keyring_name,
+                purpose=purpose,
+                version=key.version,
+            )
+
+
+def _state_row(key: DataKey) -> key_state.StateRow:
+    return key_state.StateRow(
+        key.keyring,
+        key.purpose,
+        key.version,
+        key.state,
+        key.state_audit_id,
+        key.state_mac_version,
+        key.state_mac or "",
+    )
+
+
+def _record_state_change(action: str, keyring_name: str, purpose: str, **fields):
+    """Write the audit row of a state change of (keyring, purpose) and authenticate every row's
+    new state with it, in the caller's transaction."""
+    entry = audit.record(action, keyring=keyring_name, purpose=purpose, **fields)
+    rows = DataKey.objects.using(entry._state.db).filter(keyring=keyring_name, purpose=purpose)
+    key_state.seal(rows, entry.pk, entry._state.db)
+    return entry
 
 
 def _after_commit() -> None:
@@ -110,10 +153,10 @@ def init(
         ensure_key()
     with transaction.atomic():
         for purpose in purposes:
-            if _locked(keyring_name, purpose):
+            if _locked(keyring_name, purpose, authenticated=False):
                 continue
             key = _new_key(keyring_name, purpose, 1)
-            audit.record("key_generated", actor=actor, keyring=keyring_name, purpose=purpose, to_version=1)
+            _record_state_change("key_generated", keyring_name, purpose, actor=actor, to_version=1)
             created.append(key)
         _after_commit()
     return created
@@ -132,16 +175,20 @@ def rotate(keyring_name: str | None = None, purpose: str = "encrypt", *, actor: 
         if current is not None:
             _set_state(current, DECRYPT_ONLY)
         key = _new_key(keyring_name, purpose, keys[-1].version + 1)
-        audit.record(
+        _record_state_change(
             "key_rotated",
+            keyring_name,
+            purpose,
             actor=actor,
-            keyring=keyring_name,
-            purpose=purpose,
             from_version=current.version if current else None,
             to_version=key.version,
         )
         _after_commit()
     return key
+
+
+# What _set_state changes (the seal is written by _record_state_change, after the audit row).
+_LIFECYCLE_FIELDS = ("state", "activated_at", "deactivated_at", "retired_at", "destroyed_at", "wrapped_key")
 
 
 def _set_state(key: DataKey, to: str) -> None:
@@ -158,7 +205,7 @@ def _set_state(key: DataKey, to: str) -> None:
         key.wrapped_key = None
     from_state = key.state
     key.state = to
-    key.save()
+    key.save(update_fields=[*_LIFECYCLE_FIELDS])
     _announce(key, from_state)
 
 
@@ -194,11 +241,11 @@ def rollback(
         target = previous[-1]
         _set_state(current, DECRYPT_ONLY)
         _set_state(target, ACTIVE)
-        audit.record(
+        _record_state_change(
             "key_rolled_back",
+            keyring_name,
+            purpose,
             actor=actor,
-            keyring=keyring_name,
-            purpose=purpose,
             from_version=current.version,
             to_version=target.version,
         )
@@ -231,11 +278,11 @@ def retire(keyring_name: str | None, purpose: str, version: int, *, actor: str |
         stale = {label: n for label, n in evidence.items() if n}
         if not stale:
             _set_state(key, RETIRED)
-            audit.record(
+            _record_state_change(
                 "key_retired",
+                keyring_name,
+                purpose,
                 actor=actor,
-                keyring=keyring_name,
-                purpose=purpose,
                 from_version=version,
                 rows_processed=0,
                 details={"census": evidence},
@@ -275,7 +322,7 @@ def restore(keyring_name: str | None, purpose: str, version: int, *, actor: str 
                 version=version,
             )
         _set_state(key, DECRYPT_ONLY)
-        audit.record("key_restored", actor=actor, keyring=keyring_name, purpose=purpose, to_version=version)
+        _record_state_change("key_restored", keyring_name, purpose, actor=actor, to_version=version)
         _after_commit()
     return key
 
@@ -295,9 +342,7 @@ def destroy(keyring_name: str | None, purpose: str, version: int, *, actor: str 
     with transaction.atomic():
         key = _find(_locked(keyring_name, purpose), version, keyring_name, purpose)
         _set_state(key, DESTROYED)
-        audit.record(
-            "key_destroyed", actor=actor, keyring=keyring_name, purpose=purpose, from_version=version
-        )
+        _record_state_change("key_destroyed", keyring_name, purpose, actor=actor, from_version=version)
         _after_commit()
     return key
 
@@ -311,20 +356,57 @@ def rewrap(*, actor: str | None = None) -> int:
     """
     backend = keyring.kek_backend()
     with transaction.atomic():
-        keys = list(DataKey.objects.select_for_update().exclude(wrapped_key=None).order_by("pk"))
+        every = list(DataKey.objects.select_for_update().order_by("pk"))
+        for (name, purpose), group in _by_keyring(every).items():
+            _refuse_unauthenticated(group, name, purpose)
+        keys = [k for k in every if k.wrapped_key is not None]
         before = sorted({k.kek_id for k in keys})
         for key in keys:
             ctx = context_for(key.keyring, key.purpose, key.version)
             key.wrapped_key, key.kek_id = backend.rewrap(bytes(key.wrapped_key), ctx)
             key.save(update_fields=["wrapped_key", "kek_id"])
-        audit.record(
+        entry = audit.record(
             "kek_rewrapped",
             actor=actor,
             rows_processed=len(keys),
             details={"kek_before": before, "kek_after": backend.current_id(), "backend": backend.describe()},
         )
+        # Every row, destroyed ones included: a keyring's rows all name its latest change.
+        key_state.seal(every, entry.pk, entry._state.db)
         transaction.on_commit(keyring.clear_cache)
     return len(keys)
+
+
+def _by_keyring(keys: list[DataKey]) -> dict[tuple[str, str], list[DataKey]]:
+    groups: dict[tuple[str, str], list[DataKey]] = {}
+    for key in keys:
+        groups.setdefault((key.keyring, key.purpose), []).append(key)
+    return groups
+
+
+def accept_state(keyring_name: str | None, purpose: str, *, actor: str | None = None) -> list[DataKey]:
+    """Authenticate the key states of (keyring, purpose) as they are stored now.
+
+    The way back after a refusal "key state ... is not authenticated": states changed by SQL, a
+    key table restored from a backup, or a lifecycle command run by a version of keyrotation that
+    did not authenticate states. First make the states right (compare ``rotatekeys --list`` with the
+    audit trail); this records them, version by version, in a ``key_state_accepted`` audit row and
+    authenticates them with it. Needs the KEK.
+    """
+    keyring_name = keyring_name or conf.default_keyring()
+    with transaction.atomic():
+        keys = _locked(keyring_name, purpose, authenticated=False)
+        if not keys:
+            raise NoActiveKey("keyring has no keys", keyring=keyring_name, purpose=purpose)
+        _record_state_change(
+            "key_state_accepted",
+            keyring_name,
+            purpose,
+            actor=actor,
+            details={"states": {str(k.version): k.state for k in keys}},
+        )
+        _after_commit()
+    return [DataKey.objects.get(pk=k.pk) for k in keys]
 
 
 def keys(keyring_name: str | None = None, purpose: str | None = None) -> list[DataKey]:

@@ -43,6 +43,16 @@ class DataKey(models.Model):
     )
     retired_at = models.DateTimeField(null=True, blank=True)
     destroyed_at = models.DateTimeField(null=True, blank=True)
+    # The authentication of ``state`` (see keyrotation.key_state): written by the lifecycle in the
+    # same transaction as the audit row it names; a row whose MAC does not verify is not used.
+    state_audit_id = models.BigIntegerField(
+        null=True, blank=True, editable=False, help_text="The audit row that last authenticated its state."
+    )
+    state_mac_version = models.PositiveIntegerField(
+        null=True, blank=True, editable=False, help_text="Version of the audit chain key that MACs its state."
+    )
+    # A database default, so that an INSERT by code from before this column (a rolling upgrade) works.
+    state_mac = models.CharField(max_length=64, blank=True, db_default="", editable=False)
 
     class Meta:
         verbose_name = "data key"

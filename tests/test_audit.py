@@ -19,6 +19,7 @@ from keyrotation.models import AppendOnlyError, DataKey, KeyRotationAudit
 
 pytestmark = pytest.mark.django_db
 TABLE = KeyRotationAudit._meta.db_table
+STATES_OK = "key states: every key's state is authenticated"
 
 
 def rows(n=3, **kwargs):
@@ -50,11 +51,11 @@ def test_rows_are_chained_and_verify():
     report = audit_chain.verify()
     assert report.ok and report.rows == 3 and report.head == c.row_hash
     assert str(report) == "chain verified: 3 rows"
-    assert verify_cmd() == (0, f"OK: 3 rows, head {c.row_hash}\n")
+    assert verify_cmd() == (0, f"OK: 3 rows, head {c.row_hash}\n{STATES_OK}\n")
 
 
 def test_empty_trail_verifies():
-    assert verify_cmd() == (0, "OK: 0 rows, head -\n")
+    assert verify_cmd() == (0, f"OK: 0 rows, head -\n{STATES_OK}\n")
 
 
 def test_lifecycle_rows_are_chained(keys):
@@ -306,3 +307,152 @@ def test_concurrent_appends_from_many_connections_do_not_fork():
     assert errors == []
     report = audit_chain.verify()
     assert report.ok and report.rows == 1 + 6 * 15
+
+
+# -- the external anchor of the head ------------------------------------------------------------
+
+
+class MemoryAnchor:
+    """An anchor kept in memory (stands for a write-once store outside the database)."""
+
+    heads: list = []
+
+    def write(self, head):
+        MemoryAnchor.heads.append(head)
+
+    def read(self):
+        return MemoryAnchor.heads[-1] if MemoryAnchor.heads else None
+
+
+@pytest.fixture
+def anchor_file(settings, tmp_path):
+    path = tmp_path / "audit-head.json"
+    settings.KEYROTATION = {**settings.KEYROTATION, "AUDIT_ANCHOR": str(path)}
+    return path
+
+
+def committed_rows(capture, n=3):
+    """Rows appended as if committed: the anchor is written by on-commit hooks."""
+    with capture(execute=True):
+        return rows(n)
+
+
+def test_every_committed_append_writes_the_head_to_the_anchor(
+    anchor_file, django_capture_on_commit_callbacks
+):
+    a, b, c = committed_rows(django_capture_on_commit_callbacks)
+    assert json.loads(anchor_file.read_text()) == {"id": c.pk, "row_hash": c.row_hash}
+    code, out = verify_cmd()
+    assert code == 0 and f"anchor: row #{c.pk} is in the chain" in out
+
+
+def test_a_rolled_back_append_leaves_the_anchor_alone(anchor_file, django_capture_on_commit_callbacks):
+    (first,) = committed_rows(django_capture_on_commit_callbacks, 1)
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError), transaction.atomic():
+        audit.record("doomed")
+        raise RuntimeError
+    assert json.loads(anchor_file.read_text())["id"] == first.pk
+    assert verify_cmd()[0] == 0
+
+
+def test_the_anchor_never_moves_backwards(anchor_file):
+    from keyrotation.audit_anchor import ChainHead, FileAnchor
+
+    anchor = FileAnchor(str(anchor_file))
+    anchor.write(ChainHead(5, "b" * 64))
+    anchor.write(ChainHead(4, "a" * 64))  # an on-commit hook that ran late
+    assert anchor.read() == ChainHead(5, "b" * 64)
+
+
+def test_deleting_the_newest_rows_fails_against_the_anchor(anchor_file, django_capture_on_commit_callbacks):
+    a, b, c = committed_rows(django_capture_on_commit_callbacks)
+    sql("DELETE FROM {table} WHERE id >= %s", [b.pk])
+    assert audit_chain.verify().ok  # the shorter chain is sound on its own ...
+    code, out = verify_cmd()  # ... the anchor knows better
+    assert code == 1
+    assert (
+        f"FAILED: audit anchor: the anchor names row #{c.pk} but the chain ends at row #{a.pk} "
+        "(the newest rows were deleted)" in out
+    )
+
+
+def test_deleting_every_row_fails_against_the_anchor(anchor_file, django_capture_on_commit_callbacks):
+    (_, _, c) = committed_rows(django_capture_on_commit_callbacks)
+    sql("DELETE FROM {table}")
+    code, out = verify_cmd()
+    assert code == 1
+    assert f"the anchor names row #{c.pk} but the audit trail is empty (every row deleted)" in out
+
+
+def test_a_row_replaced_at_the_anchored_position_fails(anchor_file, django_capture_on_commit_callbacks):
+    a, b = committed_rows(django_capture_on_commit_callbacks, 2)
+    anchor_file.write_text(json.dumps({"id": b.pk, "row_hash": "0" * 64}))
+    code, out = verify_cmd()
+    assert code == 1 and f"row #{b.pk} is not the row the anchor recorded" in out
+
+
+def test_an_anchor_can_be_a_dotted_callable(settings, django_capture_on_commit_callbacks):
+    MemoryAnchor.heads = []
+    settings.KEYROTATION = {**settings.KEYROTATION, "AUDIT_ANCHOR": "tests.test_audit.MemoryAnchor"}
+    a, b = committed_rows(django_capture_on_commit_callbacks, 2)
+    assert [h.id for h in MemoryAnchor.heads] == [a.pk, b.pk]
+    sql("DELETE FROM {table} WHERE id = %s", [b.pk])
+    assert verify_cmd()[0] == 1
+
+
+def test_a_failing_anchor_is_logged_and_the_append_stands(
+    settings, django_capture_on_commit_callbacks, caplog
+):
+    settings.KEYROTATION = {**settings.KEYROTATION, "AUDIT_ANCHOR": "/nonexistent-dir/head.json"}
+    with caplog.at_level("ERROR", logger="keyrotation.audit"):
+        (row,) = committed_rows(django_capture_on_commit_callbacks, 1)
+    assert KeyRotationAudit.objects.filter(pk=row.pk).exists()
+    assert f"audit anchor not updated to row #{row.pk}: FileNotFoundError" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["relative/head.json", "nodots", 42])
+def test_a_malformed_anchor_setting_is_a_settings_error(settings, value):
+    from keyrotation.checks import check_settings
+
+    settings.KEYROTATION = {**settings.KEYROTATION, "AUDIT_ANCHOR": value}
+    errors = check_settings()
+    assert [e.id for e in errors] == ["keyrotation.E001"] and "AUDIT_ANCHOR" in errors[0].msg
+
+
+# -- a missing or replaced chain key ------------------------------------------------------------
+
+
+def delete_chain_key():
+    with connection.cursor() as cur:
+        table = connection.ops.quote_name(DataKey._meta.db_table)
+        cur.execute(f"DELETE FROM {table} WHERE keyring = %s", [audit_chain.AUDIT_KEYRING])
+
+
+def test_a_missing_chain_key_is_a_check_error_and_no_new_key_is_made(keys):
+    from keyrotation.checks import check_audit_chain_key
+    from keyrotation.exceptions import KeyStateError
+
+    assert check_audit_chain_key(databases=["default"]) == []
+    delete_chain_key()
+    errors = check_audit_chain_key(databases=["default"])
+    assert [e.id for e in errors] == ["keyrotation.E005"]
+    assert "audit chain key is missing while audit rows exist" in errors[0].msg
+    with pytest.raises(KeyStateError) as info:
+        audit.record("after")
+    assert str(info.value) == (
+        "the audit chain key is missing while audit rows exist; refusing to make a new one (every "
+        "existing row would stop verifying): restore its DataKey row from a backup "
+        "[keyring='_audit_chain' purpose='index']"
+    )
+    with pytest.raises(KeyStateError, match="audit chain key is missing"):
+        lifecycle.init("another")
+    assert not DataKey.objects.filter(keyring=audit_chain.AUDIT_KEYRING).exists()
+
+
+def test_a_replaced_chain_key_is_named_as_such(keys):
+    delete_chain_key()
+    audit_chain.create_chain_key()  # as a version that made one silently would have
+    code, out = verify_cmd()
+    assert code == 1
+    assert "chain key replaced: chain key version 1 was created after this row was sealed" in out
+    assert "the row was edited" not in out

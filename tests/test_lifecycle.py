@@ -155,6 +155,7 @@ def test_rewrap_under_new_master_key_leaves_keys_usable(keys, master_key, settin
 
 def test_versions_stop_where_the_version_columns_stop(keys):
     DataKey.objects.filter(purpose="encrypt").update(version=lifecycle.MAX_KEY_VERSION)
+    lifecycle.accept_state("default", "encrypt")  # the SQL above is not a lifecycle operation
     with pytest.raises(KeyStateError, match="key versions stop at 32767"):
         lifecycle.rotate("default", "encrypt")
 

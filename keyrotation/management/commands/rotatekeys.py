@@ -57,6 +57,12 @@ class Command(BaseCommand):
         action.add_argument(
             "--list", action="store_true", help="List key versions, states and KEK ids (never key bytes)."
         )
+        action.add_argument(
+            "--accept-state",
+            action="store_true",
+            help="Authenticate the stored states of --keyring/--purpose as they are (after a refusal "
+            "'key state ... is not authenticated', once they have been checked and put right).",
+        )
         parser.add_argument(
             "--rotate-kek",
             action="store_true",
@@ -71,7 +77,7 @@ class Command(BaseCommand):
             default=None,
             help=(
                 "encrypt or index (default: both for --init and rotation; "
-                "required for --retire, --destroy, --restore and --rollback)."
+                "required for --retire, --destroy, --restore, --rollback and --accept-state)."
             ),
         )
         parser.add_argument(
@@ -114,6 +120,12 @@ class Command(BaseCommand):
         if opts["rollback"]:
             key = lifecycle.rollback(ring, self._need_purpose(opts, "--rollback"), actor=actor)
             return {"active": _key_dict(key), "lines": [f"rolled back: {key} is active again"]}
+        if opts["accept_state"]:
+            accepted = lifecycle.accept_state(ring, self._need_purpose(opts, "--accept-state"), actor=actor)
+            return {
+                "accepted": [_key_dict(k) for k in accepted],
+                "lines": [f"state authenticated: {k}" for k in accepted],
+            }
         for flag, fn, verb in (
             ("retire", lifecycle.retire, "retired"),
             ("restore", lifecycle.restore, "restored"),
