@@ -272,6 +272,14 @@ class EncryptedField(models.Field):
         """
         return binding.binding_bytes(self, getattr(instance, self.bound_field.attname))
 
+    def binding_of(self, bound_value: Any) -> bytes:
+        """The bytes a row whose bound field holds ``bound_value`` binds its values to.
+
+        Raises:
+            ValueError: ``bound_value`` is None.
+        """
+        return binding.binding_bytes(self, bound_value)
+
     @property
     def keyring_name(self) -> str:
         return self.keyring or conf.default_keyring()
@@ -351,7 +359,7 @@ class EncryptedField(models.Field):
             DecryptionError: as :meth:`open`; a value moved from another row fails like any other.
             ValueError: ``bound_value`` is None.
         """
-        return self._open_bound(sealed, None, binding.binding_bytes(self, bound_value), pk)
+        return self._open_bound(sealed, None, self.binding_of(bound_value), pk)
 
     def _open(self, sealed: Sealed, pk: Any, instance: models.Model | None) -> Any:
         """:meth:`open`; given ``instance``, its pk is read only for an error message.
