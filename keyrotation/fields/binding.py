@@ -44,18 +44,12 @@ def bound_to(model: type[models.Model], field: models.Field) -> list[EncryptedFi
     return [f for f in bound_fields(model) if f.bound_field is field]
 
 
-def binding_bytes(field: EncryptedField, value: Any) -> bytes:
-    """The canonical bytes of a value of ``field``'s bound field (what the 0x02 AAD holds).
-
-    Raises:
-        ValueError: the bound field has no value (``None``).
-    """
-    if value is None:
-        raise ValueError(
-            f"{field.label} is bound to '{field.bind_to}', which has no value: set it before the row "
-            "is written or read (bind_to needs it to seal and open the value)."
-        )
-    return codecs.encode(field.bound_field, value)
+def no_bound_value(field: EncryptedField) -> ValueError:
+    """The error for a row whose bound field is ``None`` (names the fields, never a value)."""
+    return ValueError(
+        f"{field.label} is bound to '{field.bind_to}', which has no value: set it before the row "
+        "is written or read (bind_to needs it to seal and open the value)."
+    )
 
 
 # -- system checks --------------------------------------------------------------------------------

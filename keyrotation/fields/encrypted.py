@@ -179,6 +179,9 @@ class EncryptedField(models.Field):
         # (abstract inheritance) never shares a parent's label or ciphers.
         self._label: str | None = None
         self._ciphers: dict[int, tuple[crypto.Cipher, float, int]] = {}
+        # With bind_to: the bound field, and its canonical encoder (codecs.encoder), found once.
+        self._bound: models.Field | None = None
+        self._encode_bound: Any = None
 
     # -- declaration ------------------------------------------------------------------------
 
@@ -259,10 +262,11 @@ class EncryptedField(models.Field):
         Raises:
             FieldDoesNotExist: ``bind_to`` names no field (reported by the system check E122).
         """
-        if not self.bind_to:
-            return None
-        opts = self.model._meta
-        return opts.pk if self.bind_to == "pk" else opts.get_field(self.bind_to)
+        bound = self._bound
+        if bound is None and self.bind_to:
+            opts = self.model._meta
+            bound = self._bound = opts.pk if self.bind_to == "pk" else opts.get_field(self.bind_to)
+        return bound
 
     def binding(self, instance: models.Model) -> bytes:
         """The bytes ``instance``'s values of this field are bound to (its bound field's value).
@@ -270,15 +274,21 @@ class EncryptedField(models.Field):
         Raises:
             ValueError: the bound field has no value.
         """
-        return binding.binding_bytes(self, getattr(instance, self.bound_field.attname))
+        return self.binding_of(getattr(instance, self.bound_field.attname))
 
     def binding_of(self, bound_value: Any) -> bytes:
-        """The bytes a row whose bound field holds ``bound_value`` binds its values to.
+        """The bytes a row whose bound field holds ``bound_value`` binds its values to: the value's
+        canonical encoding (:mod:`keyrotation.codecs`), as the 0x02 AAD holds it.
 
         Raises:
             ValueError: ``bound_value`` is None.
         """
-        return binding.binding_bytes(self, bound_value)
+        if bound_value is None:
+            raise binding.no_bound_value(self)
+        encode = self._encode_bound
+        if encode is None:
+            encode = self._encode_bound = codecs.encoder(self.bound_field)
+        return encode(bound_value)
 
     @property
     def keyring_name(self) -> str:
