@@ -22,6 +22,8 @@ from ..exceptions import KEKUnavailable, KeyRotationError
 from .plan import EncColumn, IdxColumn, ModelPlan
 from .sql import CLEAR, KEEP, extra_sources, layout, legacy_columns
 
+_V2 = bytes([crypto.FORMAT_V2])  # the first byte of a bound value (a token may be empty)
+
 # KEEP (None): a new-value element meaning "leave this column and its version as they are".
 # CLEAR (b""): "set this column and its version to NULL" (never a real value: a token is at least
 # 33 bytes, a digest at least 4).
@@ -179,7 +181,7 @@ class BatchTransformer:
         cipher = self._bound_ciphers.get((col.label, version))
         if cipher is not None:
             try:
-                if token[0] == crypto.FORMAT_V2:
+                if token[:1] == _V2:
                     return cipher.decrypt_bound(token, bound_to)
                 return cipher.decrypt(token)
             except crypto.InvalidToken:
@@ -239,7 +241,7 @@ class BatchTransformer:
             legacy = legacy_values.get(col.label)
             new: list[bytes | None] = [KEEP] * n
             todo = []
-            target, fmt = col.target, col.format
+            target, fmt = col.target, bytes([col.format])
             for k in range(n):
                 token, version = tokens[k], versions[k]
                 try:
@@ -252,7 +254,7 @@ class BatchTransformer:
                         elif version is not None:
                             new[k] = CLEAR  # a version recorded for no value
                         continue
-                    if version == target and (bindings is None or token[0] == fmt):
+                    if version == target and (bindings is None or token[:1] == fmt):
                         continue
                     if version is None:  # a default a migration filled in: its header says
                         version = crypto.header_version(token)
