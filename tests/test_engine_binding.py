@@ -170,3 +170,21 @@ def test_dry_run_counts_values_not_bound_yet(crowd):
     assert stored() and all(
         t is None or t[0] == crypto.FORMAT_V1 for v in stored().values() for t, _ in v.values()
     )
+
+
+def test_adopting_a_legacy_column_into_a_bound_field_binds_each_row(keys):
+    people = BoundPerson.objects.bulk_create(BoundPerson(code=f"a{i}") for i in range(5))
+    for i, p in enumerate(people):
+        BoundPerson.objects.filter(pk=p.pk).update(pin_legacy=1000 + i)  # plaintext, as before adoption
+    assert [p.pin for p in BoundPerson.objects.order_by("code")] == [1000, 1001, 1002, 1003, 1004]
+    report = engine.reencrypt([LABEL], batch_size=2)
+    assert report.ok and report.rows_done == 5, report.as_dict()
+    pin = BoundPerson._meta.get_field("pin")
+    ring = keyring.get_keyring("default", "encrypt")
+    for p in BoundPerson.objects.order_by("code"):
+        token = bytes(p.__dict__["pin"].token)
+        assert p.pin_legacy is None and token[0] == crypto.FORMAT_V2
+        assert crypto.decrypt_bound(ring.subkey(1, pin.label), pin.label, str(p.pk).encode(), token)
+    keyring.clear_cache()
+    assert [p.pin for p in BoundPerson.objects.order_by("code")] == [1000, 1001, 1002, 1003, 1004]
+    assert engine.verify([LABEL])["failure_count"] == 0

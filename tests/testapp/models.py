@@ -135,6 +135,8 @@ class BoundPerson(models.Model):
     ssn_bidx = BlindIndexField(source="ssn")
     notes = EncryptedField(models.TextField(), null=True, blank=True, bind_to="id")  # no blind index
     badge = EncryptedField(models.CharField(max_length=20), null=True, blank=True, bind_to="code")
+    pin_legacy = models.IntegerField(null=True, blank=True)  # plaintext being adopted
+    pin = EncryptedField(models.IntegerField(), null=True, blank=True, bind_to="id", adopt_from="pin_legacy")
 
     def __str__(self) -> str:
         return f"bound person {self.pk}"
