@@ -253,6 +253,27 @@ def encode(field: models.Field, value: Any) -> bytes:
         raise hide_value(exc) from None
 
 
+def encoder(field: models.Field) -> Callable[[Any], bytes]:
+    """``encode`` bound to ``field``, for many values: ``encoder(field)(v) == encode(field, v)``.
+
+    The codec is chosen once; the returned function raises what ``encode`` raises.
+
+    Raises:
+        TypeError: ``field`` is not supported.
+    """
+    encode_value = _ENCODERS[_require(field)]
+
+    def encode_one(value: Any) -> bytes:
+        if value is None:
+            raise ValueError("None is stored as NULL and has no encoding")
+        try:
+            return encode_value(field, value)
+        except ValidationError as exc:
+            raise hide_value(exc) from None
+
+    return encode_one
+
+
 def decode(field: models.Field, data: bytes) -> Any:
     """The value whose canonical bytes are ``data``."""
     return _DECODERS[_require(field)](field, bytes(data))

@@ -315,6 +315,12 @@ class Keyring:
         version = self.active_version
         return self.cipher(version, label).encrypt(plaintext), version
 
+    def encrypt_bound(self, label: str, plaintext: bytes, binding: bytes) -> tuple[bytes, int]:
+        """Format 0x02 (bound to the row whose bound value's bytes are ``binding``) under the
+        active version; return (token, version)."""
+        version = self.active_version
+        return self.cipher(version, label).encrypt_bound(plaintext, binding), version
+
     def decrypt(self, label: str, token: bytes, version: int) -> bytes:
         """Open a token whose header names ``version`` (already known to this keyring)."""
         try:
@@ -487,6 +493,11 @@ def generation() -> int:
 def encrypt(name: str, label: str, plaintext: bytes) -> tuple[bytes, int]:
     """Encrypt ``plaintext`` for column ``label`` with keyring ``name``; return (token, version)."""
     return get_keyring(name, "encrypt").encrypt(label, plaintext)
+
+
+def encrypt_bound(name: str, label: str, plaintext: bytes, binding: bytes) -> tuple[bytes, int]:
+    """:func:`encrypt` as format 0x02, bound to ``binding`` (the bound field's canonical bytes)."""
+    return get_keyring(name, "encrypt").encrypt_bound(label, plaintext, binding)
 
 
 def decrypt(name: str, label: str, token: bytes, *, pk: object = None, version: int | None = None) -> bytes:

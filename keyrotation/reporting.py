@@ -80,5 +80,6 @@ def census_table(columns: list[dict]) -> list[str]:
             f"{c['percent_active']:>8.2f}%  {versions or '-'}"
             + (f"  (+{c['empty']:,} empty)" if c["empty"] else "")
             + (f"  [{c['legacy_rows']:,} legacy row(s) left]" if c.get("legacy_rows") is not None else "")
+            + (f"  [{c['unbound_rows']:,} row(s) not bound yet]" if c.get("unbound_rows") else "")
         )
     return lines

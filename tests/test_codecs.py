@@ -123,6 +123,13 @@ def test_validation_errors_never_quote_the_value():
     assert "123-45-6789" not in str(info.value) and codecs.HIDDEN in str(info.value)
     assert info.value.error_list[0].code == "invalid"
     assert info.value.__suppress_context__
+    with pytest.raises(ValidationError) as info:
+        codecs.encoder(field)("123-45-6789")  # the same refusal, the value hidden the same way
+    assert "123-45-6789" not in str(info.value) and info.value.error_list[0].code == "invalid"
+    with pytest.raises(ValueError, match="None is stored as NULL"):
+        codecs.encoder(field)(None)
+    with pytest.raises(TypeError):
+        codecs.encoder(models.FileField())
     inner = ValidationError("%(value)s bad", params={"value": "x1"})
     nested = codecs.hide_value(ValidationError({"ssn": inner}))
     assert "x1" not in str(nested) and "ssn" in nested.message_dict
@@ -141,6 +148,7 @@ def test_more_types_round_trip_is_exact_and_canonical(name, data):
     assert identical(decoded, field.to_python(value))  # the value itself, or its normalised form
     assert identical(codecs.decoder(field)(encoded), decoded)
     assert codecs.encode(field, decoded) == encoded  # one value, one byte string
+    assert codecs.encoder(field)(value) == encoded
 
 
 @given(bits=st.integers(0, 2**64 - 1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import uuid
 
 import pytest
 from django.db import connection
@@ -14,11 +15,12 @@ from hypothesis import strategies as st
 
 from keyrotation import crypto, engine, keyring, lifecycle
 from keyrotation.engine import plan as _plan
+from keyrotation.engine import sql
 from keyrotation.engine.transform import BatchTransformer, RowFailureError
 from keyrotation.exceptions import DecryptionError, KEKUnavailable, KeyStateError, UnknownKeyVersion
 from keyrotation.fields import Sealed
 from tests.fields_support import raw, rotate, write_raw
-from tests.testapp.models import AllTypes, Note, Person
+from tests.testapp.models import AllTypes, BoundPerson, Note, Person
 
 pytestmark = pytest.mark.django_db
 
@@ -222,3 +224,76 @@ def test_base64_fuzz_of_stored_text_is_not_mistaken_for_plaintext(keys):
     with pytest.raises(DecryptionError, match="Malformed"):
         Person.objects.get(pk=person.pk).email  # noqa: B018
     assert crypto.MIN_TOKEN_BYTES > 5
+
+
+# -- bound fields (format 0x02) -------------------------------------------------------------------
+
+BOUND_PK = uuid.UUID("00000000-0000-4000-8000-000000000001")
+BOUND_SSN = BoundPerson._meta.get_field("ssn")
+
+
+@st.composite
+def bound_tokens(draw):
+    """Mutations of a real 0x02 token of BOUND_PK's row, and the same value sealed to another row."""
+    good = BOUND_SSN.seal_value("123-45-6789", BOUND_SSN.binding_of(BOUND_PK)).token
+    kind = draw(st.sampled_from(["flip", "cut", "header", "other row", "random"]))
+    if kind == "flip":
+        at = draw(st.integers(0, len(good) - 1))
+        return good[:at] + bytes([good[at] ^ (1 << draw(st.integers(0, 7)))]) + good[at + 1 :]
+    if kind == "cut":
+        return good[: draw(st.integers(0, len(good) - 1))]
+    if kind == "header":
+        return bytes([draw(st.integers(0, 255))]) + struct.pack(">I", draw(st.integers(0, 3))) + good[5:]
+    if kind == "other row":
+        return BOUND_SSN.seal_value("123-45-6789", BOUND_SSN.binding_of(draw(st.uuids()))).token
+    return draw(st.binary(max_size=80))
+
+
+@FUZZ
+@given(token=bound_tokens())
+def test_fuzzed_bound_tokens_through_the_field_read_path(keys, token):
+    stored = BOUND_SSN.from_db_value(token, None, connection)
+    obj = BoundPerson.from_db("default", ["id", "code", "ssn", "ssn_key_version"], [BOUND_PK, "c", stored, 1])
+    with pytest.raises(DecryptionError) as info:
+        obj.ssn  # noqa: B018  (only the untouched token of this very row would open)
+    assert "testapp.BoundPerson.ssn" in str(info.value) and str(BOUND_PK) in str(info.value)
+    assert "123-45-6789" not in str(info.value)
+    # chained only to a key error (an unknown version in a forged header), never to a value
+    assert info.value.__context__ is None or isinstance(
+        info.value.__cause__, (UnknownKeyVersion, KeyStateError)
+    )
+    assert isinstance(obj.__dict__["ssn"], Sealed)
+
+
+@FUZZ
+@given(token=bound_tokens(), version=st.integers(1, 3))
+def test_fuzzed_bound_tokens_through_the_engine_transform(keys, token, version):
+    (p,) = _plan.build(["testapp.BoundPerson"])
+    transformer = BatchTransformer(p)
+    values = dict.fromkeys(sql.layout(p).columns)
+    db_pk = BoundPerson._meta.pk.get_db_prep_value(BOUND_PK, connection)  # as a raw row holds it
+    values.update({"id": db_pk, "code": "c", "ssn": token, "ssn_key_version": version})
+    with pytest.raises(RowFailureError) as info:
+        transformer.transform(tuple(values[c] for c in sql.layout(p).columns))
+    assert f"testapp.BoundPerson.ssn pk={db_pk!r}" in str(info.value)
+
+
+def test_a_bound_value_that_does_not_decode_leaves_no_plaintext_in_the_error_or_its_frames(keys):
+    obj = BoundPerson.objects.create(code="d")
+    plaintext = b"\xffcanary-5e1b\xfe"  # not UTF-8: the CharField's decoder refuses it
+    token, version = keyring.encrypt_bound("default", BOUND_SSN.label, plaintext, BOUND_SSN.binding(obj))
+    stored = BOUND_SSN.from_db_value(token, None, connection)
+    loaded = BoundPerson.from_db(
+        "default", ["id", "code", "ssn", "ssn_key_version"], [obj.pk, "d", stored, version]
+    )
+    with pytest.raises(DecryptionError, match="does not decode") as info:
+        loaded.ssn  # noqa: B018
+    assert info.value.__context__ is None and info.value.__cause__ is None
+    tb = info.value.__traceback__.tb_next  # the frames below this test's own
+    while tb is not None:
+        assert not any(
+            isinstance(v, (bytes, str))
+            and b"canary" in (v if isinstance(v, bytes) else v.encode("utf-8", "replace"))
+            for v in tb.tb_frame.f_locals.values()
+        ), tb.tb_frame.f_code.co_name
+        tb = tb.tb_next

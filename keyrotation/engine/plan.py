@@ -3,6 +3,10 @@
 A model is processed in one pass that rewrites all its encrypted and blind-index columns
 together, so a row is rewritten once per run (one new tuple, one WAL record on PostgreSQL), not
 once per column.
+
+A column's target is a key version and a format: 0x02 for a field with ``bind_to`` (its bound
+column is read with every row), else 0x01. A bound column's row is pending while its value is not
+yet 0x02 (written before ``bind_to`` was set), even on the target version.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from typing import Any
 
 from django.apps import apps
 from django.db import models
-from django.db.models import Q
+from django.db.models import BinaryField, Q, Value
+from django.db.models.functions import Substr
+from django.db.models.lookups import Exact
 
-from .. import census, keyring, registry
+from .. import census, crypto, keyring, registry
 from ..exceptions import KeyRotationError
 
 
@@ -30,6 +36,15 @@ class EncColumn:
     # canonical plaintext bytes (raises legacy.LegacyDecodeError).
     legacy_column: str | None = None
     legacy: Callable[[Any, Any], bytes] | None = field(default=None, repr=False, compare=False)
+    # Row binding (EncryptedField(bind_to=...)): the bound column, and (raw value, connection) ->
+    # the bytes the value is bound to (raises ValueError when there is none).
+    bound_column: str | None = None
+    binding: Callable[[Any, Any], bytes] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def format(self) -> int:
+        """The format the column's values are written in: 0x02 when bound to their row."""
+        return crypto.FORMAT_V2 if self.bound_column else crypto.FORMAT_V1
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,10 @@ class ModelPlan:
             q |= Q(**{f"{_attname(self.model, col.version_column)}__isnull": True}) & Q(
                 **{f"{_attname(self.model, col.column)}__isnull": False}
             )
+            if col.bound_column:  # a value not bound to its row yet (written before bind_to)
+                q |= Q(**{f"{_attname(self.model, col.column)}__isnull": False}) & ~Q(
+                    Exact(format_byte(self.model, col.column), Value(bytes([col.format])))
+                )
         for col in self.idx:
             # A value with no index yet (adoption, or a field added later) is pending too.
             source = col.source
@@ -89,6 +108,11 @@ class ModelPlan:
 
     def targets(self) -> dict[str, int]:
         return {col.label: col.target for col in [*self.enc, *self.idx]}
+
+
+def format_byte(model: type[models.Model], column: str) -> Substr:
+    """The first byte of a stored value (its format), as an expression."""
+    return Substr(_attname(model, column), 1, 1, output_field=BinaryField())
 
 
 def _attname(model: type[models.Model], column: str) -> str:
@@ -133,7 +157,9 @@ def build(scope: list[str] | None = None) -> list[ModelPlan]:
         version_col = model._meta.get_field(col.version_attname).column
         target = keyring.get_keyring(col.keyring, col.purpose).active_version
         if col.purpose == "encrypt":
-            plan.enc.append(EncColumn(col.label, f.column, version_col, col.keyring, target, *_legacy(f)))
+            plan.enc.append(
+                EncColumn(col.label, f.column, version_col, col.keyring, target, *_legacy(f), *_binding(f))
+            )
     for col in cols:
         if col.purpose != "index":
             continue
@@ -145,12 +171,15 @@ def build(scope: list[str] | None = None) -> list[ModelPlan]:
         source = next((e for e in plan.enc if e.label == source_label), None)
         if source is None:  # the source column itself is out of scope: still read to index
             reg = registry.get(source_label)
+            bound_column, binding = _binding(source_field)
             source = EncColumn(
                 source_label,
                 source_field.column,
                 model._meta.get_field(reg.version_attname).column,
                 reg.keyring,
                 keyring.get_keyring(reg.keyring, "encrypt").active_version,
+                bound_column=bound_column,
+                binding=binding,
             )
         plan.idx.append(
             IdxColumn(
@@ -177,6 +206,20 @@ def _legacy(f) -> tuple[str | None, Callable[[Any, Any], bytes] | None]:
     return source.column, legacy.plaintext_function(f)
 
 
+def _binding(f) -> tuple[str | None, Callable[[Any, Any], bytes] | None]:
+    """(bound column, binding function) of an EncryptedField with ``bind_to``, else (None, None)."""
+    from .. import legacy
+
+    bound = f.bound_field
+    if bound is None:
+        return None, None
+
+    def binding(raw: Any, connection: Any) -> bytes:
+        return f.binding_of(legacy.from_db(bound, raw, connection))
+
+    return bound.column, binding
+
+
 def _index_input(f) -> Callable[[bytes], bytes]:
     """Plaintext bytes of the source (codec form) -> the bytes the blind index HMACs."""
     from .. import codecs
@@ -193,7 +236,8 @@ def census_rows(using: str | None = None) -> list[dict]:
         ring = keyring.get_keyring(col.keyring, col.purpose)
         active = ring.active_version
         with_value = sum(n for v, n in counts.items() if v is not None)
-        on_active = counts.get(active, 0)
+        unbound = _unbound_rows(col, active, using)
+        on_active = counts.get(active, 0) - unbound[1]
         legacy_left = _legacy_rows(col, using)
         unversioned = census.unversioned(col, using)
         with_value += legacy_left[1] + unversioned
@@ -210,9 +254,23 @@ def census_rows(using: str | None = None) -> list[dict]:
                 "on_active": on_active,
                 "percent_active": 100.0 if with_value == 0 else round(100.0 * on_active / with_value, 2),
                 "legacy_rows": legacy_left[0],
+                "unbound_rows": unbound[0],
             }
         )
     return out
+
+
+def _unbound_rows(col: registry.Column, active: int, using: str | None) -> tuple[int | None, int]:
+    """(rows whose value is not bound to its row yet, of which on ``active``) for a column with
+    ``bind_to``: not yet on its target, so not counted "on active"; (None, 0) for any other."""
+    if col.purpose != "encrypt":
+        return None, 0
+    field = col.model._meta.get_field(col.field_name)
+    if not getattr(field, "bind_to", None):
+        return None, 0
+    rows = col.model._base_manager.using(using).filter(**{f"{field.attname}__isnull": False})
+    rows = rows.exclude(Exact(format_byte(col.model, field.column), Value(bytes([crypto.FORMAT_V2]))))
+    return rows.count(), rows.filter(**{col.version_attname: active}).count()
 
 
 def _legacy_rows(col: registry.Column, using: str | None) -> tuple[int | None, int]:

@@ -19,11 +19,13 @@ sweep.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 
-from .plan import ModelPlan
+from ..crypto import FORMAT_V1
+from .plan import EncColumn, ModelPlan
 
 if TYPE_CHECKING:
     from .transform import Write
@@ -44,19 +46,56 @@ def skip_locked(using: str) -> bool:
     return features.has_select_for_update and features.has_select_for_update_skip_locked
 
 
-def read_columns(plan: ModelPlan) -> list[str]:
+@dataclass(frozen=True)
+class RowLayout:
+    """Where each value of a row read with :func:`read_columns` is: the one definition of the
+    layout, which the transform and verify read positions from.
+
+    ``enc`` / ``idx`` / ``extra``: the position of each column's value, its version right after
+    (``plan.enc``, ``plan.idx`` and :func:`extra_sources` order); ``legacy``: the legacy value of each
+    of :func:`legacy_columns`; ``bound``: bound column -> position (the pk's is 0).
+    """
+
+    columns: tuple[str, ...]
+    enc: tuple[int, ...]
+    idx: tuple[int, ...]
+    extra: tuple[int, ...]
+    legacy: tuple[int, ...]
+    bound: dict[str, int]
+
+    def bound_at(self, col: EncColumn) -> int | None:
+        """Position of ``col``'s bound value (None: not bound)."""
+        return self.bound[col.bound_column] if col.bound_column else None
+
+
+def layout(plan: ModelPlan) -> RowLayout:
     """pk, then (value, version) per encrypted column, then (value, version) per index column,
-    then the version column of index sources that are not encrypted columns of this pass, then
-    the legacy column of every adopting encrypted column (:func:`legacy_columns` order)."""
+    then (value, version) of index sources that are not encrypted columns of this pass, then the
+    legacy column of every adopting encrypted column (:func:`legacy_columns` order), then every
+    bound column other than the pk (first-use order)."""
     cols = [plan.pk_column]
-    for c in plan.enc:
-        cols += [c.column, c.version_column]
-    for c in plan.idx:
-        cols += [c.column, c.version_column]
-    for src in extra_sources(plan):
-        cols += [src.column, src.version_column]
+
+    def pairs(columns) -> tuple[int, ...]:
+        at = []
+        for c in columns:
+            at.append(len(cols))
+            cols.extend([c.column, c.version_column])
+        return tuple(at)
+
+    enc, idx, extra = pairs(plan.enc), pairs(plan.idx), pairs(extra_sources(plan))
+    legacy = tuple(range(len(cols), len(cols) + len(legacy_columns(plan))))
     cols += [c.legacy_column for c in legacy_columns(plan)]
-    return cols
+    bound = {plan.pk_column: 0}
+    for c in [*plan.enc, *extra_sources(plan)]:
+        if c.bound_column and c.bound_column not in bound:
+            bound[c.bound_column] = len(cols)
+            cols.append(c.bound_column)
+    return RowLayout(tuple(cols), enc, idx, extra, legacy, bound)
+
+
+def read_columns(plan: ModelPlan) -> list[str]:
+    """The columns a batch reads, in :func:`layout` order."""
+    return list(layout(plan).columns)
 
 
 def legacy_columns(plan: ModelPlan):
@@ -81,6 +120,10 @@ def _pending_sql(plan: ModelPlan, q) -> tuple[str, list[Any]]:
         params.append(c.target)
     for c in plan.enc:  # a value with no version: a default a migration filled in
         parts.append(f"({q(c.version_column)} IS NULL AND {q(c.column)} IS NOT NULL)")
+    for c in plan.enc:  # a value not in its column's format yet (bound after it was written)
+        if c.format != FORMAT_V1:
+            parts.append(f"({q(c.column)} IS NOT NULL AND substr({q(c.column)}, 1, 1) <> %s)")
+            params.append(bytes([c.format]))
     for c in plan.idx:
         src = c.source
         parts.append(

@@ -1,8 +1,10 @@
 """Turning a batch of claimed rows into its new values: no SQL, no model instances.
 
-Rows come in the layout of :func:`engine.sql.read_columns`: pk, (value, version) per encrypted
-column, (value, version) per index column, (value, version) per extra index source, then the
-legacy value per adopting column. The result, a :class:`Write`, is column by column (what one
+Rows come in the layout of :func:`engine.sql.layout` (positions read from it, never recomputed):
+pk, (value, version) per encrypted column, (value, version) per index column, (value, version) per
+extra index source, the legacy value per adopting column, then the bound columns. A bound column
+(``bind_to``) is opened with its row's bound value and sealed again as format 0x02, which also binds
+a value written before ``bind_to`` was set. The result, a :class:`Write`, is column by column (what one
 ``UPDATE … FROM unnest(…)`` takes) and carries only the columns that change in this batch, with
 the guards: old versions (and, for SQLite, old ciphertexts and legacy values).
 """
@@ -12,11 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.exceptions import ValidationError
+from django.db import connections
+
 from .. import crypto, keyring
 from ..exceptions import KEKUnavailable, KeyRotationError
 from ..tracebacks import forgets_locals
 from .plan import EncColumn, IdxColumn, ModelPlan
-from .sql import CLEAR, KEEP, extra_sources, legacy_columns
+from .sql import CLEAR, KEEP, extra_sources, layout, legacy_columns
+
+_V2 = bytes([crypto.FORMAT_V2])  # the first byte of a bound value (a token may be empty)
 
 # KEEP (None): a new-value element meaning "leave this column and its version as they are".
 # CLEAR (b""): "set this column and its version to NULL" (never a real value: a token is at least
@@ -91,17 +98,28 @@ class Rings:
         return ring
 
 
-def open_value(col: EncColumn, pk: Any, token: bytes, version: int | None, rings: Rings) -> bytes:
-    """Decrypt a stored value whose version column says ``version``; RowFailureError if not."""
+def open_value(
+    col: EncColumn, pk: Any, token: bytes, version: int | None, rings: Rings, bound_to: bytes | None = None
+) -> bytes:
+    """Decrypt a stored value whose version column says ``version``; RowFailureError if not.
+
+    ``bound_to``: the row's binding, for a column with ``bind_to`` (a 0x01 value opens without it).
+    """
     try:
-        header_version = crypto.token_version(token)
+        fmt, header_version = crypto.token_header(token)
     except crypto.InvalidToken:
         raise RowFailureError(RowFailure(col.label, pk, version, "malformed value")) from None
     if header_version != version:
         raise RowFailureError(RowFailure(col.label, pk, version, f"header names version {header_version}"))
+    if fmt == crypto.FORMAT_V2 and bound_to is None:
+        reason = "value bound to its row (format 0x02) in a field without bind_to"
+        raise RowFailureError(RowFailure(col.label, pk, version, reason))
     ring = rings.get(col.keyring, header_version)
     try:
-        return ring.cipher(header_version, col.label).decrypt(token)
+        cipher = ring.cipher(header_version, col.label)
+        if fmt == crypto.FORMAT_V2:
+            return cipher.decrypt_bound(token, bound_to)
+        return cipher.decrypt(token)
     except crypto.InvalidToken:
         raise RowFailureError(RowFailure(col.label, pk, version, "authentication failed")) from None
     except KEKUnavailable:
@@ -131,6 +149,7 @@ class BatchTransformer:
         self.using = using
         self.legacy = legacy_columns(plan)
         self.extra = extra_sources(plan)
+        self.layout = layout(plan)
         self.rings = Rings()
         enc_rings = {c.keyring: keyring.get_keyring(c.keyring, "encrypt") for c in plan.enc}
         idx_rings = {c.keyring: keyring.get_keyring(c.keyring, "index") for c in plan.idx}
@@ -138,6 +157,7 @@ class BatchTransformer:
         self._enc_target = {c.label: enc_rings[c.keyring].cipher(c.target, c.label) for c in plan.enc}
         self._idx_target = {c.label: idx_rings[c.keyring].subkey(c.target, c.label) for c in plan.idx}
         self._decrypt: dict[tuple[str, int], Any] = {}  # (label, version) -> Cipher.decrypt
+        self._bound_ciphers: dict[tuple[str, int], crypto.Cipher] = {}  # the same, bound columns
 
     def _open(self, col: EncColumn, pk: Any, token: bytes, version: int | None) -> bytes:
         """:func:`open_value`, with the cipher of (column, version) kept after its first success."""
@@ -151,6 +171,38 @@ class BatchTransformer:
         ring = self.rings.get(col.keyring, version)
         self._decrypt[(col.label, version)] = ring.cipher(version, col.label).decrypt
         return plaintext
+
+    def _open_bound(
+        self, col: EncColumn, pk: Any, token: bytes, version: int | None, bound_to: bytes | None
+    ) -> bytes:
+        """:func:`open_value` of a bound column's value (either format) with its row's binding,
+        the cipher of (column, version) kept after its first success."""
+        if bound_to is None:
+            raise RowFailureError(RowFailure(col.label, pk, version, "no bound value"))
+        cipher = self._bound_ciphers.get((col.label, version))
+        if cipher is not None:
+            try:
+                if token[:1] == _V2:
+                    return cipher.decrypt_bound(token, bound_to)
+                return cipher.decrypt(token)
+            except crypto.InvalidToken:
+                pass  # open_value says precisely why
+        plaintext = open_value(col, pk, token, version, self.rings, bound_to)
+        ring = self.rings.get(col.keyring, version)
+        self._bound_ciphers[(col.label, version)] = ring.cipher(version, col.label)
+        return plaintext
+
+    def _bindings(self, rows: list[tuple], col: EncColumn) -> list[bytes | None]:
+        """Each row's binding for ``col`` (None where the bound value is missing or unusable)."""
+        at = self.layout.bound_at(col)
+        connection = connections[self.using]
+        out: list[bytes | None] = []
+        for r in rows:
+            try:
+                out.append(col.binding(r[at], connection))
+            except (ValueError, TypeError, ValidationError):
+                out.append(None)
+        return out
 
     def transform(self, row: tuple) -> Write:
         """One row (tests, fuzzing); raises RowFailureError for an unopenable value."""
@@ -172,57 +224,68 @@ class BatchTransformer:
             failed.setdefault(k, exc.failure)
 
         pks = [r[0] for r in rows]
-        idx_at = 1 + 2 * len(plan.enc)  # row layout: see sql.read_columns
-        extra_at = idx_at + 2 * len(plan.idx)
-        legacy_at = extra_at + 2 * len(self.extra)
-        legacy_values = {c.label: [r[legacy_at + j] for r in rows] for j, c in enumerate(self.legacy)}
+        lay = self.layout
+        legacy_values = {
+            c.label: [r[at] for r in rows] for c, at in zip(self.legacy, lay.legacy, strict=True)
+        }
         write = Write(pks, legacy=list(legacy_values.values()))
-        sources: dict[str, tuple[list, list, list]] = {}  # label -> (tokens, versions, plaintexts)
+        # label -> (tokens, versions, plaintexts, bindings (None for an unbound column))
+        sources: dict[str, tuple[list, list, list, list | None]] = {}
 
-        for j, col in enumerate(plan.enc):
-            tokens = [r[1 + 2 * j] for r in rows]
-            versions = [r[2 + 2 * j] for r in rows]
+        for col, at in zip(plan.enc, lay.enc, strict=True):
+            tokens = [r[at] for r in rows]
+            versions = [r[at + 1] for r in rows]
             write.enc_tokens.append(tokens)
             write.enc_versions.append(versions)
             plaintexts: list[bytes | None] = [None] * n
-            sources[col.label] = (tokens, versions, plaintexts)
+            bindings = self._bindings(rows, col) if col.bound_column else None
+            sources[col.label] = (tokens, versions, plaintexts, bindings)
             legacy = legacy_values.get(col.label)
             new: list[bytes | None] = [KEEP] * n
             todo = []
-            target = col.target
+            target, fmt = col.target, bytes([col.format])
             for k in range(n):
                 token, version = tokens[k], versions[k]
                 try:
                     if token is None:
                         if legacy is not None and legacy[k] is not None:  # adoption
+                            if bindings is not None and bindings[k] is None:
+                                raise RowFailureError(RowFailure(col.label, pks[k], None, "no bound value"))
                             plaintexts[k] = adopt_value(col, pks[k], legacy[k], self.using)
                             todo.append(k)
                         elif version is not None:
                             new[k] = CLEAR  # a version recorded for no value
                         continue
-                    if version == target:
+                    if version == target and (bindings is None or token[:1] == fmt):
                         continue
                     if version is None:  # a default a migration filled in: its header says
                         version = crypto.header_version(token)
-                    plaintexts[k] = self._open(col, pks[k], token, version)
+                    if bindings is None:
+                        plaintexts[k] = self._open(col, pks[k], token, version)
+                    else:
+                        plaintexts[k] = self._open_bound(col, pks[k], token, version, bindings[k])
                     todo.append(k)
                 except RowFailureError as exc:
                     fail(k, exc)
             if todo:
-                sealed = self._enc_target[col.label].encrypt_many([plaintexts[k] for k in todo])
+                cipher = self._enc_target[col.label]
+                values = [plaintexts[k] for k in todo]
+                if bindings is None:
+                    sealed = cipher.encrypt_many(values)
+                else:
+                    sealed = cipher.encrypt_many_bound(values, [bindings[k] for k in todo])
                 for k, token in zip(todo, sealed, strict=True):
                     new[k] = token
             write.enc.append((col, new))
 
-        for j, src in enumerate(self.extra):
-            at = extra_at + 2 * j
-            sources[src.label] = ([r[at] for r in rows], [r[at + 1] for r in rows], [None] * n)
+        for src, at in zip(self.extra, lay.extra, strict=True):
+            bindings = self._bindings(rows, src) if src.bound_column else None
+            sources[src.label] = ([r[at] for r in rows], [r[at + 1] for r in rows], [None] * n, bindings)
 
-        for j, col in enumerate(plan.idx):
-            at = idx_at + 2 * j
+        for col, at in zip(plan.idx, lay.idx, strict=True):
             digests = [r[at] for r in rows]
             versions = [r[at + 1] for r in rows]
-            tokens, src_versions, plaintexts = sources[col.source.label]
+            tokens, src_versions, plaintexts, bindings = sources[col.source.label]
             key, length, target = self._idx_target[col.label], col.length, col.target
             new = [KEEP] * n
             for k in range(n):
@@ -233,8 +296,12 @@ class BatchTransformer:
                 if versions[k] == target:
                     continue
                 try:
-                    if plaintexts[k] is None:
+                    if plaintexts[k] is None and bindings is None:
                         plaintexts[k] = self._open(col.source, pks[k], tokens[k], src_versions[k])
+                    elif plaintexts[k] is None:
+                        plaintexts[k] = self._open_bound(
+                            col.source, pks[k], tokens[k], src_versions[k], bindings[k]
+                        )
                 except RowFailureError as exc:
                     fail(k, exc)
                     continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import connections
 
 from .. import crypto, keyring
@@ -9,7 +10,7 @@ from ..exceptions import KeyRotationError
 from ..tracebacks import forgets_locals
 from . import plan as _plan
 from . import sql
-from .transform import Rings, RowFailureError, open_value
+from .transform import Rings, RowFailure, RowFailureError, open_value
 
 
 @forgets_locals  # ``rows`` may hold legacy plaintexts, a check the opened values
@@ -19,7 +20,10 @@ def verify(
     """Open every stored value and recompute every blind index; report what does not match.
 
     A row that still holds a legacy value (``EncryptedField(adopt_from=...)``) is reported as not
-    adopted.
+    adopted. A field with ``bind_to`` opens each value with its row's bound value, so a value moved
+    from another row is reported (as an authentication failure: nothing can tell it apart from
+    tampering), and so is a value still in format 0x01 there (not bound yet: written before
+    ``bind_to`` was set, or put back from an old copy).
 
     Reads in primary-key batches without locks; changes nothing. Failures name label, pk and
     version only.
@@ -28,7 +32,7 @@ def verify(
     failures: list[str] = []
     checked = 0
     for p in _plan.build(models):
-        verifier = _Verifier(p)
+        verifier = _Verifier(p, using)
         cursor = None
         while True:
             rows = _verify_batch(p, using, cursor, batch_size)
@@ -58,30 +62,25 @@ def _verify_batch(p, using, cursor, batch_size):
 
 
 class _Verifier:
-    def __init__(self, p):
+    def __init__(self, p, using: str = "default"):
         self.plan = p
         self.extra = sql.extra_sources(p)
+        self.layout = sql.layout(p)
+        self.connection = connections[using]
         self.rings = Rings()
         self.index_rings = Rings("index")
 
     def check(self, row) -> list[str]:
-        p, pk, out = self.plan, row[0], []
+        p, pk, out, lay = self.plan, row[0], [], self.layout
         values: dict[str, tuple] = {}
-        i = 1
-        for col in p.enc:
-            values[col.label] = (col, row[i], row[i + 1])
-            i += 2
-        idx = []
-        for col in p.idx:
-            idx.append((col, row[i], row[i + 1]))
-            i += 2
-        for src in self.extra:
-            values[src.label] = (src, row[i], row[i + 1])
-            i += 2
-        for col in sql.legacy_columns(p):
-            if row[i] is not None:
+        for col, at in zip(p.enc, lay.enc, strict=True):
+            values[col.label] = (col, row[at], row[at + 1])
+        idx = [(col, row[at], row[at + 1]) for col, at in zip(p.idx, lay.idx, strict=True)]
+        for src, at in zip(self.extra, lay.extra, strict=True):
+            values[src.label] = (src, row[at], row[at + 1])
+        for col, at in zip(sql.legacy_columns(p), lay.legacy, strict=True):
+            if row[at] is not None:
                 out.append(f"{col.label} pk={pk!r}: legacy value not adopted yet")
-            i += 1
         plaintexts = {}
         for label, (col, token, version) in values.items():
             if token is None:
@@ -89,9 +88,16 @@ class _Verifier:
                     out.append(f"{label} pk={pk!r}: version {version} recorded for an empty value")
                 continue
             try:
-                plaintexts[label] = open_value(col, pk, bytes(token), version, self.rings)
+                plaintexts[label] = open_value(
+                    col, pk, bytes(token), version, self.rings, self._binding(col, row)
+                )
             except RowFailureError as exc:
                 out.append(str(exc.failure))
+                continue
+            if col.bound_column and token[0] != col.format:
+                out.append(
+                    f"{label} pk={pk!r} key version={version}: value not bound to its row (format 0x01)"
+                )
         for col, digest, version in idx:
             pt = plaintexts.get(col.source.label)
             if values[col.source.label][1] is None:
@@ -114,3 +120,16 @@ class _Verifier:
             if bytes(digest) != expected:
                 out.append(f"{col.label} pk={pk!r} key version={version}: blind index does not match")
         return out
+
+    def _binding(self, col, row) -> bytes | None:
+        """The row's binding for a bound column (None for an unbound one).
+
+        Raises:
+            RowFailureError: the row has no usable bound value.
+        """
+        if not col.bound_column:
+            return None
+        try:
+            return col.binding(row[self.layout.bound_at(col)], self.connection)
+        except (ValueError, TypeError, ValidationError):
+            raise RowFailureError(RowFailure(col.label, row[0], None, "no bound value")) from None

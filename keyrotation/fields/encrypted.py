@@ -23,6 +23,9 @@ Adding a field with a default to a table that has rows: the migration fills ever
 one ciphertext of the default under the active key (never the plaintext); its version column stays
 NULL, so the census counts those rows as pending and ``reencrypt`` gives each its own ciphertext,
 version and blind index.
+
+``bind_to`` seals every value to its row (format 0x02, see :mod:`.binding`): such a field gets the
+:class:`BoundEncryptedAttribute` descriptor, so the read path of unbound fields is unchanged.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from django.utils.text import capfirst
 
 from .. import codecs, conf, crypto, keyring, registry
 from ..exceptions import DecryptionError, KeyringError
-from . import adoption, lookups, options
+from . import adoption, binding, lookups, options
 from .companion import add_version_field, is_historical, public_path
 from .sealed import NOT_ADOPTED, Sealed
 
@@ -69,6 +72,20 @@ class EncryptedAttribute(DeferredAttribute):
         instance.__dict__[self.field.attname] = value
 
 
+class BoundEncryptedAttribute(EncryptedAttribute):
+    """The descriptor of a field with ``bind_to``: opens a stored value with the instance's bound value."""
+
+    def __get__(self, instance: models.Model | None, cls: type | None = None) -> Any:
+        if instance is None:
+            return self
+        data, name = instance.__dict__, self.field.attname
+        value = data[name] if name in data else DeferredAttribute.__get__(self, instance, cls)
+        if isinstance(value, Sealed) and value.field is self.field:
+            value = data[name] = self.field._open_bound(value, instance)
+            return value
+        return super().__get__(instance, cls)
+
+
 class EncryptedField(models.Field):
     """A model field stored encrypted, validated and rendered by ``base_field``.
 
@@ -87,6 +104,11 @@ class EncryptedField(models.Field):
             field sets the legacy column to NULL; ``reencrypt`` adopts the remaining rows. Not
             written into migrations (like ``legacy``): removing it needs no migration.
         legacy: a decoder from :mod:`keyrotation.legacy` (default ``Plaintext()``).
+        bind_to: name of a field of the same model whose value is bound into every ciphertext of
+            this one (format 0x02): a value copied onto another row fails to open there. The field
+            must be concrete, non-null, unique, not encrypted, and set before the row is written
+            (a client-generated UUID primary key; never an auto-increment key) and never changed.
+            Values written before it was set stay readable; ``reencrypt`` binds them.
         **kwargs: ordinary field options (``null``, ``blank``, ``default``, ``choices``,
             ``validators``, ``verbose_name``...). Each means the same given here or on
             ``base_field``; given on both with different values, the field is refused.
@@ -110,6 +132,7 @@ class EncryptedField(models.Field):
         keyring: str | None = None,
         adopt_from: str | None = None,
         legacy: Any = None,
+        bind_to: str | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(base_field, models.Field):
@@ -132,12 +155,17 @@ class EncryptedField(models.Field):
             legacy = adoption.default_decoder()
         if legacy is not None and not callable(getattr(legacy, "decode", None)):
             raise TypeError("EncryptedField: legacy must be a decoder from keyrotation.legacy")
+        if bind_to is not None and (not isinstance(bind_to, str) or not bind_to):
+            raise TypeError("EncryptedField: bind_to must be the name of a field of the same model")
         merged = options.merge(base_field, kwargs)
         self._conflicts = merged.conflicts
         self.base_field = options.rebuild(base_field, merged.options)
         self.keyring = keyring
         self.adopt_from = adopt_from
         self.legacy = legacy
+        self.bind_to = bind_to
+        if bind_to:
+            self.descriptor_class = BoundEncryptedAttribute
         self.empty_strings_allowed = self.base_field.empty_strings_allowed
         self.blind_indexes: list[Any] = []  # BlindIndexField instances, filled at class_prepared
         self._decode = codecs.decoder(self.base_field)
@@ -151,6 +179,9 @@ class EncryptedField(models.Field):
         # (abstract inheritance) never shares a parent's label or ciphers.
         self._label: str | None = None
         self._ciphers: dict[int, tuple[crypto.Cipher, float, int]] = {}
+        # With bind_to: the bound field, and its canonical encoder (codecs.encoder), found once.
+        self._bound: models.Field | None = None
+        self._encode_bound: Any = None
 
     # -- declaration ------------------------------------------------------------------------
 
@@ -168,6 +199,8 @@ class EncryptedField(models.Field):
         kwargs["base_field"] = options.without_shared(self.base_field)
         if self.keyring is not None:
             kwargs["keyring"] = self.keyring
+        if self.bind_to is not None:
+            kwargs["bind_to"] = self.bind_to  # how values are stored: historical models open them too
         return name, public_path(self, EncryptedField), args, kwargs
 
     @property
@@ -183,6 +216,7 @@ class EncryptedField(models.Field):
         errors = super().check(**kwargs)
         errors += [e for e in self.base_field.check() if e.level >= checks.ERROR]
         errors += adoption.check(self, EncryptedField)
+        errors += binding.check(self, EncryptedField)
         ordering = [o for o in getattr(self.model._meta, "ordering", []) if isinstance(o, str)]
         if self.name in (o.lstrip("-?") for o in ordering):
             errors.append(
@@ -222,6 +256,41 @@ class EncryptedField(models.Field):
         return label
 
     @property
+    def bound_field(self) -> models.Field | None:
+        """The field named by ``bind_to`` (``None`` without it).
+
+        Raises:
+            FieldDoesNotExist: ``bind_to`` names no field (reported by the system check E122).
+        """
+        bound = self._bound
+        if bound is None and self.bind_to:
+            opts = self.model._meta
+            bound = self._bound = opts.pk if self.bind_to == "pk" else opts.get_field(self.bind_to)
+        return bound
+
+    def binding(self, instance: models.Model) -> bytes:
+        """The bytes ``instance``'s values of this field are bound to (its bound field's value).
+
+        Raises:
+            ValueError: the bound field has no value.
+        """
+        return self.binding_of(getattr(instance, self.bound_field.attname))
+
+    def binding_of(self, bound_value: Any) -> bytes:
+        """The bytes a row whose bound field holds ``bound_value`` binds its values to: the value's
+        canonical encoding (:mod:`keyrotation.codecs`), as the 0x02 AAD holds it.
+
+        Raises:
+            ValueError: ``bound_value`` is None.
+        """
+        if bound_value is None:
+            raise binding.no_bound_value(self)
+        encode = self._encode_bound
+        if encode is None:
+            encode = self._encode_bound = codecs.encoder(self.bound_field)
+        return encode(bound_value)
+
+    @property
     def keyring_name(self) -> str:
         return self.keyring or conf.default_keyring()
 
@@ -234,30 +303,73 @@ class EncryptedField(models.Field):
 
     # -- encryption -------------------------------------------------------------------------
 
-    def seal_value(self, value: Any) -> Sealed | None:
-        """Encrypt a plaintext value under the active key (``None`` stays ``None``)."""
+    def seal_value(self, value: Any, bound_to: bytes | None = None) -> Sealed | None:
+        """Encrypt a plaintext value under the active key (``None`` stays ``None``).
+
+        ``bound_to``: the row's binding (:meth:`binding`): format 0x02. Without it, format 0x01
+        (for a bound field, only a migration's default, which ``reencrypt`` binds row by row).
+        """
         if value is None or value is NOT_ADOPTED:
             return None
         if isinstance(value, Sealed):
-            if value.field.label == self.label and value.version is not None:
+            if value.field.label == self.label and value.version is not None and bound_to is None:
                 return value  # untouched since it was loaded: keep the token as is
             value = value.field.open(value)
-        token, version = keyring.encrypt(self.keyring_name, self.label, codecs.encode(self.base_field, value))
+        plaintext = codecs.encode(self.base_field, value)
+        if bound_to is None:
+            token, version = keyring.encrypt(self.keyring_name, self.label, plaintext)
+        else:
+            token, version = keyring.encrypt_bound(self.keyring_name, self.label, plaintext, bound_to)
         return Sealed(token, self, version)
 
     def seal(self, instance: models.Model) -> Sealed | None:
         """Seal the instance's value and set its version attribute to match."""
-        sealed = self.seal_value(instance.__dict__.get(self.attname))
+        if self.bind_to:
+            sealed = self._seal_bound(instance)
+        else:
+            sealed = self.seal_value(instance.__dict__.get(self.attname))
         instance.__dict__[self.version_attname] = sealed.version if sealed is not None else None
         return sealed
+
+    def _seal_bound(self, instance: models.Model) -> Sealed | None:
+        """:meth:`seal` with ``bind_to``: format 0x02, bound to the instance's bound value.
+
+        A value loaded and never read keeps its token only if it opens with this row's bound value
+        and is already 0x02: one that does not open (the bound field changed, or the value was moved
+        here) raises ``DecryptionError`` rather than be written where it can never be read.
+        """
+        value = instance.__dict__.get(self.attname)
+        if value is None or value is NOT_ADOPTED:
+            return None
+        bound_to = self.binding(instance)
+        if isinstance(value, Sealed) and value.field is self:
+            sealed, value = value, self._open_bound(value, instance, bound_to)
+            if sealed.token[0] == crypto.FORMAT_V2:
+                return sealed
+        return self.seal_value(value, bound_to)
 
     def open(self, sealed: Sealed, pk: Any = None) -> Any:
         """Decrypt a stored token.
 
         Raises:
             DecryptionError: naming the label, ``pk`` and key version; never a byte of the value.
+            FieldError: the field has ``bind_to``: use :meth:`open_bound`.
         """
+        if self.bind_to:
+            raise FieldError(
+                f"{self.label} is bound to '{self.bind_to}' (bind_to): open its values with "
+                "open_bound(sealed, <the row's bound value>)."
+            )
         return self._open(sealed, pk, None)
+
+    def open_bound(self, sealed: Sealed, bound_value: Any, pk: Any = None) -> Any:
+        """Decrypt a stored token of a field with ``bind_to``, given its row's bound field value.
+
+        Raises:
+            DecryptionError: as :meth:`open`; a value moved from another row fails like any other.
+            ValueError: ``bound_value`` is None.
+        """
+        return self._open_bound(sealed, None, self.binding_of(bound_value), pk)
 
     def _open(self, sealed: Sealed, pk: Any, instance: models.Model | None) -> Any:
         """:meth:`open`; given ``instance``, its pk is read only for an error message.
@@ -286,6 +398,45 @@ class EncryptedField(models.Field):
         del data  # the plaintext: this frame is in the traceback of the error
         pk = instance.pk if instance is not None else pk
         raise DecryptionError("Decrypted value does not decode", label=self.label, pk=pk, version=version)
+
+    def _open_bound(
+        self, sealed: Sealed, instance: models.Model | None, bound_to: bytes | None = None, pk: Any = None
+    ) -> Any:
+        """:meth:`open_bound`, with the binding of ``instance`` unless given.
+
+        A format 0x01 value (written before ``bind_to`` was set) opens as such; ``reencrypt`` binds
+        it. Failures are raised outside any ``except`` block and with the plaintext dropped, so
+        neither the exception's context nor this frame holds it.
+        """
+        version = sealed.version
+        if instance is not None:
+            pk = instance.pk
+        if version is None:  # the header does not parse
+            raise DecryptionError("Malformed encrypted value", label=self.label, pk=pk)
+        if bound_to is None:
+            bound_to = self.binding(instance)
+        entry = self._ciphers.get(version)
+        if entry is None or entry[2] != _KEYRINGS.generation or monotonic() >= entry[1]:
+            entry = self._cipher_entry(version, pk)
+        token, data = sealed.token, None
+        try:
+            if token[0] == crypto.FORMAT_V2:
+                data = entry[0].decrypt_bound(token, bound_to)
+            else:
+                data = entry[0].decrypt(token)
+        except crypto.InvalidToken:
+            pass
+        if data is None:
+            raise DecryptionError(label=self.label, pk=pk, version=version)
+        value = failed = None
+        try:
+            value = self._decode(data)
+        except (ValueError, TypeError, ArithmeticError):
+            failed = True
+        data = None
+        if failed:
+            raise DecryptionError("Decrypted value does not decode", label=self.label, pk=pk, version=version)
+        return value
 
     def _cipher_entry(self, version: int, pk: Any) -> tuple[crypto.Cipher, float, int]:
         """Ask the keyring for the cipher of ``version`` and keep it (the slow path)."""

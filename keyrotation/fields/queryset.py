@@ -2,7 +2,8 @@
 
 :func:`swap_manager` gives a manager a dynamically created subclass of its class whose queryset
 class mixes in :class:`EncryptedQuerySetMixin`: writes go through :mod:`.writes`, impossible
-queries are refused (:mod:`.refusals`), and ``values()`` / ``values_list()`` decrypt. Related
+queries are refused (:mod:`.refusals`), and ``values()`` / ``values_list()`` decrypt (a field with
+``bind_to`` only beside its bound field, so that each value opens with its own row's). Related
 managers are built from ``_default_manager.__class__``, so they inherit it. The dynamic classes keep
 the original's name and module, so a manager with ``use_in_migrations = True`` still deconstructs to
 the original (importable) class; querysets pickle as their original class and are rebuilt on load,
@@ -12,12 +13,13 @@ so the cache framework works.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.db import models
+from django.db.models.query import ValuesIterable
 
-from . import adoption, refusals, writes
+from . import adoption, binding, refusals, writes
 from .sealed import NOT_ADOPTED, Sealed
 
 _IN_BULK_UPDATE = contextvars.ContextVar("keyrotation_in_bulk_update", default=False)
@@ -45,6 +47,10 @@ def decrypting(iterable_class: type) -> type:
             keyrotation_wraps = iterable_class
 
             def __iter__(self):
+                bound = binding.pairs(self.queryset.model, _row_names(self.queryset))
+                if bound:
+                    yield from _open_bound_rows(super().__iter__(), bound)
+                    return
                 for row in super().__iter__():
                     if isinstance(row, dict):
                         yield {k: _open(v) for k, v in row.items()}
@@ -57,6 +63,34 @@ def decrypting(iterable_class: type) -> type:
         Decrypting.__name__ = Decrypting.__qualname__ = f"Decrypting{iterable_class.__name__}"
         _DECRYPTING[iterable_class] = Decrypting
     return _DECRYPTING[iterable_class]
+
+
+def _row_names(queryset: models.QuerySet) -> list[str]:
+    """The names of a values() / values_list() row's columns, in Django's order."""
+    query = queryset.query
+    fields = queryset._fields
+    if fields and not issubclass(queryset._iterable_class, ValuesIterable):
+        # values_list(): the order asked for, then the other annotations
+        return [*fields, *(f for f in query.annotation_select if f not in fields)]
+    return [*query.extra_select, *query.values_select, *query.annotation_select]
+
+
+def _open_bound_rows(rows: Iterable[Any], bound: list[tuple[int, int, Any]]) -> Iterator[Any]:
+    """Rows (dicts or tuples) with every sealed value opened, bound ones with their row's bound value."""
+    positions = {at for at, _, _ in bound}
+    for row in rows:
+        values = list(row.values()) if isinstance(row, dict) else list(row)
+        opened = [v if i in positions else _open(v) for i, v in enumerate(values)]
+        for at, bound_at, field in bound:
+            value = values[at]
+            if isinstance(value, Sealed):
+                opened[at] = field.open_bound(value, values[bound_at])
+            else:
+                opened[at] = _open(value)
+        if isinstance(row, dict):
+            yield dict(zip(row, opened, strict=True))
+        else:
+            yield type(row)._make(opened) if hasattr(row, "_fields") else tuple(opened)
 
 
 def _unpickle(original: type) -> models.QuerySet:
@@ -189,12 +223,14 @@ class EncryptedQuerySetMixin:
         clone = super().values(*fields, **expressions)
         clone._refuse_distinct_values()
         clone._iterable_class = decrypting(clone._iterable_class)
+        binding.pairs(self.model, _row_names(clone))  # a bound field without its bound field: refused now
         return clone
 
     def values_list(self, *fields: Any, flat: bool = False, named: bool = False) -> Any:
         clone = super().values_list(*fields, flat=flat, named=named)
         clone._refuse_distinct_values()
         clone._iterable_class = decrypting(clone._iterable_class)
+        binding.pairs(self.model, _row_names(clone))
         return clone
 
 

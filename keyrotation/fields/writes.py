@@ -10,6 +10,12 @@ value and sets its companion columns. The other paths are handled here:
 * ``save(update_fields=[...])`` and ``loaddata`` (``raw=True`` saves skip ``pre_save``):
   :func:`wrap_save_table` adds the companion columns to ``update_fields`` and seals raw saves.
 
+A field with ``bind_to`` (:mod:`.binding`) is sealed per row on every one of these paths;
+``update()`` of such a field (other than to NULL) is refused, since one ``UPDATE`` writes one value
+for every row, and so is any write that would change a field that values are bound to
+(``update()``, ``bulk_update()``, an upsert that leaves a bound value on another row).
+``save(update_fields=...)`` naming a field that values are bound to rewrites those values too.
+
 Anything else that would write plaintext (e.g. ``Model._base_manager.update(...)``, a plain
 ``Manager``) reaches :meth:`EncryptedField.get_db_prep_value` and raises ``FieldError``: a stale
 version column is never written silently.
@@ -25,7 +31,7 @@ from django.core.exceptions import FieldError
 from django.db import models
 from django.db.models.expressions import Value
 
-from . import adoption
+from . import adoption, binding
 from .encrypted import EncryptedField
 from .refusals import resolve
 
@@ -50,6 +56,7 @@ def prepare_update(model: type[models.Model], kwargs: dict[str, Any]) -> dict[st
     out = dict(kwargs)
     for name, value in kwargs.items():
         field = resolve(model, name)
+        binding.refuse_update(model, field, name, value)
         if not isinstance(field, EncryptedField):
             continue
         if hasattr(value, "resolve_expression"):
@@ -96,6 +103,7 @@ def bulk_update_fields(
     names = list(fields)
     saved: list[tuple[models.Model, str, Any]] = []
     for field in [model._meta.get_field(n) for n in names]:
+        binding.refuse_changing(model, field, field.name, "bulk_update()")
         if not isinstance(field, EncryptedField):
             continue
         names += companion_names(field)
@@ -125,6 +133,7 @@ def upsert_fields(
     if update_fields is None:
         return None
     names = list(update_fields)
+    binding.refuse_upsert(model, names, list(unique_fields or ()))
     for name in list(names):
         field = resolve(model, name)
         if isinstance(field, EncryptedField):
@@ -151,6 +160,17 @@ def wrap_save_table(model: type[models.Model]) -> None:
             written = fields
         else:
             written = [f for f in fields if f.name in update_fields or f.attname in update_fields]
+            # Writing a field that values are bound to seals those values again with it (and fails
+            # loudly for a value loaded under another bound value and never read).
+            again = [
+                f
+                for f in fields
+                if f.bind_to
+                and f not in written
+                and {f.bound_field.name, f.bound_field.attname} & update_fields
+            ]
+            written += again
+            update_fields = frozenset(update_fields) | {f.name for f in again}
         adoption.clear_legacy(self, written)
         if update_fields is not None:
             extra = {name for field in written for name in companion_names(field)}

@@ -123,3 +123,20 @@ class MoreTypes(models.Model):
 
     def __str__(self) -> str:
         return f"moretypes {self.pk}"
+
+
+class BoundPerson(models.Model):
+    """Values bound to their row (format 0x02): by a client-generated UUID primary key, and by
+    another unique field."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    code = models.CharField(max_length=20, unique=True)
+    ssn = EncryptedField(models.CharField(max_length=11), null=True, blank=True, bind_to="id")
+    ssn_bidx = BlindIndexField(source="ssn")
+    notes = EncryptedField(models.TextField(), null=True, blank=True, bind_to="id")  # no blind index
+    badge = EncryptedField(models.CharField(max_length=20), null=True, blank=True, bind_to="code")
+    pin_legacy = models.IntegerField(null=True, blank=True)  # plaintext being adopted
+    pin = EncryptedField(models.IntegerField(), null=True, blank=True, bind_to="id", adopt_from="pin_legacy")
+
+    def __str__(self) -> str:
+        return f"bound person {self.pk}"

@@ -1,9 +1,11 @@
 """Regenerate the known-answer vectors: ``python -m tests.vectors.generate``.
 
-The vectors pin the stored byte formats (docs/formats.md). They are built here with the raw
-primitives of ``cryptography`` following the written spec, not with ``keyrotation.crypto``, so
-the tests compare the implementation against the spec rather than against itself. Once committed,
-a change to these files is a format change and needs a new format byte.
+The vectors pin the stored byte formats (docs/formats.md): 0x01 in ``encrypt.json`` and
+``invalid.json``, 0x02 (row-bound) in ``encrypt_bound.json`` and ``invalid_bound.json``. They are
+built here with the raw primitives of ``cryptography`` following the written spec, not with
+``keyrotation.crypto``, so the tests compare the implementation against the spec rather than
+against itself. Once committed, a change to these files is a format change and needs a new format
+byte.
 """
 
 from __future__ import annotations
@@ -33,6 +35,74 @@ def token(dek: bytes, label: str, version: int, nonce: bytes, plaintext: bytes) 
         + nonce
         + AESGCM(subkey(dek, "encrypt", label)).encrypt(nonce, plaintext, header + label.encode())
     )
+
+
+def bound_token(
+    dek: bytes, label: str, version: int, binding: bytes, nonce: bytes, plaintext: bytes
+) -> bytes:
+    """Format 0x02: the AAD adds the length-prefixed label and bound value."""
+    header = struct.pack(">BI", 2, version)
+    label_bytes = label.encode()
+    aad = (
+        header + struct.pack(">I", len(label_bytes)) + label_bytes + struct.pack(">I", len(binding)) + binding
+    )
+    return header + nonce + AESGCM(subkey(dek, "encrypt", label)).encrypt(nonce, plaintext, aad)
+
+
+def bound_vectors(deks: list[bytes]) -> tuple[list[dict], list[dict]]:
+    """``encrypt_bound.json`` and ``invalid_bound.json`` (format 0x02)."""
+    cases = [
+        (0, "testapp.BoundPerson.ssn", 1, b"00000000-0000-4000-8000-000000000001", b"123-45-6789"),
+        (0, "testapp.BoundPerson.ssn", 1, b"00000000-0000-4000-8000-000000000002", b"123-45-6789"),
+        (1, "people.Person.notes", 4294967295, b"42", "ünïcödé ✓ 𝄞".encode()),
+        (2, "app.Model.f", 7, b"", b""),
+        (2, "app.Model.g", 300, "clé-é".encode(), json.dumps({"a": [1, 2, {}]}).encode()),
+    ]
+    encrypt = []
+    for i, (d, label, version, binding, plaintext) in enumerate(cases):
+        nonce = hashlib.sha256(b"bound nonce%d" % i).digest()[:12]
+        dek = deks[d]
+        encrypt.append(
+            {
+                "dek": dek.hex(),
+                "label": label,
+                "version": version,
+                "binding": binding.hex(),
+                "nonce": nonce.hex(),
+                "plaintext": plaintext.hex(),
+                "subkey": subkey(dek, "encrypt", label).hex(),
+                "token": bound_token(dek, label, version, binding, nonce, plaintext).hex(),
+            }
+        )
+    base = encrypt[0]
+    tok = bytes.fromhex(base["token"])
+    # The same nonce and plaintext sealed as format 0x01: valid 0x01, never a valid 0x02.
+    v1 = token(deks[0], base["label"], 1, tok[5:17], bytes.fromhex(base["plaintext"]))
+    flipped = bytearray(tok)
+    flipped[-1] ^= 1
+    invalid = [
+        {"why": "bound to another row", "token": tok.hex(), "binding": encrypt[1]["binding"]},
+        {"why": "bound value with a byte dropped", "token": tok.hex(), "binding": base["binding"][:-2]},
+        {"why": "empty bound value", "token": tok.hex(), "binding": ""},
+        {"why": "copied to another column", "token": tok.hex(), "label": "testapp.BoundPerson.name"},
+        {"why": "last tag bit flipped", "token": bytes(flipped).hex()},
+        {"why": "truncated by one byte", "token": tok[:-1].hex()},
+        {"why": "format byte rewritten to 0x01", "token": (b"\x01" + tok[1:]).hex()},
+        {"why": "a format 0x01 token", "token": v1.hex()},
+        {"why": "format 0x01 token relabelled 0x02", "token": (b"\x02" + v1[1:]).hex()},
+        {"why": "unknown format byte", "token": (b"\x03" + tok[1:]).hex()},
+        {
+            "why": "forged version (header re-written)",
+            "token": (tok[:1] + struct.pack(">I", 9) + tok[5:]).hex(),
+        },
+        {"why": "wrong key", "token": tok.hex(), "dek": deks[1].hex()},
+    ]
+    for case in invalid:
+        case.setdefault("label", base["label"])
+        case.setdefault("binding", base["binding"])
+        case.setdefault("dek", base["dek"])
+        case["error"] = "InvalidToken"
+    return encrypt, invalid
 
 
 def main() -> None:
@@ -100,7 +170,14 @@ def main() -> None:
         case.setdefault("label", base["label"])
         case.setdefault("dek", base["dek"])
         case["error"] = "InvalidToken"
-    for name, data in [("encrypt", encrypt), ("blind_index", index), ("invalid", invalid)]:
+    encrypt_bound, invalid_bound = bound_vectors(deks)
+    for name, data in [
+        ("encrypt", encrypt),
+        ("blind_index", index),
+        ("invalid", invalid),
+        ("encrypt_bound", encrypt_bound),
+        ("invalid_bound", invalid_bound),
+    ]:
         (HERE / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
