@@ -222,10 +222,15 @@ class KeyringCache:
         return ring
 
     def _load(self, name: str, purpose: str, now: float) -> Keyring:
+        from .databases import keys_database
         from .models import DataKey
 
-        rows = DataKey.objects.filter(keyring=name, purpose=purpose).values_list(
-            "version", "state", "wrapped_key"
+        # From the keys database, never a replica a router picks for reads: a lagging copy could
+        # still show a retired version as usable, or lack a version a ciphertext names.
+        rows = (
+            DataKey.objects.using(keys_database())
+            .filter(keyring=name, purpose=purpose)
+            .values_list("version", "state", "wrapped_key")
         )
         versions = [KeyVersion(v, s, bytes(w) if w is not None else None) for v, s, w in rows]
         ring = Keyring(name, purpose, versions, now)

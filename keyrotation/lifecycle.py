@@ -334,7 +334,7 @@ def rewrap(*, actor: str | None = None) -> int:
 
 def keys(keyring_name: str | None = None, purpose: str | None = None) -> list[DataKey]:
     """The DataKey rows (for listing), ordered by keyring, purpose, version."""
-    qs = DataKey.objects.order_by("keyring", "purpose", "version")
+    qs = DataKey.objects.using(databases.keys_database()).order_by("keyring", "purpose", "version")
     if keyring_name:
         qs = qs.filter(keyring=keyring_name)
     if purpose:

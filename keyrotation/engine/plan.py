@@ -15,7 +15,7 @@ from django.apps import apps
 from django.db import models
 from django.db.models import Q
 
-from .. import census, keyring, registry
+from .. import census, databases, keyring, registry
 from ..exceptions import KeyRotationError
 
 
@@ -185,18 +185,31 @@ def _index_input(f) -> Callable[[bytes], bytes]:
     return lambda plaintext: f.index_input(codecs.decode(base, plaintext))
 
 
-def census_rows(using: str | None = None) -> list[dict]:
-    """Per registered column: rows per key version, the active version and percent on it."""
+def census_rows(database: str | None = None) -> list[dict]:
+    """Per registered column: rows per key version, the active version and percent on it, summed
+    over every database that holds the column (``databases`` lists them). With ``database``: only
+    the columns held there, counted there."""
+    cols = list(registry.columns())
+    where = databases.holding_all({col.model for col in cols}, only=database)
     out = []
-    for col in registry.columns():
-        counts = census.counts(col, using=using)
+    for col in cols:
+        aliases = where[col.model]
+        if database is not None and not aliases:
+            continue
+        counts: dict[int | None, int] = {}
+        legacy_rows, legacy_only, unversioned = None, 0, 0
+        for alias in aliases:
+            for version, n in census.counts(col, using=alias).items():
+                counts[version] = counts.get(version, 0) + n
+            with_legacy, only_legacy = _legacy_rows(col, alias)
+            if with_legacy is not None:
+                legacy_rows = (legacy_rows or 0) + with_legacy
+            legacy_only += only_legacy
+            unversioned += census.unversioned(col, alias)
         ring = keyring.get_keyring(col.keyring, col.purpose)
         active = ring.active_version
-        with_value = sum(n for v, n in counts.items() if v is not None)
+        with_value = sum(n for v, n in counts.items() if v is not None) + legacy_only + unversioned
         on_active = counts.get(active, 0)
-        legacy_left = _legacy_rows(col, using)
-        unversioned = census.unversioned(col, using)
-        with_value += legacy_left[1] + unversioned
         out.append(
             {
                 "label": col.label,
@@ -205,11 +218,12 @@ def census_rows(using: str | None = None) -> list[dict]:
                 "keyring": col.keyring,
                 "active_version": active,
                 "versions": {str(v): n for v, n in counts.items() if v is not None},
-                "empty": counts.get(None, 0) - legacy_left[1] - unversioned,
+                "empty": counts.get(None, 0) - legacy_only - unversioned,
                 "rows": with_value,
                 "on_active": on_active,
                 "percent_active": 100.0 if with_value == 0 else round(100.0 * on_active / with_value, 2),
-                "legacy_rows": legacy_left[0],
+                "legacy_rows": legacy_rows,
+                "databases": aliases,
             }
         )
     return out
