@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from django.db import router
 from django.db.models import BinaryField, Count, Q
 from django.db.models.functions import Substr
 
@@ -43,10 +44,15 @@ class Reference:
         return where
 
 
-def counts(column: registry.Column, using: str) -> dict[int | None, int]:
-    """``{version: rows}`` of one column on one database, by the version column (``None``: rows
-    with no value yet)."""
-    qs = column.model._base_manager.using(using).values(column.version_attname)
+def _rows(column: registry.Column, using: str | None):
+    """The column's model rows on ``using``: by default its write database, never a replica."""
+    return column.model._base_manager.using(using or router.db_for_write(column.model))
+
+
+def counts(column: registry.Column, using: str | None = None) -> dict[int | None, int]:
+    """``{version: rows}`` of one column on one database (default: the model's write database),
+    by the version column (``None``: rows with no value yet)."""
+    qs = _rows(column, using).values(column.version_attname)
     rows = qs.annotate(n=Count("pk")).order_by(column.version_attname)
     return {row[column.version_attname]: row["n"] for row in rows}
 
@@ -82,11 +88,11 @@ def references(keyring: str, purpose: str, version: int, database: str | None = 
     return out
 
 
-def unversioned(column: registry.Column, using: str) -> int:
+def unversioned(column: registry.Column, using: str | None = None) -> int:
     """Rows of an encrypted ``column`` holding a value but no version (a default a migration
     filled in): the engine takes their version from the header."""
     if column.purpose != "encrypt":
         return 0
-    rows = column.model._base_manager.using(using)
+    rows = _rows(column, using)
     unknown = {f"{column.version_attname}__isnull": True, f"{column.field_name}__isnull": False}
     return rows.filter(**unknown).count()

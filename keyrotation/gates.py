@@ -12,8 +12,10 @@ that can be long after the version stopped being active. Hence:
 * ``destroy`` cannot be undone, so it asks for more, in this order: the version retired for at
   least ``DESTROY_GRACE_SECONDS``; no transaction still open, on any counted database, that began
   before the version stopped being usable for writes (its deactivation plus ``CACHE_SECONDS``);
-  then a fresh census. Once no such transaction is open, anything it wrote is committed, so the
-  census that follows sees it.
+  then a fresh census. Once no such transaction is open, whatever it wrote is committed (or rolled
+  back), so the census that follows sees it: each count reads a fresh snapshot (its own
+  transaction on every other database; on the keys database, the destroy's transaction under
+  Django's default READ COMMITTED).
 
 Open transactions are read from ``pg_stat_activity`` on PostgreSQL. SQLite and the other backends
 do not show other sessions' transactions: there the grace period is the only guard against a
@@ -100,11 +102,15 @@ class Census:
         return Refusal("referenced", f"still referenced by {', '.join(parts)}; {next_step}", self.details())
 
 
-def take_census(key: DataKey) -> Census:
+def _columns_and_databases(key: DataKey) -> tuple[list[registry.Column], dict]:
+    cols = list(registry.columns(keyring=key.keyring, purpose=key.purpose))
+    return cols, databases.holding_all({col.model for col in cols})
+
+
+def take_census(key: DataKey, found: tuple[list[registry.Column], dict] | None = None) -> Census:
     """Count the rows under ``key`` on every database that holds one of its columns. A database
     that cannot be read is recorded (the gate then refuses), never skipped."""
-    cols = list(registry.columns(keyring=key.keyring, purpose=key.purpose))
-    where = databases.holding_all({col.model for col in cols})
+    cols, where = found or _columns_and_databases(key)
     refs, unreadable = [], {}
     for col in cols:
         for alias in where[col.model]:
@@ -235,13 +241,12 @@ def destroy(key: DataKey) -> tuple[dict[str, Any], Refusal | None]:
     refusal = destroy_grace(key, now)
     if refusal is not None:
         return refusal.details, refusal
-    cols = registry.columns(keyring=key.keyring, purpose=key.purpose)
-    where = databases.holding_all({col.model for col in cols})
-    aliases = sorted({alias for found in where.values() for alias in found})
+    found = _columns_and_databases(key)
+    aliases = sorted({alias for held in found[1].values() for alias in held})
     refusal = open_transactions(key, aliases, now)
     if refusal is not None:
         return refusal.details, refusal
-    counted = take_census(key)
+    counted = take_census(key, found)
     evidence = {
         **counted.details(),
         "transactions_checked_on": [a for a in aliases if connections[a].vendor == "postgresql"],

@@ -89,6 +89,18 @@ def test_rows_under_v1_on_a_routed_database_block_retire_until_reencrypt_moves_t
     assert set(Person.objects.values_list("email", flat=True)) == {f"p{i}@example.com" for i in range(30)}
 
 
+@PERSON_ON_OTHER
+def test_workers_share_the_run_of_another_database(keys, no_waits, person_table_on_other):
+    Person.objects.bulk_create(Person(name=f"p{i}", email=f"p{i}@example.com") for i in range(300))
+    rotate_encrypt()
+    report = engine.reencrypt(["testapp.Person"], workers=2, batch_size=40, chunk_span=50)
+    assert report.ok, report.as_dict()
+    assert report.rows_done == 300 and list(report.runs) == ["other"]
+    assert versions_on("other") == [2] * 300
+    run = ReencryptionRun.objects.using("default").get(pk=report.run_id)
+    assert run.chunks.count() == 6 and set(run.chunks.values_list("status", flat=True)) == {"done"}
+
+
 @NO_ROUTER
 def test_rows_written_with_using_on_a_second_alias_are_counted_and_moved(
     keys, no_waits, person_table_on_other

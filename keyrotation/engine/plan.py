@@ -84,7 +84,8 @@ class ModelPlan:
             )
         return q
 
-    def pending(self, using: str | None = None) -> int:
+    def pending(self, using: str) -> int:
+        """Rows pending on the database ``using`` (always named: never a replica a router picks)."""
         return self.model._base_manager.using(using).filter(self.pending_q()).count()
 
     def targets(self) -> dict[str, int]:
@@ -229,7 +230,7 @@ def census_rows(database: str | None = None) -> list[dict]:
     return out
 
 
-def _legacy_rows(col: registry.Column, using: str | None) -> tuple[int | None, int]:
+def _legacy_rows(col: registry.Column, using: str) -> tuple[int | None, int]:
     """(rows holding a legacy value, of which with no new value): (None, 0) when not adopting."""
     from .. import legacy
 
