@@ -80,11 +80,11 @@ class Census:
     def refusal(self, next_step: str) -> Refusal | None:
         """None when no row references the version and every database could be read."""
         if self.unreadable:
-            names = ", ".join(repr(alias) for alias in self.unreadable)
+            names = ", ".join(f"{alias!r} ({error})" for alias, error in self.unreadable.items())
             return Refusal(
                 "census_failed",
-                f"could not count the rows on database(s) {names}; every database that holds an "
-                f"encrypted column must be readable: fix the connection and retry",
+                f"could not count the rows on database {names}; every database that holds an "
+                f"encrypted column must be readable with the model's table: fix it and retry",
                 self.details(),
             )
         stale = [ref for ref in self.references if ref.rows]
