@@ -31,6 +31,7 @@ def check_settings(app_configs=None, **kwargs):
     try:
         conf.kek()
         conf.cache_seconds()
+        conf.destroy_grace_seconds()
         conf.blind_index_bytes()
         conf.default_keyring()
         conf.batch_size()

@@ -27,6 +27,7 @@ KNOWN_KEYS = frozenset(
     {
         "KEK",
         "CACHE_SECONDS",
+        "DESTROY_GRACE_SECONDS",
         "BLIND_INDEX_BYTES",
         "DEFAULT_KEYRING",
         "INDEX_VERSION_COLUMNS",
@@ -76,6 +77,22 @@ def cache_seconds() -> float:
     value = _get("CACHE_SECONDS", 60)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise ConfigurationError('KEYROTATION["CACHE_SECONDS"] must be a number >= 0')
+    return float(value)
+
+
+def destroy_grace_seconds() -> float:
+    """``KEYROTATION["DESTROY_GRACE_SECONDS"]`` (default 86400, one day): how long a version
+    stays retired before ``rotatekeys --destroy`` may erase it.
+
+    Destroying is irreversible. The wait leaves time for a row that the census could not see when
+    the version was retired (written by a transaction still open then, restored from a backup, on
+    a database added since) to show up in ``rotation_status`` and in the destroy's own recount.
+    Keep it well above ``CACHE_SECONDS`` and above the longest transaction your application runs.
+    ``0`` is for tests and demos.
+    """
+    value = _get("DESTROY_GRACE_SECONDS", 86400)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ConfigurationError('KEYROTATION["DESTROY_GRACE_SECONDS"] must be a number >= 0')
     return float(value)
 
 

@@ -431,11 +431,15 @@ def _list(name: str, purpose: str) -> tuple[list[KeyVersion], int | None, dict[i
     from django.db.models import Q
 
     from . import audit_chain, key_state
+    from .databases import keys_database
     from .models import DataKey
 
     chain = (audit_chain.AUDIT_KEYRING, audit_chain.AUDIT_PURPOSE)
+    # From the keys database, never a replica a router picks for reads: a lagging copy could still
+    # show a retired version as usable, or lack a version a ciphertext names.
     rows = list(
-        DataKey.objects.filter(Q(keyring=name, purpose=purpose) | Q(keyring=chain[0], purpose=chain[1]))
+        DataKey.objects.using(keys_database())
+        .filter(Q(keyring=name, purpose=purpose) | Q(keyring=chain[0], purpose=chain[1]))
         .annotate(latest_audit_id=key_state.latest_audit_id_subquery(name, purpose))
         .values_list(
             "keyring", "purpose", "version", "state", "wrapped_key", *key_state.SEAL_FIELDS, "latest_audit_id"

@@ -11,12 +11,11 @@ Processes see the change within ``CACHE_SECONDS`` (at once for a version they me
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 
 from django.db import transaction
 from django.utils import timezone
 
-from . import audit, audit_chain, census, conf, crypto, key_state, keyring, signals
+from . import audit, audit_chain, conf, crypto, databases, gates, key_state, keyring, signals
 from .exceptions import KeyStateError, NoActiveKey, UnknownKeyVersion
 from .kek import context_for
 from .models import DataKey, KeyState
@@ -256,27 +255,18 @@ def rollback(
 def retire(keyring_name: str | None, purpose: str, version: int, *, actor: str | None = None) -> DataKey:
     """Retire a decrypt-only version once the census proves no row references it.
 
-    Refused while (a) any registered column holds a row under ``version``, or (b) the version
-    stopped being active less than ``CACHE_SECONDS`` ago: another process may still believe it is
-    active and write with it, after the census has counted.
+    Refused, and the refusal audited, while (a) the version stopped being active less than
+    ``CACHE_SECONDS`` ago: another process may still believe it is active and write with it, after
+    the census has counted; or (b) any row references it, by its version column or by its
+    ciphertext header, on any database that holds one of its columns (see :mod:`keyrotation.gates`).
+    The census runs inside the retiring transaction, after the key row is locked.
     """
     keyring_name = keyring_name or conf.default_keyring()
-    with transaction.atomic():
+    with transaction.atomic(using=databases.keys_database()):
         key = _find(_locked(keyring_name, purpose), version, keyring_name, purpose)
         check_transition(key, RETIRED, keyring_name, purpose)
-        grace = timedelta(seconds=conf.cache_seconds())
-        if key.deactivated_at and timezone.now() < key.deactivated_at + grace:
-            wait = (key.deactivated_at + grace - timezone.now()).total_seconds()
-            raise KeyStateError(
-                f"stopped being active less than CACHE_SECONDS ago; processes may still write with it "
-                f"(retry in {wait:.0f}s, then re-run the census)",
-                keyring=keyring_name,
-                purpose=purpose,
-                version=version,
-            )
-        evidence = census.references(keyring_name, purpose, version)
-        stale = {label: n for label, n in evidence.items() if n}
-        if not stale:
+        counted, refusal = gates.retire(key)
+        if refusal is None:
             _set_state(key, RETIRED)
             _record_state_change(
                 "key_retired",
@@ -285,28 +275,28 @@ def retire(keyring_name: str | None, purpose: str, version: int, *, actor: str |
                 actor=actor,
                 from_version=version,
                 rows_processed=0,
-                details={"census": evidence},
+                details=counted.details(),
             )
             _after_commit()
             return key
-    # The refusal is recorded in its own transaction: the evidence must outlive the refusal.
+    raise _refused("key_retire_refused", refusal, keyring_name, purpose, version, actor)
+
+
+def _refused(
+    action: str, refusal: gates.Refusal, keyring_name: str, purpose: str, version: int, actor: str | None
+) -> KeyStateError:
+    """Record a gate's refusal in its own transaction (the evidence must outlive the refused
+    change, which rolled back) and return the error to raise."""
     audit.record(
-        "key_retire_refused",
+        action,
         status="refused",
         actor=actor,
         keyring=keyring_name,
         purpose=purpose,
         from_version=version,
-        details={"census": evidence},
+        details={"reason": refusal.reason, **refusal.details},
     )
-    raise KeyStateError(
-        "still referenced by "
-        + ", ".join(f"{n} row(s) of {label}" for label, n in stale.items())
-        + "; run `manage.py reencrypt` first",
-        keyring=keyring_name,
-        purpose=purpose,
-        version=version,
-    )
+    return KeyStateError(refusal.message, keyring=keyring_name, purpose=purpose, version=version)
 
 
 def restore(keyring_name: str | None, purpose: str, version: int, *, actor: str | None = None) -> DataKey:
@@ -328,7 +318,13 @@ def restore(keyring_name: str | None, purpose: str, version: int, *, actor: str 
 
 
 def destroy(keyring_name: str | None, purpose: str, version: int, *, actor: str | None = None) -> DataKey:
-    """Erase the wrapped material of a retired version (irreversible crypto-shredding)."""
+    """Erase the wrapped material of a retired version (irreversible crypto-shredding).
+
+    Refused, and the refusal audited, unless the version has been retired for at least
+    ``DESTROY_GRACE_SECONDS``, no transaction that began before it stopped taking writes is still
+    open on a counted database (PostgreSQL), and a fresh census on every database finds no row
+    under it (see :mod:`keyrotation.gates`).
+    """
     keyring_name = keyring_name or conf.default_keyring()
     from .audit_chain import AUDIT_KEYRING
 
@@ -339,12 +335,18 @@ def destroy(keyring_name: str | None, purpose: str, version: int, *, actor: str 
             purpose=purpose,
             version=version,
         )
-    with transaction.atomic():
+    with transaction.atomic(using=databases.keys_database()):
         key = _find(_locked(keyring_name, purpose), version, keyring_name, purpose)
-        _set_state(key, DESTROYED)
-        _record_state_change("key_destroyed", keyring_name, purpose, actor=actor, from_version=version)
-        _after_commit()
-    return key
+        check_transition(key, DESTROYED, keyring_name, purpose)
+        evidence, refusal = gates.destroy(key)
+        if refusal is None:
+            _set_state(key, DESTROYED)
+            _record_state_change(
+                "key_destroyed", keyring_name, purpose, actor=actor, from_version=version, details=evidence
+            )
+            _after_commit()
+            return key
+    raise _refused("key_destroy_refused", refusal, keyring_name, purpose, version, actor)
 
 
 def rewrap(*, actor: str | None = None) -> int:
@@ -411,7 +413,7 @@ def accept_state(keyring_name: str | None, purpose: str, *, actor: str | None = 
 
 def keys(keyring_name: str | None = None, purpose: str | None = None) -> list[DataKey]:
     """The DataKey rows (for listing), ordered by keyring, purpose, version."""
-    qs = DataKey.objects.order_by("keyring", "purpose", "version")
+    qs = DataKey.objects.using(databases.keys_database()).order_by("keyring", "purpose", "version")
     if keyring_name:
         qs = qs.filter(keyring=keyring_name)
     if purpose:

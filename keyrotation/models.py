@@ -174,13 +174,19 @@ class ReencryptionRun(models.Model):
     """One re-encryption of a set of models towards fixed target key versions.
 
     Any number of processes on any number of hosts join the open run for the same scope and
-    share its chunks. ``status`` follows ``engine.runs.RUN_TRANSITIONS``. Rows done and the last
+    database and share its chunks; a project with several databases gets one run per database.
+    ``status`` follows ``engine.runs.RUN_TRANSITIONS``. Rows done and the last
     heartbeat are derived from the chunks (``engine.runs.progress``), never stored twice.
     """
 
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.RUNNING)
     scope = models.CharField(
         max_length=255, help_text="Which models/fields this run covers ('*' = every registered column)."
+    )
+    database = models.CharField(
+        max_length=100,
+        default="default",
+        help_text="The database alias whose rows this run re-encrypts (the run is kept with the keys).",
     )
     targets = models.JSONField(default=dict, help_text='Target versions, e.g. {"default/encrypt": 2}.')
     options = models.JSONField(default=dict, blank=True)
@@ -196,7 +202,8 @@ class ReencryptionRun(models.Model):
         permissions = [("control_reencryptionrun", "Can pause, resume and abort re-encryption runs")]
 
     def __str__(self) -> str:
-        return f"run #{self.pk} {self.scope} ({self.status})"
+        where = "" if self.database == "default" else f" on {self.database}"
+        return f"run #{self.pk} {self.scope}{where} ({self.status})"
 
 
 class ChunkStatus(models.TextChoices):

@@ -3,7 +3,10 @@
 The database is chosen by the environment:
 
 * ``DATABASE_URL=postgres://user:pass@host:port/name`` runs on that PostgreSQL (``make test``
-  starts a throwaway cluster and sets it);
+  starts a throwaway cluster and sets it), with two more aliases for the multi-database tests:
+  ``other`` (a second database on that server) and ``replica`` (a second connection to the
+  default database). The router :class:`tests.routers.DefaultOnly` keeps every model on
+  ``default``; ``tests/test_multidb.py`` installs others;
 * otherwise SQLite in memory.
 """
 
@@ -22,12 +25,22 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
 if os.environ.get("DATABASE_URL"):
+    _default = servers.database_settings(os.environ["DATABASE_URL"])
+    _test_name = os.environ.get("KEYROTATION_TEST_PG_NAME", "test_keyrotation")
     DATABASES = {
-        "default": {
-            **servers.database_settings(os.environ["DATABASE_URL"]),
-            "TEST": {"NAME": os.environ.get("KEYROTATION_TEST_PG_NAME", "test_keyrotation")},
-        }
+        "default": {**_default, "TEST": {"NAME": _test_name}},
+        # A second database on the same server (tests/test_multidb.py). Its name follows the
+        # default's, so a subprocess handed the test database's URL finds the test "other" too.
+        "other": {
+            **_default,
+            "NAME": f"{_default['NAME']}_other",
+            "TEST": {"NAME": f"{_test_name}_other"},
+        },
+        # A second connection to the default database, as a read replica would be.
+        "replica": {**_default, "TEST": {"MIRROR": "default"}},
     }
+    # Nothing lives on "other" or "replica" unless a test installs a router that says so.
+    DATABASE_ROUTERS = ["tests.routers.DefaultOnly"]
 else:
     DATABASES = {
         "default": {

@@ -69,7 +69,7 @@ def test_retire_refused_for_active_and_for_recent_keys():
 
 
 def test_destroy_only_after_retire(settings):
-    settings.KEYROTATION = {**settings.KEYROTATION, "CACHE_SECONDS": 0}
+    settings.KEYROTATION = {**settings.KEYROTATION, "CACHE_SECONDS": 0, "DESTROY_GRACE_SECONDS": 0}
     run("--init")
     run("--purpose", "encrypt")
     with pytest.raises(CommandError, match="from decrypt_only to destroyed"):

@@ -14,6 +14,7 @@ NO_GRACE = override_settings(
     KEYROTATION={
         "KEK": {"BACKEND": "local", "KEYS": ["ERERERERERERERERERERERERERERERERERERERERERE="]},
         "CACHE_SECONDS": 0,
+        "DESTROY_GRACE_SECONDS": 0,
     }
 )
 
@@ -76,7 +77,8 @@ def test_retire_then_destroy(keys):
     assert states()[1] == "retired"
     entry = KeyRotationAudit.objects.get(action="key_retired")
     census = entry.details["census"]  # every registered column of the test app, none referencing v1
-    assert set(entry.details) == {"census"} and census and set(census.values()) == {0}
+    assert set(entry.details) == {"census", "databases"} and census and set(census.values()) == {0}
+    assert entry.details["databases"] == ["default"]
     lifecycle.destroy("default", "encrypt", 1)
     key = DataKey.objects.get(keyring="default", purpose="encrypt", version=1)
     assert key.state == "destroyed" and key.wrapped_key is None and key.destroyed_at

@@ -93,4 +93,7 @@ KEYROTATION = {
     # How long a process trusts its cached keyring; the demo shortens it so that the old key can
     # be retired right after re-encryption (production: keep the default 60 s, or more).
     "CACHE_SECONDS": float(os.environ.get("KEYROTATION_CACHE_SECONDS", "60")),
+    # How long a retired key waits before it may be destroyed (default one day); the emergency
+    # runbook's rehearsal sets it to 0 so as not to wait.
+    "DESTROY_GRACE_SECONDS": float(os.environ.get("KEYROTATION_DESTROY_GRACE_SECONDS", "86400")),
 }

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from django.db import connections
 
-from .. import conf, keyring, signals
+from .. import conf, databases, keyring, signals
 from ..exceptions import KeyRotationError
 from ..models import QuarantinedValue, ReencryptionRun, RunStatus
 from . import plan as _plan
@@ -41,7 +41,8 @@ __all__ = [
 
 @dataclass
 class Report:
-    """What one ``reencrypt`` call did (this process and its workers)."""
+    """What one ``reencrypt`` call did (this process and its workers), over every database it
+    worked on (``runs``: database alias -> run id; ``run_id``: the last of them)."""
 
     run_id: int | None
     status: str
@@ -52,6 +53,7 @@ class Report:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    runs: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -60,6 +62,7 @@ class Report:
     def as_dict(self) -> dict:
         return {
             "run_id": self.run_id,
+            "runs": self.runs,
             "status": self.status,
             "joined": self.joined,
             "rows_total": self.rows_total,
@@ -75,6 +78,7 @@ class Report:
 def reencrypt(
     models: list[str] | None = None,
     *,
+    database: str | None = None,
     workers: int = 1,
     batch_size: int | None = None,
     rate: float | None = None,
@@ -82,7 +86,6 @@ def reencrypt(
     max_duration: float | None = None,
     on_error: str = "stop",
     actor: str | None = None,
-    using: str = "default",
     on_batch: Callable[[dict], None] | None = None,
     monitor: Callable[[], None] | None = None,
     chunk_span: int = runs.CHUNK_PK_SPAN,
@@ -91,12 +94,15 @@ def reencrypt(
 ) -> Report:
     """Move every row of the registered columns in ``models`` to the active key versions.
 
-    Joins the open run of the same scope if there is one (another host, or a rerun after a
-    crash), else plans a new run. Returns when no work is left, at ``max_duration``, or when an
-    operator aborts.
+    On every database that holds one of the models and takes writes
+    (:func:`keyrotation.databases.holding`), one after the other, stopping at the first that does
+    not finish. On each, joins the open run of the same scope if there is one (another host, or a
+    rerun after a crash), else plans a new run. Returns when no work is left, at
+    ``max_duration`` (one window for all the databases), or when an operator aborts.
 
     Args:
         models: ``"app.Model"`` or ``"app.Model.field"`` entries; None for every registered column.
+        database: only this database alias (default: every database that holds the models).
         workers: processes on this host (each one claims chunks through the database).
         batch_size: rows per batch (default ``KEYROTATION["BATCH_SIZE"]``).
         rate: rows per second cap, per worker.
@@ -109,46 +115,86 @@ def reencrypt(
 
     Raises:
         RunFailed: ``on_error="stop"`` and a value could not be opened.
-        KeyRotationError: a scope entry names no registered column.
+        KeyRotationError: a scope entry names no registered column; ``database`` is unknown,
+            read-only or holds none of the models.
     """
     if on_error not in ("stop", "quarantine"):
         raise ValueError(f"on_error must be 'stop' or 'quarantine', got {on_error!r}")
     if workers < 1:
         raise ValueError("workers must be >= 1")
-    if workers > 1 and not sql.skip_locked(using):
-        raise KeyRotationError(
-            f"--workers {workers} needs row locks with SKIP LOCKED; "
-            f"{connections[using].vendor} has none: run one worker"
-        )
     started = time.monotonic()
     keyring.invalidate()  # plan against the key versions active right now
     plans = _plan.build(models)
-    opts = Options(
-        batch_size=batch_size or conf.batch_size(),
-        rate=rate,
-        target_batch_ms=target_batch_ms,
-        max_duration=max_duration,
-        on_error=on_error,
-        actor=actor,
-        using=using,
-        on_batch=on_batch,
-        stale_after=stale_after,
-        pipeline=pipeline,
-    )
+    targets = _targets(plans, database)
+    for alias, _ in targets:
+        if workers > 1 and not sql.skip_locked(alias):
+            raise KeyRotationError(
+                f"--workers {workers} needs row locks with SKIP LOCKED; "
+                f"{connections[alias].vendor} has none: run one worker"
+            )
+    report = Report(run_id=None, status="")
+    for alias, on in targets:
+        opts = Options(
+            batch_size=batch_size or conf.batch_size(),
+            rate=rate,
+            target_batch_ms=target_batch_ms,
+            max_duration=max_duration,
+            on_error=on_error,
+            actor=actor,
+            using=alias,
+            state=databases.engine_database(),
+            on_batch=on_batch,
+            stale_after=stale_after,
+            pipeline=pipeline,
+        )
+        if max_duration is not None:  # one maintenance window for all the databases
+            opts.max_duration = max(0.001, max_duration - (time.monotonic() - started))
+        _run_on(report, on, models, opts, workers, monitor, chunk_span)
+        if report.status != RunStatus.FINISHED or report.errors:
+            break
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _targets(plans: list[_plan.ModelPlan], database: str | None) -> list[tuple[str, list]]:
+    """``[(alias, plans of the models it holds)]``: the databases ``reencrypt`` writes on, in
+    ``DATABASES`` order. A database that refuses writes (a PostgreSQL hot standby) is left to its
+    primary, which is counted and re-encrypted in its own right."""
+    where = databases.holding_all([p.model for p in plans], only=database)
+    out = []
+    for alias in connections.settings:
+        on = [p for p in plans if alias in where[p.model]]
+        if not on:
+            continue
+        if not databases.writable(alias):
+            if database is not None:
+                raise KeyRotationError(f"database {alias!r} is read-only: re-encrypt on its primary")
+            continue
+        out.append((alias, on))
+    if not out and database is not None and plans:
+        raise KeyRotationError(f"no registered column in scope lives on database {database!r}")
+    return out or [(database or databases.engine_database(), [])]
+
+
+def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor, chunk_span: int) -> None:
+    """Open or join the run of ``plans`` on ``opts.using`` and work it; add to ``report``."""
     # Opening a run writes an audit row, which needs the KEK (the chain key): ride out an outage.
     run, joined = retrying(
         "opening the run",
         lambda: runs.open_run(
             plans,
             models,
-            actor=actor,
+            database=opts.using,
+            actor=opts.actor,
             options=_public_options(opts, workers),
             chunk_span=chunk_span,
-            using=using,
+            using=opts.state,
         ),
         opts,
     )
-    report = Report(run_id=run.pk, status=run.status, joined=joined, rows_total=run.rows_total)
+    report.run_id = report.runs[opts.using] = run.pk
+    report.joined = report.joined or joined
+    report.rows_total += run.rows_total
     if workers == 1:
         try:
             result = work(run, plans, opts)
@@ -158,24 +204,26 @@ def reencrypt(
     else:
         from .workers import run_workers
 
-        result, report.errors = run_workers(run, plans, opts, workers, monitor)
-    run.refresh_from_db()
-    if run.status == RunStatus.RUNNING and not runs.progress(run, using=using)["running"] and result.stopped:
-        runs.set_status(run.pk, RunStatus.INTERRUPTED, actor=actor, using=using)
-        run.refresh_from_db()
+        result, errors = run_workers(run, plans, opts, workers, monitor)
+        report.errors += errors
+    state = opts.state
+    run.refresh_from_db(using=state)  # not from a replica a router would pick for reads
+    if run.status == RunStatus.RUNNING and not runs.progress(run, using=state)["running"] and result.stopped:
+        runs.set_status(run.pk, RunStatus.INTERRUPTED, actor=opts.actor, using=state)
+        run.refresh_from_db(using=state)
+    quarantined = QuarantinedValue.objects.using(state).filter(run=run)
     report.status = run.status
-    report.rows_done = result.rows_done
-    report.rows_failed = QuarantinedValue.objects.using(using).filter(run=run).count()
-    report.quarantined = [str(q) for q in QuarantinedValue.objects.using(using).filter(run=run)[:100]]
-    report.seconds = time.monotonic() - started
+    report.rows_done += result.rows_done
+    rows_failed = quarantined.count()
+    report.rows_failed += rows_failed
+    report.quarantined += [str(q) for q in quarantined[:100]]
     signals.run_finished.send(
         sender=ReencryptionRun,
         run_id=run.pk,
-        status=report.status,
-        rows_done=report.rows_done,
-        rows_failed=report.rows_failed,
+        status=run.status,
+        rows_done=result.rows_done,
+        rows_failed=rows_failed,
     )
-    return report
 
 
 def _public_options(opts: Options, workers: int) -> dict:
@@ -189,31 +237,33 @@ def _public_options(opts: Options, workers: int) -> dict:
     }
 
 
-def dry_run(models: list[str] | None = None, *, sample: int = 500, using: str = "default") -> dict:
-    """What ``reencrypt`` would do, changing nothing: pending rows per model, the census per
-    column, an estimate of the time from a measured sample (decrypt + encrypt in memory, no write),
-    and the data keys the KEK would have to unwrap."""
+def dry_run(models: list[str] | None = None, *, sample: int = 500, database: str | None = None) -> dict:
+    """What ``reencrypt`` would do, changing nothing: pending rows per model and database, the
+    census per column, an estimate of the time from a measured sample (decrypt + encrypt in
+    memory, no write), and the data keys the KEK would have to unwrap."""
     keyring.invalidate()
     plans = _plan.build(models)
-    census = [c for c in _plan.census_rows(using=using) if _in_scope(c["label"], plans)]
+    census = [c for c in _plan.census_rows(database) if _in_scope(c["label"], plans)]
     out_models, seconds_total = [], 0.0
-    for p in plans:
-        pending = p.pending(using=using)
-        rows = sql.select_batch(p, using, None, None, sample, lock=False) if pending else []
-        start = time.monotonic()
-        failures = len(BatchTransformer(p, using).transform_batch(rows, stop=False)[1]) if rows else 0
-        per_row = (time.monotonic() - start) / len(rows) if rows else 0.0
-        seconds_total += per_row * pending
-        out_models.append(
-            {
-                "model": p.label,
-                "rows_pending": pending,
-                "targets": p.targets(),
-                "sample_rows": len(rows),
-                "sample_failures": failures,
-                "crypto_seconds_per_row": per_row,
-            }
-        )
+    for alias, on in _targets(plans, database):
+        for p in on:
+            pending = p.pending(using=alias)
+            rows = sql.select_batch(p, alias, None, None, sample, lock=False) if pending else []
+            start = time.monotonic()
+            failures = len(BatchTransformer(p, alias).transform_batch(rows, stop=False)[1]) if rows else 0
+            per_row = (time.monotonic() - start) / len(rows) if rows else 0.0
+            seconds_total += per_row * pending
+            out_models.append(
+                {
+                    "model": p.label,
+                    "database": alias,
+                    "rows_pending": pending,
+                    "targets": p.targets(),
+                    "sample_rows": len(rows),
+                    "sample_failures": failures,
+                    "crypto_seconds_per_row": per_row,
+                }
+            )
     unwraps = sorted(
         {
             f"{c['keyring']}/{c['purpose']}/v{v}"
@@ -230,24 +280,26 @@ def dry_run(models: list[str] | None = None, *, sample: int = 500, using: str = 
     }
 
 
-def pending(models: list[str] | None = None, *, using: str = "default") -> int:
-    """Rows of ``models`` with any column not on its active key version."""
+def pending(models: list[str] | None = None, *, database: str | None = None) -> int:
+    """Rows of ``models`` with any column not on its active key version, on every database
+    ``reencrypt`` would write on (or on ``database``)."""
     keyring.invalidate()
-    return sum(p.pending(using=using) for p in _plan.build(models))
+    return sum(p.pending(using=alias) for alias, on in _targets(_plan.build(models), database) for p in on)
 
 
 def _in_scope(label: str, plans) -> bool:
     return any(label in p.targets() for p in plans)
 
 
-def status(using: str = "default") -> dict:
-    """The census of every registered column and the state of the latest run."""
+def status(database: str | None = None) -> dict:
+    """The census of every registered column (on every database that holds it, or on
+    ``database``) and the state of the latest run."""
     keyring.invalidate()
-    census = _plan.census_rows(using=using)
-    run = runs.latest_run(using=using)
+    census = _plan.census_rows(database)
+    run = runs.latest_run()
     out = {"columns": census, "run": None}
     if run is not None:
-        prog = runs.progress(run, using=using)
+        prog = runs.progress(run)
         elapsed = ((prog["heartbeat"] or run.started_at) - run.started_at).total_seconds()
         rate = prog["rows_done"] / elapsed if elapsed > 0 else None
         left = max(0, run.rows_total - prog["rows_done"])
@@ -255,6 +307,7 @@ def status(using: str = "default") -> dict:
             "id": run.pk,
             "status": run.status,
             "scope": run.scope,
+            "database": run.database,
             "targets": run.targets,
             "actor": run.actor,
             "started_at": run.started_at.isoformat(),
@@ -273,7 +326,8 @@ def status(using: str = "default") -> dict:
     return out
 
 
-def _control(run_id: int | None, to: str, actor: str | None, using: str) -> ReencryptionRun:
+def _control(run_id: int | None, to: str, actor: str | None) -> ReencryptionRun:
+    using = databases.engine_database()
     if run_id is None:
         run = (
             ReencryptionRun.objects.using(using).filter(status__in=runs.OPEN_STATUSES).order_by("-id").first()
@@ -284,16 +338,16 @@ def _control(run_id: int | None, to: str, actor: str | None, using: str) -> Reen
     return runs.set_status(run_id, to, actor=actor, using=using)
 
 
-def pause(run_id: int | None = None, *, actor: str | None = None, using: str = "default") -> ReencryptionRun:
+def pause(run_id: int | None = None, *, actor: str | None = None) -> ReencryptionRun:
     """Pause a run (the latest open one by default): workers stop at their next batch boundary."""
-    return _control(run_id, RunStatus.PAUSED, actor, using)
+    return _control(run_id, RunStatus.PAUSED, actor)
 
 
-def resume(run_id: int | None = None, *, actor: str | None = None, using: str = "default") -> ReencryptionRun:
+def resume(run_id: int | None = None, *, actor: str | None = None) -> ReencryptionRun:
     """Resume a paused run; waiting workers continue at once."""
-    return _control(run_id, RunStatus.RUNNING, actor, using)
+    return _control(run_id, RunStatus.RUNNING, actor)
 
 
-def abort(run_id: int | None = None, *, actor: str | None = None, using: str = "default") -> ReencryptionRun:
+def abort(run_id: int | None = None, *, actor: str | None = None) -> ReencryptionRun:
     """Abort a run: workers stop at their next batch boundary; rows done stay done."""
-    return _control(run_id, RunStatus.ABORTED, actor, using)
+    return _control(run_id, RunStatus.ABORTED, actor)

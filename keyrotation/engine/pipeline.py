@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import connections
 
 from ..models import RunStatus
 from ..tracebacks import forgets_locals
@@ -65,7 +65,8 @@ class Pipeline:
         self.worker = worker
         self.plan = plan
         self.chunk = chunk
-        self.using = worker.opts.using
+        self.using = worker.opts.using  # the rows
+        self.state = worker.opts.state  # the run and its chunks
         self.committed = cursor  # the cursor of the last committed batch
         self.outcome = "halt"
         self.error: BaseException | None = None
@@ -106,7 +107,8 @@ class Pipeline:
                     self.plan.label,
                     type(self.error).__name__,
                 )
-                connections[self.using].close()  # it may be the broken one; reconnects on use
+                for alias in self.worker.opts.aliases:  # one may be broken; each reconnects on use
+                    connections[alias].close()
                 return "error", self.committed
             raise self.error
         return self.outcome, self.committed
@@ -124,7 +126,8 @@ class Pipeline:
             after.claimed.set()
             after.done.set()
             if lane == 1:
-                connections[self.using].close()
+                for alias in self.worker.opts.aliases:
+                    connections[alias].close()
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -136,7 +139,7 @@ class Pipeline:
 
     def _still_running(self) -> bool:
         """Checked right before each commit: after a pause or an abort, no batch commits."""
-        return runs.current_status(self.worker.run.pk, using=self.using) == RunStatus.RUNNING
+        return runs.current_status(self.worker.run.pk, using=self.state) == RunStatus.RUNNING
 
     @forgets_locals  # as the runner's: ``rows`` and what transforming them opens
     def _batch(self, n: int) -> bool:
@@ -148,7 +151,7 @@ class Pipeline:
                 return False  # the outcome stays "halt" unless a lane found the chunk done
             start = time.monotonic()
             worker, plan, using = self.worker, self.plan, self.using
-            with transaction.atomic(using=using):
+            with runs.batch_transaction(data=using, state=self.state):
                 rows = sql.select_batch(
                     plan, using, prev.cursor, self.chunk.hi, worker.throttle.batch_size, lock=True, skip=True
                 )
@@ -163,7 +166,7 @@ class Pipeline:
                 prev.done.wait()
                 if not prev.ok or self.error is not None or not self._still_running():
                     raise _Abandoned  # nothing commits after a failure, an interrupt or a pause
-                runs.persist_batch(self.chunk, me.cursor, written, using=using)
+                runs.persist_batch(self.chunk, me.cursor, written, using=self.state)
                 if failures:
                     worker._quarantine(failures)
             me.ok = True

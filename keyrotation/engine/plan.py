@@ -21,7 +21,7 @@ from django.db.models import BinaryField, Q, Value
 from django.db.models.functions import Substr
 from django.db.models.lookups import Exact
 
-from .. import census, crypto, keyring, registry
+from .. import census, crypto, databases, keyring, registry
 from ..exceptions import KeyRotationError
 
 
@@ -103,7 +103,8 @@ class ModelPlan:
             )
         return q
 
-    def pending(self, using: str | None = None) -> int:
+    def pending(self, using: str) -> int:
+        """Rows pending on the database ``using`` (always named: never a replica a router picks)."""
         return self.model._base_manager.using(using).filter(self.pending_q()).count()
 
     def targets(self) -> dict[str, int]:
@@ -228,19 +229,37 @@ def _index_input(f) -> Callable[[bytes], bytes]:
     return lambda plaintext: f.index_input(codecs.decode(base, plaintext))
 
 
-def census_rows(using: str | None = None) -> list[dict]:
-    """Per registered column: rows per key version, the active version and percent on it."""
+def census_rows(database: str | None = None) -> list[dict]:
+    """Per registered column: rows per key version, the active version and percent on it, summed
+    over every database that holds the column (``databases`` lists them). With ``database``: only
+    the columns held there, counted there."""
+    cols = list(registry.columns())
+    where = databases.holding_all({col.model for col in cols}, only=database)
     out = []
-    for col in registry.columns():
-        counts = census.counts(col, using=using)
+    for col in cols:
+        aliases = where[col.model]
+        if database is not None and not aliases:
+            continue
+        counts: dict[int | None, int] = {}
+        legacy_rows, legacy_only, unversioned = None, 0, 0
+        for alias in aliases:
+            for version, n in census.counts(col, using=alias).items():
+                counts[version] = counts.get(version, 0) + n
+            with_legacy, only_legacy = _legacy_rows(col, alias)
+            if with_legacy is not None:
+                legacy_rows = (legacy_rows or 0) + with_legacy
+            legacy_only += only_legacy
+            unversioned += census.unversioned(col, alias)
         ring = keyring.get_keyring(col.keyring, col.purpose)
         active = ring.active_version
-        with_value = sum(n for v, n in counts.items() if v is not None)
-        unbound = _unbound_rows(col, active, using)
-        on_active = counts.get(active, 0) - unbound[1]
-        legacy_left = _legacy_rows(col, using)
-        unversioned = census.unversioned(col, using)
-        with_value += legacy_left[1] + unversioned
+        unbound_rows, unbound_on_active = None, 0
+        for alias in aliases:
+            rows_unbound, on_active_unbound = _unbound_rows(col, active, alias)
+            if rows_unbound is not None:
+                unbound_rows = (unbound_rows or 0) + rows_unbound
+            unbound_on_active += on_active_unbound
+        with_value = sum(n for v, n in counts.items() if v is not None) + legacy_only + unversioned
+        on_active = counts.get(active, 0) - unbound_on_active
         out.append(
             {
                 "label": col.label,
@@ -249,18 +268,19 @@ def census_rows(using: str | None = None) -> list[dict]:
                 "keyring": col.keyring,
                 "active_version": active,
                 "versions": {str(v): n for v, n in counts.items() if v is not None},
-                "empty": counts.get(None, 0) - legacy_left[1] - unversioned,
+                "empty": counts.get(None, 0) - legacy_only - unversioned,
                 "rows": with_value,
                 "on_active": on_active,
                 "percent_active": 100.0 if with_value == 0 else round(100.0 * on_active / with_value, 2),
-                "legacy_rows": legacy_left[0],
-                "unbound_rows": unbound[0],
+                "legacy_rows": legacy_rows,
+                "unbound_rows": unbound_rows,
+                "databases": aliases,
             }
         )
     return out
 
 
-def _unbound_rows(col: registry.Column, active: int, using: str | None) -> tuple[int | None, int]:
+def _unbound_rows(col: registry.Column, active: int, using: str) -> tuple[int | None, int]:
     """(rows whose value is not bound to its row yet, of which on ``active``) for a column with
     ``bind_to``: not yet on its target, so not counted "on active"; (None, 0) for any other."""
     if col.purpose != "encrypt":
@@ -273,7 +293,7 @@ def _unbound_rows(col: registry.Column, active: int, using: str | None) -> tuple
     return rows.count(), rows.filter(**{col.version_attname: active}).count()
 
 
-def _legacy_rows(col: registry.Column, using: str | None) -> tuple[int | None, int]:
+def _legacy_rows(col: registry.Column, using: str) -> tuple[int | None, int]:
     """(rows holding a legacy value, of which with no new value): (None, 0) when not adopting."""
     from .. import legacy
 

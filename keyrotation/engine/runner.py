@@ -4,6 +4,11 @@ Each batch is one transaction: the rows it claims, the values it writes and the 
 advances commit together, so ``kill -9`` at any instant loses nothing: the rerun continues at
 the last committed cursor, and a row written twice is impossible because every write is guarded
 by the row's old key versions.
+
+Two databases are involved when the rows live elsewhere than the engine's own tables
+(``Options.using`` holds the rows, ``Options.state`` the run, chunks and quarantine; see
+:func:`keyrotation.engine.runs.batch_transaction`). Both are always named explicitly: a router
+that sends reads to a replica never sees an engine query.
 """
 
 from __future__ import annotations
@@ -46,8 +51,14 @@ class Options:
     backoff_max: float = 30.0
     poll_seconds: float = 1.0
     actor: str | None = None
-    using: str = "default"
+    using: str = "default"  # the database whose rows are re-encrypted
+    state: str = "default"  # the database of the run, its chunks and quarantined values
     on_batch: Callable[[dict], None] | None = field(default=None, repr=False)
+
+    @property
+    def aliases(self) -> list[str]:
+        """The databases a worker talks to (one, or two when the rows live elsewhere)."""
+        return [self.state] if self.state == self.using else [self.state, self.using]
 
 
 @dataclass
@@ -75,7 +86,8 @@ def retrying(what: str, fn, opts: Options):
                 opts.retries,
                 delay,
             )
-            connections[opts.using].close()
+            for alias in opts.aliases:
+                connections[alias].close()
             time.sleep(delay)
             delay = min(opts.backoff_max, delay * 2)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -99,7 +111,7 @@ class _Worker:
         """Return the run status once it is not paused (or 'deadline')."""
         while True:
             status = self._retrying(
-                "status check", lambda: runs.current_status(self.run.pk, using=self.opts.using)
+                "status check", lambda: runs.current_status(self.run.pk, using=self.opts.state)
             )
             if status != RunStatus.PAUSED:
                 return status
@@ -116,7 +128,7 @@ class _Worker:
     def _batch(self, plan: ModelPlan, lo, hi, *, skip_locked: bool, chunk=None) -> tuple[int, object, int]:
         """One transaction. Returns (rows seen, last pk seen or None, rows written)."""
         using = self.opts.using
-        with transaction.atomic(using=using):
+        with runs.batch_transaction(data=using, state=self.opts.state):
             if not skip_locked and connections[using].vendor == "postgresql":
                 with connections[using].cursor() as cur:
                     cur.execute("SET LOCAL lock_timeout = '10s'")
@@ -128,7 +140,7 @@ class _Worker:
             written, failures = self._transform_and_write(plan, rows)
             last = rows[-1][0]
             if chunk is not None:
-                runs.persist_batch(chunk, last, written, using=using)
+                runs.persist_batch(chunk, last, written, using=self.opts.state)
             if failures:
                 self._quarantine(failures)
         return len(rows), last, written
@@ -144,7 +156,7 @@ class _Worker:
         return sql.write_batch(plan, self.opts.using, write), failures
 
     def _quarantine(self, failures: list[RowFailure]) -> None:
-        QuarantinedValue.objects.using(self.opts.using).bulk_create(
+        QuarantinedValue.objects.using(self.opts.state).bulk_create(
             [
                 QuarantinedValue(
                     run=self.run, label=f.label, pk_value=str(f.pk), key_version=f.version, reason=f.reason
@@ -187,7 +199,7 @@ class _Worker:
             if self._pipelined() and not serial:
                 outcome, cursor = Pipeline(self, plan, chunk, cursor).run()
                 if outcome == "done":
-                    self._retrying("chunk finish", lambda: runs.finish_chunk(chunk, using=self.opts.using))
+                    self._retrying("chunk finish", lambda: runs.finish_chunk(chunk, using=self.opts.state))
                     return "done"
                 if outcome == "error":
                     serial = 1  # the next batch retries with backoff; then the pipeline again
@@ -199,7 +211,7 @@ class _Worker:
                 lambda cursor=cursor: self._batch(plan, cursor, chunk.hi, skip_locked=True, chunk=chunk),
             )
             if not seen:
-                self._retrying("chunk finish", lambda: runs.finish_chunk(chunk, using=self.opts.using))
+                self._retrying("chunk finish", lambda: runs.finish_chunk(chunk, using=self.opts.state))
                 return "done"
             cursor = last
             self._after(plan, seen, written, time.monotonic() - start)
@@ -227,13 +239,13 @@ class _Worker:
 
     def _left(self, plan: ModelPlan) -> tuple[int, int]:
         """Rows still pending in ``plan``, and how many of its rows this run quarantined."""
-        quarantined = QuarantinedValue.objects.using(self.opts.using).filter(
+        quarantined = QuarantinedValue.objects.using(self.opts.state).filter(
             run=self.run, label__startswith=plan.label + "."
         )
         return plan.pending(using=self.opts.using), quarantined.values("pk_value").distinct().count()
 
     def work(self) -> WorkResult:
-        using = self.opts.using
+        using = self.opts.state
         while True:
             status = self._wait_while_paused()
             if status != RunStatus.RUNNING:
@@ -264,7 +276,7 @@ class _Worker:
         return self.result
 
     def _finish(self) -> None:
-        using = self.opts.using
+        using = self.opts.state
         with transaction.atomic(using=using):
             ReencryptionRun.objects.using(using).filter(pk=self.run.pk).update(
                 rows_failed=QuarantinedValue.objects.using(using).filter(run=self.run).count()
@@ -290,5 +302,5 @@ def work(run: ReencryptionRun, plans: list[ModelPlan], opts: Options) -> WorkRes
     try:
         return worker.work()
     except RunFailed as exc:
-        runs.set_status(run.pk, RunStatus.FAILED, actor=opts.actor, error=str(exc), using=opts.using)
+        runs.set_status(run.pk, RunStatus.FAILED, actor=opts.actor, error=str(exc), using=opts.state)
         raise

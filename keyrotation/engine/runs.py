@@ -5,19 +5,26 @@ LOCKED`` and marked with the claiming worker, so any number of processes on any 
 can run ``reencrypt`` against the same database without overlap. A chunk whose worker died is
 reclaimed when its heartbeat is older than ``stale_after`` seconds, or at once when its worker is
 a dead process on this host.
+
+Runs, chunks and quarantined values live on the engine's database
+(:func:`keyrotation.databases.engine_database`, with the keys), whichever database holds the rows
+a run re-encrypts (its ``database``): every function here reads and writes there unless ``using``
+says otherwise, never on a replica a router would pick for reads.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 
 from django.db import transaction
 from django.db.models import Count, F, Max, Min, Q, Sum
 from django.utils import timezone
 
-from .. import audit
+from .. import audit, databases
 from ..exceptions import KeyRotationError
 from ..models import ChunkStatus, ReencryptionChunk, ReencryptionRun, RunStatus
 from .plan import ModelPlan
@@ -56,6 +63,10 @@ INTEGER_PK_TYPES = frozenset(
 )
 
 
+def _db(using: str | None) -> str:
+    return using or databases.engine_database()
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -64,6 +75,7 @@ def set_status(
     run_id: int, to: str, *, actor: str | None = None, error: str = "", using=None
 ) -> ReencryptionRun:
     """Move a run to ``to`` if the transition table allows it, with its audit row."""
+    using = _db(using)
     with transaction.atomic(using=using):
         run = ReencryptionRun.objects.using(using).select_for_update().get(pk=run_id)
         if run.status == to:
@@ -86,7 +98,7 @@ def set_status(
             status="failed" if to == RunStatus.FAILED else "ok",
             rows_processed=totals["rows_done"],
             rows_failed=run.rows_failed,
-            details={"run": run.pk, "scope": run.scope, "targets": run.targets},
+            details={"run": run.pk, "scope": run.scope, "targets": run.targets, **_where(run.database)},
             using=using,
         )
     return run
@@ -103,18 +115,26 @@ def targets_of(plans: list[ModelPlan]) -> dict[str, int]:
     return out
 
 
-def open_run(plans, scope, *, actor=None, options=None, chunk_span=CHUNK_PK_SPAN, using=None):
-    """Join the open run of this scope with the same targets, or plan a new one.
+def _where(database: str) -> dict:
+    """The audit detail naming a run's database, left out for ``default`` (the one-database case)."""
+    return {} if database == "default" else {"database": database}
 
-    An open run with other targets (the active key changed since) is superseded.
+
+def open_run(
+    plans, scope, *, database="default", actor=None, options=None, chunk_span=CHUNK_PK_SPAN, using=None
+):
+    """Join the open run of this scope on ``database`` with the same targets, or plan a new one.
+
+    An open run with other targets (the active key changed since) is superseded. The rows are
+    counted on ``database``; the run and its chunks are stored on ``using`` (the engine's database).
     Returns (run, joined).
     """
-    key, targets = scope_key(scope), targets_of(plans)
+    key, targets, using = scope_key(scope), targets_of(plans), _db(using)
     with transaction.atomic(using=using):
         open_runs = list(
             ReencryptionRun.objects.using(using)
             .select_for_update()
-            .filter(scope=key, status__in=OPEN_STATUSES)
+            .filter(scope=key, database=database, status__in=OPEN_STATUSES)
             .order_by("id")
         )
         for run in open_runs:
@@ -124,13 +144,17 @@ def open_run(plans, scope, *, actor=None, options=None, chunk_span=CHUNK_PK_SPAN
                 return run, True
             set_status(run.pk, RunStatus.SUPERSEDED, actor=actor, using=using)
         run = ReencryptionRun.objects.using(using).create(
-            scope=key, targets=targets, options=options or {}, actor=actor or audit.default_actor()
+            scope=key,
+            database=database,
+            targets=targets,
+            options=options or {},
+            actor=actor or audit.default_actor(),
         )
         chunks, total = [], 0
         for plan in plans:
             pk = plan.model._meta.pk
             integer_pk = pk.get_internal_type() in INTEGER_PK_TYPES
-            pending = plan.model._base_manager.using(using).filter(plan.pending_q())
+            pending = plan.model._base_manager.using(database).filter(plan.pending_q())
             # Ranges only for integer keys (PostgreSQL has no min(uuid)); others get one chunk.
             bounds = {"lo": Min("pk"), "hi": Max("pk")} if integer_pk else {}
             agg = pending.aggregate(n=Count("pk"), **bounds)
@@ -150,7 +174,13 @@ def open_run(plans, scope, *, actor=None, options=None, chunk_span=CHUNK_PK_SPAN
             "run_started",
             actor=actor,
             rows_processed=0,
-            details={"run": run.pk, "scope": key, "targets": targets, "rows_pending": total},
+            details={
+                "run": run.pk,
+                "scope": key,
+                "targets": targets,
+                "rows_pending": total,
+                **_where(database),
+            },
             using=using,
         )
     return run, False
@@ -181,7 +211,7 @@ def _zombie(pid: int) -> bool:
 
 def claim_chunk(run_id: int, *, stale_after: float = 60.0, using=None) -> ReencryptionChunk | None:
     """Claim the next pending chunk (or one abandoned by a dead worker); None when none is left."""
-    me = worker_id()
+    me, using = worker_id(), _db(using)
     stale = timezone.now() - timedelta(seconds=stale_after)
     with transaction.atomic(using=using):
         qs = ReencryptionChunk.objects.using(using).filter(run_id=run_id)
@@ -208,16 +238,33 @@ def claim_chunk(run_id: int, *, stale_after: float = 60.0, using=None) -> Reencr
 
 def release_chunk(chunk: ReencryptionChunk, using=None) -> None:
     """Give a chunk back (graceful stop): another worker or a rerun continues at its cursor."""
-    ReencryptionChunk.objects.using(using).filter(pk=chunk.pk, worker=worker_id()).update(
+    ReencryptionChunk.objects.using(_db(using)).filter(pk=chunk.pk, worker=worker_id()).update(
         status=ChunkStatus.PENDING, worker=""
     )
+
+
+@contextmanager
+def batch_transaction(*, data: str, state: str) -> Iterator[None]:
+    """One batch's transaction: the rows on ``data``, the chunk cursor on ``state``.
+
+    On one database (the usual case), one transaction: rows and cursor commit together. On two,
+    one transaction on each, the rows committing first. A crash between the two commits leaves
+    the cursor one batch behind; the rerun finds those rows already on their target versions (the
+    pending filter skips them, the write guards would refuse them), so nothing is lost or written
+    twice, and only the chunk's ``rows_done`` misses that batch.
+    """
+    with ExitStack() as stack:
+        stack.enter_context(transaction.atomic(using=state))
+        if data != state:
+            stack.enter_context(transaction.atomic(using=data))
+        yield
 
 
 def persist_batch(chunk: ReencryptionChunk, cursor, rows: int, using=None) -> None:
     """Record a batch's progress; call inside the batch's transaction."""
     if not isinstance(cursor, (int, str)):
         cursor = str(cursor)  # UUID and other keys: stored as text, cast back by the SQL
-    ReencryptionChunk.objects.using(using).filter(pk=chunk.pk).update(
+    ReencryptionChunk.objects.using(_db(using)).filter(pk=chunk.pk).update(
         cursor=cursor, rows_done=F("rows_done") + rows, heartbeat_at=timezone.now()
     )
     chunk.cursor = cursor
@@ -225,7 +272,7 @@ def persist_batch(chunk: ReencryptionChunk, cursor, rows: int, using=None) -> No
 
 
 def finish_chunk(chunk: ReencryptionChunk, using=None) -> None:
-    ReencryptionChunk.objects.using(using).filter(pk=chunk.pk).update(
+    ReencryptionChunk.objects.using(_db(using)).filter(pk=chunk.pk).update(
         status=ChunkStatus.DONE, heartbeat_at=timezone.now()
     )
 
@@ -233,7 +280,7 @@ def finish_chunk(chunk: ReencryptionChunk, using=None) -> None:
 def progress(run: ReencryptionRun, using=None) -> dict:
     """Totals derived from the chunks (never stored twice, so never out of step)."""
     agg = (
-        ReencryptionChunk.objects.using(using)
+        ReencryptionChunk.objects.using(_db(using))
         .filter(run=run)
         .aggregate(
             rows_done=Sum("rows_done"),
@@ -248,11 +295,11 @@ def progress(run: ReencryptionRun, using=None) -> dict:
 
 
 def current_status(run_id: int, using=None) -> str:
-    return ReencryptionRun.objects.using(using).values_list("status", flat=True).get(pk=run_id)
+    return ReencryptionRun.objects.using(_db(using)).values_list("status", flat=True).get(pk=run_id)
 
 
 def latest_run(scope: list[str] | None = None, using=None) -> ReencryptionRun | None:
-    qs = ReencryptionRun.objects.using(using)
+    qs = ReencryptionRun.objects.using(_db(using))
     if scope is not None:
         qs = qs.filter(scope=scope_key(scope))
     return qs.order_by("-id").first()

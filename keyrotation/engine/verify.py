@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import connections
 
-from .. import crypto, keyring
+from .. import crypto, databases, keyring
 from ..exceptions import KeyRotationError
 from ..tracebacks import forgets_locals
 from . import plan as _plan
@@ -15,7 +15,7 @@ from .transform import Rings, RowFailure, RowFailureError, open_value
 
 @forgets_locals  # ``rows`` may hold legacy plaintexts, a check the opened values
 def verify(
-    models: list[str] | None = None, *, batch_size: int = 2000, using: str = "default", limit: int = 100
+    models: list[str] | None = None, *, batch_size: int = 2000, database: str | None = None, limit: int = 100
 ) -> dict:
     """Open every stored value and recompute every blind index; report what does not match.
 
@@ -24,25 +24,39 @@ def verify(
     from another row is reported (as an authentication failure: nothing can tell it apart from
     tampering), and so is a value still in format 0x01 there (not bound yet: written before
     ``bind_to`` was set, or put back from an old copy).
+    ``header_versions`` counts, per encrypted column, the values by the key version their
+    ciphertext header names, whatever their version column says (a mismatch is also a failure).
 
-    Reads in primary-key batches without locks; changes nothing. Failures name label, pk and
-    version only.
+    Reads in primary-key batches without locks, on every database that holds each model (or on
+    ``database`` only; failures then start with ``[alias]`` when there are several); changes
+    nothing. Failures name label, pk and version only.
     """
     keyring.invalidate()
     failures: list[str] = []
     checked = 0
-    for p in _plan.build(models):
-        verifier = _Verifier(p, using)
-        cursor = None
-        while True:
-            rows = _verify_batch(p, using, cursor, batch_size)
-            if not rows:
-                break
-            for row in rows:
-                checked += 1
-                failures.extend(verifier.check(row))
-            cursor = rows[-1][0]
-    return {"rows_checked": checked, "failures": failures[:limit], "failure_count": len(failures)}
+    headers: dict[str, dict[str, int]] = {}
+    plans = _plan.build(models)
+    where = databases.holding_all([p.model for p in plans], only=database)
+    several = len({alias for aliases in where.values() for alias in aliases}) > 1
+    for p in plans:
+        for alias in where[p.model]:
+            verifier = _Verifier(p, headers, alias)
+            cursor = None
+            while True:
+                rows = _verify_batch(p, alias, cursor, batch_size)
+                if not rows:
+                    break
+                for row in rows:
+                    checked += 1
+                    found = verifier.check(row)
+                    failures.extend(f"[{alias}] {f}" if several else f for f in found)
+                cursor = rows[-1][0]
+    return {
+        "rows_checked": checked,
+        "failures": failures[:limit],
+        "failure_count": len(failures),
+        "header_versions": headers,
+    }
 
 
 def _verify_batch(p, using, cursor, batch_size):
@@ -62,13 +76,22 @@ def _verify_batch(p, using, cursor, batch_size):
 
 
 class _Verifier:
-    def __init__(self, p, using: str = "default"):
+    def __init__(self, p, headers: dict[str, dict[str, int]], using: str = "default"):
         self.plan = p
         self.extra = sql.extra_sources(p)
         self.layout = sql.layout(p)
         self.connection = connections[using]
         self.rings = Rings()
         self.index_rings = Rings("index")
+        self.headers = headers
+
+    def _count_header(self, label: str, token) -> None:
+        try:
+            version = str(crypto.token_version(bytes(token)))
+        except crypto.InvalidToken:
+            version = "malformed"
+        per_version = self.headers.setdefault(label, {})
+        per_version[version] = per_version.get(version, 0) + 1
 
     def check(self, row) -> list[str]:
         p, pk, out, lay = self.plan, row[0], [], self.layout
@@ -76,8 +99,10 @@ class _Verifier:
         for col, at in zip(p.enc, lay.enc, strict=True):
             values[col.label] = (col, row[at], row[at + 1])
         idx = [(col, row[at], row[at + 1]) for col, at in zip(p.idx, lay.idx, strict=True)]
+        extra_labels = set()
         for src, at in zip(self.extra, lay.extra, strict=True):
             values[src.label] = (src, row[at], row[at + 1])
+            extra_labels.add(src.label)
         for col, at in zip(sql.legacy_columns(p), lay.legacy, strict=True):
             if row[at] is not None:
                 out.append(f"{col.label} pk={pk!r}: legacy value not adopted yet")
@@ -87,6 +112,8 @@ class _Verifier:
                 if version is not None:
                     out.append(f"{label} pk={pk!r}: version {version} recorded for an empty value")
                 continue
+            if label not in extra_labels:
+                self._count_header(label, token)
             try:
                 plaintexts[label] = open_value(
                     col, pk, bytes(token), version, self.rings, self._binding(col, row)

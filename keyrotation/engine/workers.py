@@ -22,7 +22,7 @@ def _child(run_id: int, plans, opts: Options, queue) -> None:
     connections.close_all()
     opts.on_batch = None
     try:
-        run = ReencryptionRun.objects.using(opts.using).get(pk=run_id)
+        run = ReencryptionRun.objects.using(opts.state).get(pk=run_id)
         result = work(run, plans, opts)
         queue.put(("ok", result.rows_done, result.rows_failed, result.stopped))
     except RunFailed as exc:

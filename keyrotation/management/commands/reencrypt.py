@@ -27,6 +27,13 @@ class Command(BaseCommand):
             help="Limit to a model or one of its fields (repeatable). Default: every registered column.",
         )
         parser.add_argument(
+            "--database",
+            metavar="ALIAS",
+            default=None,
+            help="Only the rows on this DATABASES alias (also for --dry-run and --verify). Default: "
+            "every database that holds an encrypted model and takes writes, one after the other.",
+        )
+        parser.add_argument(
             "--workers", type=int, default=1, help="Worker processes on this host (default 1)."
         )
         parser.add_argument(
@@ -104,10 +111,12 @@ class Command(BaseCommand):
                 self._out(o, {"run_id": run.pk, "status": run.status}, [f"run #{run.pk} is now {run.status}"])
                 return 0
         if o["dry_run"]:
-            plan = engine.dry_run(o["models"])
+            plan = engine.dry_run(o["models"], database=o["database"])
             lines = [f"dry run: nothing was changed; {plan['rows_pending']:,} row(s) pending"]
+            several = len({m["database"] for m in plan["models"]}) > 1
             for m in plan["models"]:
-                lines.append(f"  {m['model']}: {m['rows_pending']:,} pending -> {m['targets']}")
+                where = f" on {m['database']}" if several else ""
+                lines.append(f"  {m['model']}{where}: {m['rows_pending']:,} pending -> {m['targets']}")
             lines += ["census:"] + ["  " + line for line in reporting.census_table(plan["census"])]
             lines.append(
                 f"estimated crypto time: {plan['estimated_crypto_seconds']}s (from a measured sample)"
@@ -116,16 +125,18 @@ class Command(BaseCommand):
             self._out(o, plan, lines)
             return 0
         if o["verify"]:
-            result = engine.verify(o["models"])
+            result = engine.verify(o["models"], database=o["database"])
             lines = [f"verified {result['rows_checked']:,} row(s): {result['failure_count']} failure(s)"]
             lines += [f"  {f}" for f in result["failures"]]
             self._out(o, result, lines)
             return 1 if result["failure_count"] else 0
         progress = None
         if not o["json"] and not o["no_progress"]:
-            progress = reporting.Progress(engine.pending(o["models"]), stream=self.stderr._out)
+            pending = engine.pending(o["models"], database=o["database"])
+            progress = reporting.Progress(pending, stream=self.stderr._out)
         report = engine.reencrypt(
             o["models"],
+            database=o["database"],
             workers=o["workers"],
             batch_size=o["batch_size"],
             rate=o["rate"],
@@ -140,8 +151,12 @@ class Command(BaseCommand):
         if progress:
             progress.close()
         d = report.as_dict()
+        if len(report.runs) > 1:
+            which = "runs " + ", ".join(f"#{run_id} on {alias}" for alias, run_id in report.runs.items())
+        else:
+            which = f"run #{report.run_id}"
         lines = [
-            f"run #{report.run_id} {report.status}: {report.rows_done:,} row(s) re-encrypted in "
+            f"{which} {report.status}: {report.rows_done:,} row(s) re-encrypted in "
             f"{report.seconds:.1f}s"
             + (f" ({d['rows_per_second']:,.0f} rows/s)" if d["rows_per_second"] else ""),
         ]

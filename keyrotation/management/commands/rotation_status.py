@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from ... import engine, reporting
+from ...exceptions import KeyRotationError
 
 
 class Command(BaseCommand):
@@ -32,9 +33,19 @@ class Command(BaseCommand):
         parser.add_argument(
             "--purpose", choices=["encrypt", "index"], help="Limit --fail-if-version to this purpose."
         )
+        parser.add_argument(
+            "--database",
+            metavar="ALIAS",
+            default=None,
+            help="Count only the rows on this DATABASES alias (default: every database that holds "
+            "an encrypted model, added up).",
+        )
 
     def handle(self, *args, **o):
-        data = engine.status()
+        try:
+            data = engine.status(database=o["database"])
+        except KeyRotationError as exc:
+            raise CommandError(str(exc)) from None
         cols = data["columns"]
         incomplete = [c["label"] for c in cols if c["on_active"] != c["rows"]]
         stale = [
