@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..crypto import KEY_BYTES, NONCE_BYTES, fingerprint
-from ..exceptions import ConfigurationError, KEKUnavailable
+from ..exceptions import ConfigurationError, KEKRefused
 
 WRAP_FORMAT = 0x01
 _FP_BYTES = 8
@@ -86,13 +86,15 @@ class LocalKEK:
         return bytes([WRAP_FORMAT]) + self._current + nonce + sealed, self.current_id()
 
     def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
+        # Every failure here is permanent (KEKRefused): no amount of waiting makes a wrong or
+        # missing master key, or a tampered wrapped key, open.
         wrapped = bytes(wrapped)
         if len(wrapped) < 1 + _FP_BYTES + NONCE_BYTES + 16 or wrapped[0] != WRAP_FORMAT:
-            raise KEKUnavailable("wrapped key is not in the local KEK format")
+            raise KEKRefused("wrapped key is not in the local KEK format")
         fp = wrapped[1 : 1 + _FP_BYTES]
         key = self._keys.get(fp)
         if key is None:
-            raise KEKUnavailable(
+            raise KEKRefused(
                 f"data key was wrapped by local master key {fp.hex()}, which is not among "
                 f'KEYROTATION["KEK"]["KEYS"] (configured: {", ".join(k.hex() for k in self._keys)})'
             )
@@ -100,7 +102,7 @@ class LocalKEK:
         try:
             return AESGCM(key).decrypt(nonce, wrapped[1 + _FP_BYTES + NONCE_BYTES :], context)
         except InvalidTag:
-            raise KEKUnavailable(
+            raise KEKRefused(
                 f"local master key {fp.hex()} failed to unwrap a data key (tampered or misplaced)"
             ) from None
 
