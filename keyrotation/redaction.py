@@ -24,8 +24,11 @@ children)::
         "root": {"handlers": ["console"], "level": "INFO"},
     }
 
-The filter never drops a record (it always returns ``True``) and never raises: a record it
-cannot render is replaced by a fixed text rather than passed on unredacted.
+Its cost is linear in the length of a text, and a text longer than ``max_chars`` (default
+:data:`MAX_CHARS`) is cut there with a marker saying how much was left out: the rest is never
+scanned, so it is never logged. The filter never drops a record (it always returns ``True``) and
+never raises: a record it cannot render is replaced by a fixed text rather than passed on
+unredacted.
 """
 
 from __future__ import annotations
@@ -38,23 +41,57 @@ from collections.abc import Iterable
 from . import conf
 
 REPLACEMENT = "[REDACTED]"
+MAX_CHARS = 65_536  # per text (message, argument, traceback, SQL, request value)
+# Scanned past the cut so that a match straddling it is replaced whole, not left half visible.
+_OVERLAP = 1_024
 
 
 class Redactor:
-    """Replaces every match of a set of regular expressions in a text."""
+    """Replaces every match of a set of regular expressions in a text.
 
-    def __init__(self, patterns: Iterable[str], replacement: str = REPLACEMENT) -> None:
+    Args:
+        patterns: regular expressions (strings or compiled), joined into one alternation.
+        replacement: what each match becomes.
+        max_chars: texts longer than this are cut after it, with a marker; ``None`` scans all.
+    """
+
+    def __init__(
+        self, patterns: Iterable[str], replacement: str = REPLACEMENT, max_chars: int | None = MAX_CHARS
+    ) -> None:
         sources = [getattr(p, "pattern", p) for p in patterns]
         self.pattern = re.compile("|".join(f"(?:{s})" for s in sources)) if sources else None
         self.replacement = replacement
+        self.max_chars = max_chars
 
     def __call__(self, text: str) -> str:
         if self.pattern is None:
             return text
-        return self.pattern.sub(self.replacement, text)
+        if self.max_chars is None or len(text) <= self.max_chars:
+            return self.pattern.sub(self.replacement, text)
+        return self._cut(text, self.max_chars)
+
+    def _cut(self, text: str, cap: int) -> str:
+        assert self.pattern is not None
+        window = text[: cap + _OVERLAP]
+        out, pos = [], 0
+        for match in self.pattern.finditer(window):
+            if match.start() >= cap:
+                break
+            out += [window[pos : match.start()], self.replacement]
+            pos = match.end()
+        if pos < cap:
+            out.append(window[pos:cap])
+            pos = cap
+        out.append(f"[{len(text) - pos} more characters not logged: over the redaction limit of {cap}]")
+        return "".join(out)
 
     def hits(self, text: str) -> bool:
-        return self.pattern is not None and self.pattern.search(text) is not None
+        """True if ``text`` has a match, or is too long to be passed on whole."""
+        if self.pattern is None:
+            return False
+        if self.max_chars is not None and len(text) > self.max_chars:
+            return True
+        return self.pattern.search(text) is not None
 
 
 class RedactingFilter(logging.Filter):
@@ -66,6 +103,8 @@ class RedactingFilter(logging.Filter):
             fully loaded).
         replacement: the text put in place of each match (default ``"[REDACTED]"``).
         name: as for :class:`logging.Filter`.
+        max_chars: each text longer than this is cut after it, with a marker saying how many
+            characters were left out (default :data:`MAX_CHARS`); ``None`` scans everything.
 
     Example::
 
@@ -76,18 +115,23 @@ class RedactingFilter(logging.Filter):
     """
 
     def __init__(
-        self, patterns: Iterable[str] | None = None, replacement: str = REPLACEMENT, name: str = ""
+        self,
+        patterns: Iterable[str] | None = None,
+        replacement: str = REPLACEMENT,
+        name: str = "",
+        max_chars: int | None = MAX_CHARS,
     ) -> None:
         super().__init__(name)
         self._patterns = None if patterns is None else tuple(patterns)
         self._replacement = replacement
+        self._max_chars = max_chars
         self._redactor: Redactor | None = None
 
     @property
     def redactor(self) -> Redactor:
         if self._redactor is None:
             patterns = self._patterns if self._patterns is not None else conf.redact_patterns()
-            self._redactor = Redactor(patterns, self._replacement)
+            self._redactor = Redactor(patterns, self._replacement, self._max_chars)
         return self._redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
