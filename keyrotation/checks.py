@@ -1,7 +1,8 @@
 """Django system checks for keyrotation (registered in ``KeyRotationConfig.ready``).
 
 * ``keyrotation.E001``: ``KEYROTATION`` (or its ``KEK``) is malformed; W001: unknown keys in it.
-* ``keyrotation.E002`` (``check --deploy``): the KEK cannot be reached or used.
+* ``keyrotation.E002`` (``check --deploy``): the KEK cannot be reached, or cannot unwrap the
+  newest stored data key of a keyring (a wrong master key, a Vault token without ``decrypt``).
 * ``keyrotation.E003`` (``check --database default``, run by ``migrate``): a keyring used by a
   registered field has no active key; run ``rotatekeys --init``.
 * ``keyrotation.E004`` (database): a stored key state is not authenticated (changed outside the
@@ -17,12 +18,14 @@
 
 from __future__ import annotations
 
+import os
+
 from django.apps import apps
 from django.core.checks import Error, Tags, Warning, register
 from django.db import DatabaseError
 
 from . import conf, registry
-from .exceptions import ConfigurationError, KEKUnavailable
+from .exceptions import ConfigurationError, KEKRefused, KEKUnavailable
 
 
 @register("keyrotation")
@@ -57,14 +60,71 @@ def check_settings(app_configs=None, **kwargs):
 
 @register("keyrotation", deploy=True)
 def check_kek_reachable(app_configs=None, **kwargs):
+    """E002: the KEK cannot be reached, or cannot unwrap what the database holds.
+
+    Reaching the KEK is not enough (a wrong local master key is valid base64 and loads fine):
+    the check unwraps the newest stored data key of each keyring and purpose, or, with none
+    stored yet, wraps and unwraps a throwaway canary key. Unwrapped bytes are dropped at once;
+    the message names the key (keyring, purpose, version, KEK id) and the reason, never bytes.
+    """
     from .kek import load_backend
 
     try:
         backend = load_backend()
         backend.check()
+        _prove_unwrap(backend)
     except (ConfigurationError, KEKUnavailable) as exc:
-        return [Error(f"KEK not usable: {exc}", id="keyrotation.E002")]
+        return [Error(f"KEK not usable: {exc}", id="keyrotation.E002", hint=_E002_HINT)]
     return []
+
+
+_E002_HINT = (
+    'Check KEYROTATION["KEK"] (the master keys, or the Vault URL, token, policy and key name) '
+    "against the one that wrapped the stored data keys; see docs/operations.md."
+)
+
+
+def _newest_stored_keys() -> list[tuple[str, str, int, bytes, str]] | None:
+    """(keyring, purpose, version, wrapped, kek_id) of the newest data key of each keyring and
+    purpose that still has its wrapped material; None when the table cannot be read (no database
+    configured or reachable, not migrated yet)."""
+    from .models import DataKey
+
+    newest: dict[tuple[str, str], tuple[str, str, int, bytes, str]] = {}
+    try:
+        rows = (
+            DataKey.objects.exclude(wrapped_key=None)
+            .order_by("keyring", "purpose", "-version")
+            .values_list("keyring", "purpose", "version", "wrapped_key", "kek_id")
+        )
+        for name, purpose, version, wrapped, kek_id in rows:
+            newest.setdefault((name, purpose), (name, purpose, version, bytes(wrapped), kek_id))
+    except DatabaseError:
+        return None
+    return list(newest.values())
+
+
+def _prove_unwrap(backend) -> None:
+    """Raise KEKUnavailable (of the backend's kind) unless the KEK opens what it must open."""
+    from .crypto import KEY_BYTES
+    from .kek import context_for
+
+    stored = _newest_stored_keys()
+    for keyring_name, purpose, version, wrapped, kek_id in stored or ():
+        try:
+            backend.unwrap(wrapped, context_for(keyring_name, purpose, version))
+        except KEKUnavailable as exc:
+            raise type(exc)(
+                f"cannot unwrap data key {keyring_name}/{purpose} v{version} (wrapped by {kek_id}): {exc}"
+            ) from None
+    if not stored:
+        # Nothing stored yet: a canary under an identity no DataKey can have (purposes are
+        # "encrypt" and "index").
+        context = context_for("_deploy_check", "canary", 0)
+        canary = os.urandom(KEY_BYTES)
+        wrapped, _ = backend.wrap(canary, context)
+        if backend.unwrap(wrapped, context) != canary:
+            raise KEKRefused(f"a canary key wrapped by {backend.describe()} did not unwrap to itself")
 
 
 @register(Tags.database)

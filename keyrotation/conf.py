@@ -151,8 +151,9 @@ def admin_integration() -> bool:
 
 # Defaults of REDACT_PATTERNS: what a log line must never carry, whatever the application logs.
 DEFAULT_REDACT_PATTERNS = (
-    # e-mail addresses
-    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+",
+    # e-mail addresses. Every quantifier is bounded (RFC 5321: local part <= 64, label <= 63): with
+    # "+" a long run of base64 made each start position scan to the end, quadratic in the length.
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,126}",
     # SSN-style national ids written with dashes (123-45-6789)
     r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])",
     # card numbers in groups of four (4111 1111 1111 1111, 4111-1111-1111-1111)
@@ -168,7 +169,9 @@ def redact_patterns() -> tuple[str, ...]:
 
     Default :data:`DEFAULT_REDACT_PATTERNS`: e-mail addresses, ``123-45-6789`` style national ids,
     card numbers in groups of four, and runs of 9 or more digits. A list replaces the defaults; to
-    extend them, write ``[*conf.DEFAULT_REDACT_PATTERNS, r"my pattern"]``.
+    extend them, write ``[*conf.DEFAULT_REDACT_PATTERNS, r"my pattern"]``. Give every repetition a
+    bound (``{1,64}``, not ``+``) where the pattern can fail after a long run of its characters:
+    Python's ``re`` backtracks, and an unbounded run costs time quadratic in the text's length.
     """
     value = _get("REDACT_PATTERNS", DEFAULT_REDACT_PATTERNS)
     if isinstance(value, str) or not isinstance(value, (list, tuple)):

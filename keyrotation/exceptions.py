@@ -73,7 +73,24 @@ class NoActiveKey(KeyringError):
 
 class KEKUnavailable(KeyRotationError):
     """The key-encryption key could not be reached or refused to unwrap (Vault down, sealed, bad token,
-    wrong master key). Carries the backend description, never key material."""
+    wrong master key). Carries the backend description, never key material.
+
+    The built-in backends raise one of its two subclasses, which say whether waiting can help:
+    :class:`KEKUnreachable` (transient) or :class:`KEKRefused` (permanent). The engine retries the
+    first with back-off and fails at once on the second; a plain ``KEKUnavailable`` (a custom
+    backend that does not classify its errors) is retried like a transient one.
+    """
+
+
+class KEKUnreachable(KEKUnavailable):
+    """Transient: the KEK could not answer right now (connection refused or reset, timeout, Vault
+    sealed, a 5xx or 429 response). The same call may succeed later."""
+
+
+class KEKRefused(KEKUnavailable):
+    """Permanent: the KEK answered and refused (permission denied, invalid token, unknown mount or
+    key, a Transit key that is not derived, a wrong master key, a wrapped key that does not open).
+    Retrying cannot help; the message says what to fix."""
 
 
 class LegacyDecodeError(KeyRotationError):

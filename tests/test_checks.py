@@ -42,6 +42,7 @@ def test_unknown_keys_warn(settings):
     assert ids(messages) == ["keyrotation.W001"] and "CACHE_SECOND" in messages[0].msg
 
 
+@pytest.mark.django_db
 def test_deploy_check_reports_unusable_kek(settings):
     assert check_kek_reachable() == []
     settings.KEYROTATION = {
@@ -50,6 +51,77 @@ def test_deploy_check_reports_unusable_kek(settings):
     messages = check_kek_reachable()
     assert ids(messages) == ["keyrotation.E002"] and "cannot connect" in messages[0].msg
     assert "'t'" not in messages[0].msg
+
+
+@pytest.mark.django_db
+def test_deploy_check_reports_a_wrong_local_master_key(settings):
+    """A wrong master key is valid base64 and loads: only unwrapping a stored key shows it."""
+    from keyrotation import keyring, lifecycle
+    from keyrotation.kek.local import generate_key
+
+    lifecycle.init("default")
+    wrong = generate_key()
+    settings.KEYROTATION = {**settings.KEYROTATION, "KEK": {"BACKEND": "local", "KEYS": [wrong]}}
+    keyring.clear_cache()
+    messages = check_kek_reachable()
+    assert ids(messages) == ["keyrotation.E002"]
+    assert "cannot unwrap data key" in messages[0].msg and "not among" in messages[0].msg
+    assert wrong not in messages[0].msg and settings.TEST_MASTER_KEY not in messages[0].msg
+
+
+@pytest.mark.django_db
+def test_deploy_check_unwraps_the_newest_key_of_each_keyring():
+    """A newest data key that does not unwrap (copied from another row) is reported by name."""
+    from keyrotation import lifecycle
+    from keyrotation.models import DataKey
+
+    lifecycle.init("default")
+    lifecycle.rotate("default", "encrypt")
+    assert check_kek_reachable() == []
+    v1 = DataKey.objects.get(keyring="default", purpose="encrypt", version=1)
+    DataKey.objects.filter(keyring="default", purpose="encrypt", version=2).update(wrapped_key=v1.wrapped_key)
+    messages = check_kek_reachable()
+    assert ids(messages) == ["keyrotation.E002"]
+    assert "default/encrypt v2" in messages[0].msg
+    assert bytes(v1.wrapped_key).hex() not in messages[0].msg
+
+
+@pytest.mark.vault
+@pytest.mark.django_db
+def test_deploy_check_on_vault_proves_an_unwrap_not_only_a_read(vault, settings):
+    """A token that may read the Transit key but not decrypt with it passed the check, and then
+    every read of an encrypted field failed. With no stored key yet, a canary is wrapped and
+    unwrapped instead."""
+    import uuid
+
+    from keyrotation import keyring, lifecycle
+    from keyrotation.kek import load_backend
+
+    name = f"kr-{uuid.uuid4().hex[:8]}"
+    root = {"BACKEND": "vault", "URL": vault.addr, "TOKEN": vault.token, "KEY_NAME": name}
+    vault.client.sys.create_or_update_policy(
+        name=f"read-{name}", policy=f'path "transit/keys/{name}" {{ capabilities = ["read"] }}'
+    )
+    read_only = vault.client.auth.token.create(policies=[f"read-{name}"], ttl="10m")["auth"]["client_token"]
+
+    def check_with(options):
+        settings.KEYROTATION = {**settings.KEYROTATION, "KEK": options}
+        keyring.clear_cache()
+        return check_kek_reachable()
+
+    messages = check_with(root)
+    assert ids(messages) == ["keyrotation.E002"] and "not found" in messages[0].msg
+    load_backend(root).ensure_key()
+    assert check_with(root) == []  # the canary round-trips
+    messages = check_with({**root, "TOKEN": read_only})
+    assert ids(messages) == ["keyrotation.E002"] and "permission denied" in messages[0].msg
+    assert check_with(root) == []
+    lifecycle.init("default")
+    assert check_with(root) == []  # now the newest stored keys are unwrapped
+    messages = check_with({**root, "TOKEN": read_only})
+    assert ids(messages) == ["keyrotation.E002"]
+    assert "cannot unwrap data key" in messages[0].msg and "permission denied" in messages[0].msg
+    assert read_only not in messages[0].msg and vault.token not in messages[0].msg
 
 
 def test_checks_are_registered():

@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from keyrotation.exceptions import ConfigurationError, KEKUnavailable
+from keyrotation.exceptions import ConfigurationError, KEKRefused
 from keyrotation.kek import context_for, load_backend
 from keyrotation.kek.local import LocalKEK, generate_key
 
@@ -32,14 +32,14 @@ def test_previous_keys_unwrap_and_first_key_wraps():
 def test_wrapped_key_is_bound_to_its_identity():
     kek = LocalKEK({"KEYS": [generate_key()]})
     wrapped, _ = kek.wrap(b"k" * 32, CTX)
-    with pytest.raises(KEKUnavailable, match="failed to unwrap"):
+    with pytest.raises(KEKRefused, match="failed to unwrap"):
         kek.unwrap(wrapped, context_for("default", "encrypt", 2))
 
 
 def test_wrong_master_key_names_fingerprints_not_bytes():
     key_a, key_b = generate_key(), generate_key()
     wrapped, _ = LocalKEK({"KEYS": [key_a]}).wrap(b"k" * 32, CTX)
-    with pytest.raises(KEKUnavailable) as info:
+    with pytest.raises(KEKRefused) as info:
         LocalKEK({"KEYS": [key_b]}).unwrap(wrapped, CTX)
     message = str(info.value)
     assert "not among" in message
@@ -65,7 +65,7 @@ def test_bad_configuration_is_precise(keys, message):
 
 def test_garbled_wrapped_key():
     kek = LocalKEK({"KEYS": [generate_key()]})
-    with pytest.raises(KEKUnavailable, match="not in the local KEK format"):
+    with pytest.raises(KEKRefused, match="not in the local KEK format"):
         kek.unwrap(b"\x09garbage", CTX)
 
 

@@ -1,12 +1,13 @@
 """The Vault/OpenBao Transit KEK, against a real OpenBao server (no mocks)."""
 
+import base64
 import uuid
 
 import hvac
 import pytest
 
 from keyrotation import keyring, lifecycle
-from keyrotation.exceptions import KEKUnavailable
+from keyrotation.exceptions import KEKRefused, KEKUnavailable, KEKUnreachable
 from keyrotation.kek import context_for, load_backend
 from keyrotation.kek.vault import VaultTransitKEK
 from keyrotation.models import DataKey
@@ -55,8 +56,95 @@ def test_wrapped_key_is_bound_to_its_identity(vault_options):
 
 def test_non_derived_key_fails_the_check(vault, vault_options):
     vault.client.secrets.transit.create_key(name=vault_options["KEY_NAME"])
-    with pytest.raises(KEKUnavailable, match="not a derived key"):
+    with pytest.raises(KEKRefused, match="not a derived key"):
         load_backend(vault_options).check()
+
+
+def _non_derived_key(vault, name: str) -> bytes:
+    """Create a Transit key without derivation; return a data key wrapped by it (as a version
+    that accepted such a key would have stored)."""
+    vault.client.secrets.transit.create_key(name=name)  # derived defaults to false
+    plaintext = base64.b64encode(b"k" * 32).decode()
+    resp = vault.client.secrets.transit.encrypt_data(name=name, plaintext=plaintext)
+    return resp["data"]["ciphertext"].encode()
+
+
+def test_wrap_unwrap_and_rewrap_refuse_a_non_derived_key(vault, vault_options):
+    """Transit ignores the context of a key that is not derived: a wrapped key would open on any
+    DataKey row. Every KEK operation refuses such a key, with how to create a derived one."""
+    wrapped = _non_derived_key(vault, vault_options["KEY_NAME"])
+    kek = load_backend(vault_options)
+    for attempt in (
+        kek.ensure_key,
+        lambda: kek.wrap(b"k" * 32, CTX),
+        lambda: kek.unwrap(wrapped, CTX),
+        lambda: kek.rewrap(wrapped, CTX),
+    ):
+        with pytest.raises(KEKRefused, match="not a derived key") as info:
+            attempt()
+        assert "derived=true" in str(info.value) and "derived=True" in str(info.value)
+
+
+@pytest.mark.django_db(transaction=True)  # the command closes the connections when it exits
+def test_init_refuses_a_non_derived_key_with_one_line_and_exit_code_1(vault, vault_settings, capsys):
+    from keyrotation.management.commands.rotatekeys import Command
+
+    _non_derived_key(vault, vault_settings["KEY_NAME"])
+    with pytest.raises(SystemExit) as exited:
+        Command().run_from_argv(["manage.py", "rotatekeys", "--init"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("CommandError: ") and err.count("\n") == 1, err
+    assert "not a derived key" in err and "derived=true" in err and "Traceback" not in err
+    assert not DataKey.objects.exists()
+
+
+def test_derived_check_reads_the_key_once_per_backend(vault_options):
+    kek = load_backend(vault_options)
+    kek.ensure_key()
+    kek.wrap(b"k" * 32, CTX)
+    wrapped, _ = kek.wrap(b"k" * 32, CTX)
+    assert kek.requests == 4  # read (missing), create, two encrypts: no read per wrap
+    fresh = load_backend(vault_options)
+    fresh.unwrap(wrapped, CTX)
+    fresh.unwrap(wrapped, CTX)
+    assert fresh.requests == 3  # one read of the key's configuration, two decrypts
+
+
+def _policy_token(vault, name: str, hcl: str) -> str:
+    vault.client.sys.create_or_update_policy(name=name, policy=hcl)
+    return vault.client.auth.token.create(policies=[name], ttl="10m")["auth"]["client_token"]
+
+
+@pytest.fixture
+def broken_vault_options(vault, vault_options):
+    """Per kind of permanent failure: options that fail that way on a key holding a wrapped key."""
+    kek = load_backend(vault_options)
+    kek.ensure_key()
+    name = vault_options["KEY_NAME"]
+    read_only = f'path "transit/keys/{name}" {{ capabilities = ["read"] }}'
+    read_only = _policy_token(vault, f"read-{name}", read_only)
+    return {
+        "invalid token": {**vault_options, "TOKEN": "not-a-token"},
+        "denied policy": {**vault_options, "TOKEN": read_only},
+        "unknown key": {**vault_options, "KEY_NAME": f"{name}-missing"},
+        "unknown mount": {**vault_options, "MOUNT": "no-such-transit"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("invalid token", "permission denied"),
+        ("denied policy", "permission denied"),
+        ("unknown key", "not found"),
+        ("unknown mount", "not found"),
+    ],
+)
+def test_permanent_vault_failures_are_refusals(vault_options, broken_vault_options, case, reason):
+    wrapped, _ = load_backend(vault_options).wrap(b"k" * 32, CTX)
+    with pytest.raises(KEKRefused, match=reason):
+        load_backend(broken_vault_options[case]).unwrap(wrapped, CTX)
 
 
 def test_revoked_token_is_a_clear_error_without_the_token(vault, vault_options):
@@ -76,7 +164,7 @@ def test_unreachable_vault(vault_options):
     from tests.servers import free_port
 
     kek = VaultTransitKEK({**vault_options, "URL": f"http://127.0.0.1:{free_port()}", "TIMEOUT": 2})
-    with pytest.raises(KEKUnavailable, match="cannot connect"):
+    with pytest.raises(KEKUnreachable, match="cannot connect"):
         kek.wrap(b"k" * 32, CTX)
 
 
@@ -111,7 +199,8 @@ def test_transit_calls_grow_with_versions_not_rows(vault_settings):
     kek = keyring.kek_backend()
     emails = [p.email for p in Person.objects.order_by("pk")]
     assert len(emails) == 10_000 and emails[0] == "v1-0@example.com" and emails[-1] == "v2-4999@example.com"
-    assert kek.requests == 3
+    # the key's configuration once, the audit chain key once, then one unwrap per version
+    assert kek.requests == 4
 
 
 def test_sealed_vault_then_unsealed(openbao_server):
@@ -126,7 +215,7 @@ def test_sealed_vault_then_unsealed(openbao_server):
     kek.ensure_key()
     wrapped, _ = kek.wrap(b"k" * 32, CTX)
     hvac.Client(url=openbao_server.addr, token=openbao_server.token).sys.seal()
-    with pytest.raises(KEKUnavailable, match="sealed or unavailable"):
+    with pytest.raises(KEKUnreachable, match="sealed or unavailable"):
         kek.unwrap(wrapped, CTX)
     openbao_server.restart()  # static auto-unseal: comes back unsealed with the same data
     assert load_backend(options).unwrap(wrapped, CTX) == b"k" * 32

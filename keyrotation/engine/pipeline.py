@@ -98,9 +98,10 @@ class Pipeline:
         finally:
             helper.join()
         if self.error is not None:
-            from .runner import TRANSIENT, logger
+            from .retry import is_transient
+            from .runner import logger
 
-            if isinstance(self.error, TRANSIENT):
+            if is_transient(self.error):
                 logger.warning(
                     "run #%s: batch of %s failed (%s); retrying one batch at a time",
                     self.worker.run.pk,

@@ -18,20 +18,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
+from django.db import DatabaseError, connections, transaction
 
 from .. import signals
-from ..exceptions import KEKUnavailable, KeyRotationError
+from ..exceptions import KeyRotationError
 from ..models import QuarantinedValue, ReencryptionRun, RunStatus
 from ..tracebacks import forgets_locals
 from . import runs, sql
 from .pipeline import Pipeline
 from .plan import ModelPlan
+from .retry import TRANSIENT, is_transient
 from .throttle import Throttle
 from .transform import BatchTransformer, RowFailure, RowFailureError
 
 logger = logging.getLogger("keyrotation.engine")
-TRANSIENT = (OperationalError, InterfaceError, KEKUnavailable)
 
 
 class RunFailed(KeyRotationError):
@@ -70,13 +70,14 @@ class WorkResult:
 
 def retrying(what: str, fn, opts: Options):
     """Run ``fn``; on a lost connection or KEK outage, back off and try again (``opts.retries``
-    times, doubling the delay up to ``opts.backoff_max``); then let the error through."""
+    times, doubling the delay up to ``opts.backoff_max``); then let the error through. A permanent
+    error (engine/retry.py: a KEK that refused) goes through at once."""
     delay = 0.5
     for attempt in range(opts.retries + 1):
         try:
             return fn()
         except TRANSIENT as exc:
-            if attempt == opts.retries:
+            if attempt == opts.retries or not is_transient(exc):
                 raise
             logger.warning(
                 "%s failed (%s); retry %d/%d in %.1fs",

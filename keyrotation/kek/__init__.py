@@ -33,7 +33,8 @@ class KEKBackend(Protocol):
         """Wrap a data key; return (wrapped bytes, id of the KEK version that wrapped it)."""
 
     def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
-        """Return the data key. Raises KEKUnavailable on any failure."""
+        """Return the data key. Raises KEKUnavailable on any failure: KEKUnreachable when waiting
+        may help (the engine retries it), KEKRefused when it cannot (reported at once)."""
 
     def rewrap(self, wrapped: bytes, context: bytes) -> tuple[bytes, str]:
         """Re-wrap under the current KEK version without exposing the key where possible."""
@@ -48,7 +49,8 @@ class KEKBackend(Protocol):
         """Human description (backend, address, key name), never secrets."""
 
     def check(self) -> None:
-        """Raise KEKUnavailable if the KEK cannot be used right now."""
+        """Raise KEKUnavailable if the KEK cannot be used right now (``check --deploy`` then also
+        unwraps the newest stored data keys)."""
 
 
 def context_for(keyring: str, purpose: str, version: int) -> bytes:

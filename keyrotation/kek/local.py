@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..crypto import KEY_BYTES, NONCE_BYTES, fingerprint
-from ..exceptions import ConfigurationError, KEKUnavailable
+from ..exceptions import ConfigurationError, KEKRefused
 from ..tracebacks import forgets_locals
 
 WRAP_FORMAT = 0x01
@@ -105,17 +105,17 @@ class LocalKEK:
     def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
         wrapped = bytes(wrapped)
         if len(wrapped) < 1 + _FP_BYTES + NONCE_BYTES + 16 or wrapped[0] != WRAP_FORMAT:
-            raise KEKUnavailable("wrapped key is not in the local KEK format")
+            raise KEKRefused("wrapped key is not in the local KEK format")
         fp = wrapped[1 : 1 + _FP_BYTES]
         if fp not in self._keys:
-            raise KEKUnavailable(
+            raise KEKRefused(
                 f"data key was wrapped by local master key {fp.hex()}, which is not among "
                 f'KEYROTATION["KEK"]["KEYS"] (configured: {", ".join(k.hex() for k in self._keys)})'
             )
         nonce = wrapped[1 + _FP_BYTES : 1 + _FP_BYTES + NONCE_BYTES]
         dek = _open_wrapped(self._keys[fp], nonce, wrapped[1 + _FP_BYTES + NONCE_BYTES :], context)
         if dek is None:
-            raise KEKUnavailable(
+            raise KEKRefused(
                 f"local master key {fp.hex()} failed to unwrap a data key (tampered or misplaced)"
             )
         return dek

@@ -15,8 +15,9 @@ Settings::
 
 The transit key is created *derived* (``derived=true``) by ``rotatekeys --init``, and every wrap,
 unwrap and rewrap passes the DataKey identity as the derivation context: a wrapped key copied onto
-another DataKey row does not unwrap. KEK rotation is Transit ``rotate`` then ``rewrap`` of each
-DataKey row; the data keys never leave Vault in the clear during a rewrap.
+another DataKey row does not unwrap. A key that is not derived is refused by all of them (and by
+``rotatekeys --init``), since Transit would ignore the context. KEK rotation is Transit ``rotate``
+then ``rewrap`` of each DataKey row; the data keys never leave Vault in the clear during a rewrap.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..exceptions import ConfigurationError, KEKUnavailable
+from ..exceptions import ConfigurationError, KEKRefused, KEKUnavailable, KEKUnreachable
 from ..tracebacks import forgets_locals
 
 try:
@@ -41,17 +42,29 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 _VERSION_RE = re.compile(rb"^vault:v(\d+):")
 
-# Vault error bodies can echo request fields, so messages are fixed per class, never forwarded.
-_REASONS: list[tuple[type[BaseException], str]] = [
-    (hvac.exceptions.VaultDown, "Vault is sealed or unavailable"),
-    (hvac.exceptions.Forbidden, "permission denied (token invalid, expired, revoked or lacking policy)"),
-    (hvac.exceptions.Unauthorized, "unauthorized (token missing or invalid)"),
-    (hvac.exceptions.InvalidPath, "transit mount or key not found"),
-    (hvac.exceptions.InvalidRequest, "request rejected (wrong key, context or wrapped value)"),
-    (hvac.exceptions.InternalServerError, "Vault internal error"),
-    (requests.exceptions.ConnectionError, "cannot connect"),
-    (requests.exceptions.Timeout, "request timed out"),
-    (hvac.exceptions.VaultError, "Vault error"),
+# What each failure is called, and whether waiting can help (True: KEKUnreachable, retried by the
+# engine; False: KEKRefused, reported at once). First match wins, so subclasses come first. Vault
+# error bodies can echo request fields, so the words are fixed per class, never forwarded.
+_V, _R = hvac.exceptions, requests.exceptions
+_FAILURES: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str, bool]] = [
+    (_V.VaultDown, "Vault is sealed or unavailable", True),
+    (_V.RateLimitExceeded, "rate limited by Vault (429)", True),
+    (_V.BadGateway, "bad gateway in front of Vault (502)", True),
+    (_V.InternalServerError, "Vault internal error", True),
+    (_V.VaultNotInitialized, "Vault is not initialized", True),
+    (_V.PreconditionFailed, "Vault replica not up to date yet (412)", True),
+    (_V.UnexpectedError, "unexpected response from Vault", True),
+    (_V.Forbidden, "permission denied (token invalid, expired, revoked or lacking policy)", False),
+    (_V.Unauthorized, "unauthorized (token missing or invalid)", False),
+    (_V.InvalidPath, "transit mount or key not found", False),
+    (_V.InvalidRequest, "request rejected (wrong key, context or wrapped value)", False),
+    (_V.VaultError, "Vault error", False),
+    (_R.SSLError, "TLS handshake or certificate verification failed", False),
+    (_R.ConnectionError, "cannot connect", True),
+    (_R.Timeout, "request timed out", True),
+    (_R.ChunkedEncodingError, "connection broken during the response", True),
+    ((_R.InvalidURL, _R.MissingSchema, _R.InvalidSchema), "invalid URL", False),
+    (_R.RequestException, "request failed", True),
 ]
 
 
@@ -59,12 +72,15 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _reason(exc: BaseException) -> str | None:
-    return next((reason for cls, reason in _REASONS if isinstance(exc, cls)), None)
-
-
 class VaultTransitKEK:
     """Data keys wrapped by a Vault/OpenBao Transit key; KEK calls are counted in ``requests``.
+
+    Every wrap, unwrap and rewrap first makes sure the Transit key is *derived*: its configuration
+    is read once per instance (one instance per process, see :func:`keyrotation.keyring.kek_backend`)
+    and a key that is not derived is refused with :class:`~keyrotation.exceptions.KEKRefused`.
+    Failures are :class:`~keyrotation.exceptions.KEKUnreachable` when waiting can help (connection
+    refused or reset, timeout, sealed, 5xx, 429) and :class:`~keyrotation.exceptions.KEKRefused`
+    otherwise (permission denied, invalid token, unknown mount or key, rejected request).
 
     No frame of an exception raised by its methods holds the token or a data key, and no error of
     hvac or requests is chained to one (their frames hold the request headers, token included).
@@ -93,6 +109,9 @@ class VaultTransitKEK:
             )
         self.requests = 0  # Transit calls made by this instance (tests and benchmarks read it)
         self._lock = threading.Lock()
+        # Set once the key's configuration was read and found derived. Transit fixes `derived`
+        # when a key is created and cannot change it, so the answer stays true for this key.
+        self._derived = False
 
     def __repr__(self) -> str:
         return f"<VaultTransitKEK {self.describe()}>"
@@ -100,50 +119,85 @@ class VaultTransitKEK:
     def describe(self) -> str:
         return f"vault transit key {self.mount}/{self.key_name} at {self.url or 'custom client'}"
 
-    def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    def _call(self, what: str, fn: Callable[..., Any], *, missing_ok: bool = False, **kwargs: Any) -> Any:
         # One call at a time: the hvac client's requests session is not safe to share between
         # threads (the engine runs two lanes per worker).
         with self._lock:
             self.requests += 1
-            return self._send(what, fn, **kwargs)
+            return self._send(what, fn, missing_ok, **kwargs)
 
     @forgets_locals  # below it, hvac's and requests' frames hold the token in the request headers
-    def _send(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    def _send(self, what: str, fn: Callable[..., Any], missing_ok: bool, **kwargs: Any) -> Any:
         try:
             return fn(mount_point=self.mount, **kwargs)
         except Exception as exc:
-            reason = _reason(exc)
-            if reason is None:
+            if missing_ok and isinstance(exc, hvac.exceptions.InvalidPath):
+                return None
+            failure = self._failure(what, exc)
+            if failure is None:
                 raise
         # Raised here, not in the handler: the client's error is then not chained to ours.
-        raise KEKUnavailable(f"{what} failed on {self.describe()}: {reason}")
+        raise failure
+
+    def _failure(self, what: str, exc: BaseException) -> KEKUnavailable | None:
+        for classes, reason, transient in _FAILURES:
+            if isinstance(exc, classes):
+                kind = KEKUnreachable if transient else KEKRefused
+                return kind(f"{what} failed on {self.describe()}: {reason}")
+        return None
+
+    def _not_derived(self) -> KEKRefused:
+        return KEKRefused(
+            f"{self.describe()} is not a derived key, so wrapped data keys would not be bound to "
+            "their DataKey identity; Transit cannot make an existing key derived: create a new one "
+            f"with `bao write -f {self.mount}/keys/<new name> derived=true` (Vault: `vault write ...`; "
+            "hvac: `client.secrets.transit.create_key(name=..., derived=True)`) or let "
+            '`manage.py rotatekeys --init` create it, and set KEYROTATION["KEK"]["KEY_NAME"] to it'
+        )
+
+    def _read_config(self, *, missing_ok: bool = False) -> dict | None:
+        """The key's configuration (one Transit call); KEKRefused if it is not derived."""
+        resp = self._call(
+            "read key", self._client.secrets.transit.read_key, missing_ok=missing_ok, name=self.key_name
+        )
+        if resp is None:
+            return None
+        data = resp["data"]
+        if not data.get("derived"):
+            raise self._not_derived()
+        self._derived = True
+        return data
+
+    def _require_derived(self) -> None:
+        if not self._derived:
+            self._read_config()
 
     def ensure_key(self) -> bool:
-        """Create the derived transit key if missing; return True if it was created."""
-        try:
-            self._call("read key", self._client.secrets.transit.read_key, name=self.key_name)
+        """Create the derived transit key if missing; return True if it was created.
+
+        Raises:
+            KEKRefused: the key exists and is not derived, or the token may not read or create it.
+            KEKUnreachable: Vault could not be reached.
+        """
+        if self._read_config(missing_ok=True) is not None:
             return False
-        except KEKUnavailable:
-            self._call(
-                "create key",
-                self._client.secrets.transit.create_key,
-                name=self.key_name,
-                derived=True,
-                key_type="aes256-gcm96",
-            )
-            return True
+        self._call(
+            "create key",
+            self._client.secrets.transit.create_key,
+            name=self.key_name,
+            derived=True,
+            key_type="aes256-gcm96",
+        )
+        self._derived = True
+        return True
 
     def current_id(self) -> str:
         data = self._call("read key", self._client.secrets.transit.read_key, name=self.key_name)
         return f"vault:{self.mount}/{self.key_name}:v{data['data']['latest_version']}"
 
     def check(self) -> None:
-        data = self._call("read key", self._client.secrets.transit.read_key, name=self.key_name)
-        if not data["data"].get("derived"):
-            raise KEKUnavailable(
-                f"{self.describe()} is not a derived key; create it with derived=true "
-                "(`manage.py rotatekeys --init` does) so wrapped keys are bound to their identity"
-            )
+        """Read the key's configuration now (not from the cache): reachable, readable, derived."""
+        self._read_config()
 
     def _id_of(self, ciphertext: str) -> str:
         match = _VERSION_RE.match(ciphertext.encode("ascii"))
@@ -152,6 +206,7 @@ class VaultTransitKEK:
 
     @forgets_locals  # ``dek`` is a parameter, and ``_call`` gets it in base64
     def wrap(self, dek: bytes, context: bytes) -> tuple[bytes, str]:
+        self._require_derived()
         resp = self._call(
             "encrypt",
             self._client.secrets.transit.encrypt_data,
@@ -164,6 +219,7 @@ class VaultTransitKEK:
 
     @forgets_locals  # ``resp`` holds the data key in base64
     def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
+        self._require_derived()
         resp = self._call(
             "decrypt",
             self._client.secrets.transit.decrypt_data,
@@ -174,6 +230,7 @@ class VaultTransitKEK:
         return base64.b64decode(resp["data"]["plaintext"])
 
     def rewrap(self, wrapped: bytes, context: bytes) -> tuple[bytes, str]:
+        self._require_derived()
         resp = self._call(
             "rewrap",
             self._client.secrets.transit.rewrap_data,
