@@ -27,6 +27,7 @@ NO_GRACE = override_settings(
     KEYROTATION={
         "KEK": {"BACKEND": "local", "KEYS": ["ERERERERERERERERERERERERERERERERERERERERERE="]},
         "CACHE_SECONDS": 0,
+        "DESTROY_GRACE_SECONDS": 0,
     }
 )
 
