@@ -170,12 +170,15 @@ def decrypt(subkey: bytes, label: str, token: bytes) -> bytes:
     fmt, version = token_header(token)
     if fmt != FORMAT_V1:
         raise InvalidToken
+    return _open(subkey, token, _aad(version, label_bytes))
+
+
+def _open(subkey: bytes, token: bytes, aad: bytes) -> bytes:
+    """AES-256-GCM open of the nonce and sealed bytes after a token's header, under ``aad``."""
     token = bytes(token)
     nonce = token[HEADER_BYTES : HEADER_BYTES + NONCE_BYTES]
     try:
-        return AESGCM(bytes(subkey)).decrypt(
-            nonce, token[HEADER_BYTES + NONCE_BYTES :], _aad(version, label_bytes)
-        )
+        return AESGCM(bytes(subkey)).decrypt(nonce, token[HEADER_BYTES + NONCE_BYTES :], aad)
     except InvalidTag:
         raise InvalidToken from None
 
@@ -238,14 +241,7 @@ def decrypt_bound(subkey: bytes, label: str, binding: bytes, token: bytes) -> by
     fmt, version = token_header(token)
     if fmt != FORMAT_V2:
         raise InvalidToken
-    token = bytes(token)
-    nonce = token[HEADER_BYTES : HEADER_BYTES + NONCE_BYTES]
-    try:
-        return AESGCM(bytes(subkey)).decrypt(
-            nonce, token[HEADER_BYTES + NONCE_BYTES :], _bound_aad(version, label_bytes, binding)
-        )
-    except InvalidTag:
-        raise InvalidToken from None
+    return _open(subkey, token, _bound_aad(version, label_bytes, binding))
 
 
 class Cipher:
