@@ -411,7 +411,7 @@ def repetition(ctx, rep: int) -> dict:
                 timed(lambda cols=cols: [census.counts(c) for c in cols]) for _ in range(3)
             ),
             "pending_seconds": statistics.median(
-                timed(lambda plans=plans: [p.pending() for p in plans]) for _ in range(3)
+                timed(lambda plans=plans: [p.pending("default") for p in plans]) for _ in range(3)
             ),
         }
     out["status_seconds"] = timed(engine.status)
