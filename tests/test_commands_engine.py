@@ -101,3 +101,56 @@ def test_help_explains_every_flag():
         for action in parser._actions:
             if action.option_strings and action.dest not in {"help", "version"}:
                 assert action.help, (name, action.option_strings)
+
+
+# -- operator input: one clear line, nothing run --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "argument --workers: must be a whole number of at least 1, got 0"),
+        (["--workers", "two"], "argument --workers: must be a whole number of at least 1, got 'two'"),
+        (["--batch-size", "0"], "argument --batch-size: must be a whole number of at least 1, got 0"),
+        (["--rate", "0"], "argument --rate: must be a number greater than 0, got 0"),
+        (["--rate", "-5"], "argument --rate: must be a number greater than 0, got -5"),
+        (["--rate", "nan"], "argument --rate: must be a number greater than 0, got nan"),
+        (["--target-batch-ms", "0"], "argument --target-batch-ms: must be a number greater than 0"),
+        (["--max-duration", "0"], "argument --max-duration: must be a number greater than 0, got 0"),
+        (["--max-duration", "-1"], "argument --max-duration: must be a number greater than 0, got -1"),
+        (["--verify", "--dry-run"], "argument --dry-run: not allowed with argument --verify"),
+        (["--pause", "--abort"], "argument --abort: not allowed with argument --pause"),
+        (["--run", "3"], "--run names the run for --pause, --resume or --abort"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_bad_operator_input_is_one_clear_error_and_runs_nothing(rotated, args, message):
+    from keyrotation.models import ReencryptionRun
+
+    with pytest.raises(CommandError) as info:
+        call_command("reencrypt", *args, stdout=StringIO(), stderr=StringIO())
+    assert message in str(info.value)
+    assert ReencryptionRun.objects.count() == 0
+    assert Person.objects.filter(email_key_version=1).count() == 120
+
+
+@pytest.mark.parametrize("flag", ["--pause", "--resume", "--abort"])
+def test_an_unknown_run_id_is_one_line(rotated, flag):
+    with pytest.raises(CommandError, match=r"no re-encryption run #999 \(see `manage.py rotation_status`\)"):
+        call_command("reencrypt", flag, "--run", "999", stdout=StringIO(), stderr=StringIO())
+
+
+def test_bad_input_on_the_command_line_exits_2_without_a_traceback(rotated):
+    import subprocess
+    import sys
+
+    # parsing fails before any database access, so the settings' database does not matter
+    proc = subprocess.run(
+        [sys.executable, "-m", "django", "reencrypt", "--workers", "0", "--settings", "tests.settings"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "argument --workers: must be a whole number of at least 1, got 0" in proc.stderr
+    assert "Traceback" not in proc.stderr

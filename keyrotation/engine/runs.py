@@ -77,7 +77,9 @@ def set_status(
     """Move a run to ``to`` if the transition table allows it, with its audit row."""
     using = _db(using)
     with transaction.atomic(using=using):
-        run = ReencryptionRun.objects.using(using).select_for_update().get(pk=run_id)
+        run = ReencryptionRun.objects.using(using).select_for_update().filter(pk=run_id).first()
+        if run is None:
+            raise KeyRotationError(f"no re-encryption run #{run_id} (see `manage.py rotation_status`)")
         if run.status == to:
             return run
         if (run.status, to) not in RUN_TRANSITIONS:

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ... import engine, reporting
 from ...exceptions import KeyRotationError
+from ..options import positive_float, positive_int
 
 
 class Command(BaseCommand):
@@ -34,20 +35,20 @@ class Command(BaseCommand):
             "every database that holds an encrypted model and takes writes, one after the other.",
         )
         parser.add_argument(
-            "--workers", type=int, default=1, help="Worker processes on this host (default 1)."
+            "--workers", type=positive_int, default=1, help="Worker processes on this host (default 1)."
         )
         parser.add_argument(
             "--batch-size",
-            type=int,
+            type=positive_int,
             default=None,
             help="Rows per batch (default: KEYROTATION['BATCH_SIZE']).",
         )
         parser.add_argument(
-            "--rate", type=float, default=None, help="Cap each worker at this many rows/second."
+            "--rate", type=positive_float, default=None, help="Cap each worker at this many rows/second."
         )
         parser.add_argument(
             "--target-batch-ms",
-            type=float,
+            type=positive_float,
             default=None,
             help="Adapt the batch size so each batch takes about this many milliseconds.",
         )
@@ -60,7 +61,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--max-duration",
-            type=float,
+            type=positive_float,
             default=None,
             metavar="SECONDS",
             help="Stop cleanly after this long (maintenance window); run again to continue.",
@@ -71,18 +72,22 @@ class Command(BaseCommand):
             default="stop",
             help="A value that cannot be decrypted: stop the run (default), or record it and go on.",
         )
-        parser.add_argument(
-            "--dry-run", action="store_true", help="Report what would change; change nothing."
-        )
-        parser.add_argument(
+        mode = parser.add_mutually_exclusive_group()
+        mode.add_argument("--dry-run", action="store_true", help="Report what would change; change nothing.")
+        mode.add_argument(
             "--verify",
             action="store_true",
             help="Open every value and recompute every blind index; exit 1 on any mismatch. Changes nothing.",
         )
-        parser.add_argument("--pause", action="store_true", help="Pause the open run (workers wait).")
-        parser.add_argument("--resume", action="store_true", help="Resume the paused run.")
-        parser.add_argument("--abort", action="store_true", help="Abort the open run (rows done stay done).")
-        parser.add_argument("--run", type=int, default=None, help="Run id for --pause/--resume/--abort.")
+        mode.add_argument("--pause", action="store_true", help="Pause the open run (workers wait).")
+        mode.add_argument("--resume", action="store_true", help="Resume the paused run.")
+        mode.add_argument("--abort", action="store_true", help="Abort the open run (rows done stay done).")
+        parser.add_argument(
+            "--run",
+            type=positive_int,
+            default=None,
+            help="Run id for --pause/--resume/--abort (default: the latest open run).",
+        )
         parser.add_argument(
             "--actor", default=None, help="Who runs this, for the audit trail (default: OS user)."
         )
@@ -105,6 +110,8 @@ class Command(BaseCommand):
                 self.stdout.write(line)
 
     def _handle(self, o) -> int:
+        if o["run"] is not None and not (o["pause"] or o["resume"] or o["abort"]):
+            raise CommandError("--run names the run for --pause, --resume or --abort; give one of them")
         for flag, fn in (("pause", engine.pause), ("resume", engine.resume), ("abort", engine.abort)):
             if o[flag]:
                 run = fn(o["run"], actor=o["actor"])
