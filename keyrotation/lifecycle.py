@@ -44,8 +44,12 @@ def check_transition(key: DataKey | None, to: str, keyring_name: str, purpose: s
     frm = key.state if key is not None else None
     if (frm, to) not in TRANSITIONS:
         allowed = sorted(t for f, t in TRANSITIONS if f == frm)
+        hint = ""
+        if frm == ACTIVE and to in (RETIRED, DESTROYED):
+            hint = f"; rotate first (`manage.py rotatekeys --keyring {keyring_name} --purpose {purpose}`)"
         raise KeyStateError(
-            f"cannot move a key from {frm or 'nothing'} to {to} (allowed: {', '.join(allowed) or 'none'})",
+            f"cannot move a key from {frm or 'nothing'} to {to} (allowed: {', '.join(allowed) or 'none'})"
+            + hint,
             keyring=keyring_name,
             purpose=purpose,
             version=key.version if key is not None else None,

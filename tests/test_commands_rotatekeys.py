@@ -109,3 +109,23 @@ def test_help_explains_every_flag():
     for action in parser._actions:
         if action.option_strings and action.dest not in {"help", "version"}:
             assert action.help, action.option_strings
+
+
+def test_listing_a_misspelt_keyring_is_an_error_that_names_the_real_ones():
+    run("--init")
+    with pytest.raises(
+        CommandError, match=r"no keyring 'defualt' \(keyrings: .*default.*\); did you mean 'default'\?"
+    ):
+        run("--keyring", "defualt", "--list")
+
+
+def test_listing_before_any_key_exists_says_to_init():
+    assert "no keys; run `manage.py rotatekeys --init`" in run("--list")
+
+
+def test_retiring_the_active_version_says_to_rotate_first():
+    run("--init")
+    with pytest.raises(
+        CommandError, match=r"rotate first \(`manage.py rotatekeys --keyring default --purpose encrypt`\)"
+    ):
+        run("--retire", "1", "--purpose", "encrypt")

@@ -5,6 +5,7 @@ A thin shell over :mod:`keyrotation.lifecycle`. Every refusal is a clear message
 
 from __future__ import annotations
 
+import difflib
 import json
 
 from django.core.management.base import BaseCommand, CommandError
@@ -99,6 +100,15 @@ class Command(BaseCommand):
     def _purposes(self, opts):
         return (opts["purpose"],) if opts["purpose"] else crypto.PURPOSES
 
+    def _unknown_keyring(self, ring: str) -> None:
+        """Raise a one-line error for a keyring no key has, naming the ones that exist."""
+        known = sorted({k.keyring for k in lifecycle.keys()})
+        if not known:
+            return  # nothing exists yet: the listing says to run --init
+        close = difflib.get_close_matches(ring, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise CommandError(f"no keyring {ring!r} (keyrings: {', '.join(known)}){hint}")
+
     def _need_purpose(self, opts, flag):
         if not opts["purpose"]:
             raise CommandError(f"{flag} needs --purpose encrypt or --purpose index")
@@ -108,6 +118,8 @@ class Command(BaseCommand):
         ring, actor = opts["keyring"], opts["actor"]
         if opts["list"]:
             rows = [_key_dict(k) for k in lifecycle.keys(ring, opts["purpose"])]
+            if ring and not rows:
+                self._unknown_keyring(ring)
             lines = [
                 f"{r['keyring']:<16} {r['purpose']:<8} v{r['version']:<4} {r['state']:<13} {r['kek_id']}"
                 for r in rows
