@@ -17,7 +17,7 @@ from django.views import View
 
 from . import engine
 from .engine import runs
-from .exceptions import KeyRotationError
+from .exceptions import KeyRotationError, RunNotFound
 
 CONTROL_PERMISSION = "keyrotation.control_reencryptionrun"
 ACTIONS = {"pause": engine.pause, "resume": engine.resume, "abort": engine.abort}
@@ -110,10 +110,10 @@ class ControlView(_AdminView):
         actor = f"admin:{request.user.get_username()}"
         try:
             run = ACTIONS[action](run_id, actor=actor)
+        except RunNotFound:
+            raise Http404("no such run") from None
         except KeyRotationError as exc:
             messages.error(request, str(exc))
-        except self.model_admin.model.DoesNotExist:
-            raise Http404("no such run") from None
         else:
             messages.success(request, f"Run #{run.pk} is now {run.status}.")
         return HttpResponseRedirect(reverse(f"{self.model_admin.admin_site.name}:keyrotation_status"))

@@ -99,3 +99,7 @@ class LegacyDecodeError(KeyRotationError):
     The message says why in general terms (bad MAC, wrong key, not a token, unexpected type) and
     never carries a byte of the value.
     """
+
+
+class RunNotFound(KeyRotationError):
+    """No re-encryption run has the id given (to ``pause``, ``resume`` or ``abort``)."""

@@ -25,7 +25,7 @@ from django.db.models import Count, F, Max, Min, Q, Sum
 from django.utils import timezone
 
 from .. import audit, databases
-from ..exceptions import KeyRotationError
+from ..exceptions import KeyRotationError, RunNotFound
 from ..models import ChunkStatus, ReencryptionChunk, ReencryptionRun, RunStatus
 from .plan import ModelPlan
 
@@ -79,7 +79,7 @@ def set_status(
     with transaction.atomic(using=using):
         run = ReencryptionRun.objects.using(using).select_for_update().filter(pk=run_id).first()
         if run is None:
-            raise KeyRotationError(f"no re-encryption run #{run_id} (see `manage.py rotation_status`)")
+            raise RunNotFound(f"no re-encryption run #{run_id} (see `manage.py rotation_status`)")
         if run.status == to:
             return run
         if (run.status, to) not in RUN_TRANSITIONS:
