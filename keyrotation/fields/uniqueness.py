@@ -27,11 +27,14 @@ def unique_indexes(model: type[models.Model]) -> list[BlindIndexField]:
     return [f for f in model._meta.concrete_fields if isinstance(f, BlindIndexField) and f.unique]
 
 
-def duplicate_errors(instance: models.Model, exclude: Iterable[str]) -> dict[str, list[ValidationError]]:
-    """``{source field name: [error]}`` for each unique blind index whose value another row has."""
+def duplicate_errors(
+    instance: models.Model, exclude: Iterable[str], indexes: Iterable[BlindIndexField] | None = None
+) -> dict[str, list[ValidationError]]:
+    """``{source field name: [error]}`` for each unique blind index (of ``indexes``, by default
+    every one of the model) whose value another row has."""
     exclude = set(exclude)
     errors: dict[str, list[ValidationError]] = {}
-    for index in unique_indexes(type(instance)):
+    for index in unique_indexes(type(instance)) if indexes is None else indexes:
         source = index.source_field
         if source.name in exclude or instance.__dict__.get(source.attname) is NOT_ADOPTED:
             continue
@@ -64,16 +67,16 @@ def wrap_validate_unique(model: type[models.Model]) -> None:
         if _CHECKING.get():  # an override of validate_unique calling super(): checked once, outside
             return original(self, exclude=exclude)
         exclude = set(exclude or ())
-        indexes = {f.name for f in unique_indexes(type(self))}
+        indexes = unique_indexes(type(self))
         errors: dict[str, Any] = {}
         token = _CHECKING.set(True)
         try:
-            original(self, exclude=exclude | indexes)
+            original(self, exclude=exclude | {f.name for f in indexes})
         except ValidationError as exc:
             errors = exc.update_error_dict(errors)
         finally:
             _CHECKING.reset(token)
-        for name, found in duplicate_errors(self, exclude).items():
+        for name, found in duplicate_errors(self, exclude, indexes).items():
             errors.setdefault(name, []).extend(found)
         if errors:
             raise ValidationError(errors)
