@@ -83,3 +83,44 @@ def census_table(columns: list[dict]) -> list[str]:
             + (f"  [{c['unbound_rows']:,} row(s) not bound yet]" if c.get("unbound_rows") else "")
         )
     return lines
+
+
+def residue_lines(tables: list) -> list[str]:
+    """Lines of ``rotation_residue``: per table what is left, the next step, and the report's limits
+    (``tables`` are :class:`keyrotation.residue.TableResidue`)."""
+    if not tables:
+        return ["no model with encrypted fields on these databases"]
+    lines: list[str] = []
+    for t in tables:
+        lines.append(f"{t.model} on {t.database!r} ({t.vendor}, table {t.table})")
+        for c in t.legacy_columns:
+            state = f"{c.values:,} legacy value(s) left" if c.present else "dropped"
+            lines.append(f"  legacy column {c.column} of {c.field}: {state}")
+        for index in t.legacy_indexes:
+            lines.append(f"  {index.describe()}: holds a copy of every legacy value")
+        if t.postgresql:
+            pg = t.postgresql
+            times = ", ".join(
+                f"{name} {_when(value)}"
+                for name, value in (
+                    ("vacuum", pg.last_vacuum),
+                    ("autovacuum", pg.last_autovacuum),
+                    ("analyze", pg.last_analyze),
+                    ("autoanalyze", pg.last_autoanalyze),
+                )
+            )
+            lines.append(f"  dead row versions: {pg.dead_tuples:,} (estimate); last {times}")
+        if t.sqlite:
+            lite = t.sqlite
+            lines.append(
+                f"  free pages: {lite.freelist_pages:,}; secure_delete "
+                f"{'on' if lite.secure_delete else 'off'}; journal_mode {lite.journal_mode}"
+            )
+        lines.append(f"  next: {t.next_step}")
+    for vendor, limits in sorted({t.vendor: t.limits for t in tables}.items()):
+        lines.append(f"not reported ({vendor}): {limits}")
+    return lines
+
+
+def _when(value) -> str:
+    return value.isoformat(timespec="seconds") if value else "never"

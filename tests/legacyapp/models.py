@@ -26,6 +26,15 @@ class PlainContact(models.Model):
     visits = models.IntegerField(default=0)
 
 
+class UniqueContact(models.Model):
+    """A unique plaintext column encrypted in place: the legacy column keeps its unique index
+    (and, on PostgreSQL, the ``_like`` pattern index a ``CharField`` gets) until it is dropped."""
+
+    email_legacy = models.CharField(max_length=254, null=True, unique=True)
+    email = EncryptedField(models.EmailField(max_length=254), null=True, adopt_from="email_legacy")
+    email_bidx = BlindIndexField(source="email")
+
+
 CRYPTO = legacy.DjangoCryptography(secret_key=VECTOR_SECRET_KEY)
 
 
