@@ -89,6 +89,8 @@ def environment() -> dict[str, str]:
     drop = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "KEYROTATION_PREVIOUS_MASTER_KEYS")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # This checkout's keyrotation, even when the interpreter has another one installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["KEYROTATION_MASTER_KEY"] = base64.b64encode(os.urandom(32)).decode()
     env["KEYROTATION_CACHE_SECONDS"] = "0"
     env["COLUMNS"] = "100"
