@@ -111,15 +111,16 @@ _KEYS: dict[tuple[int, bytes], ChainKey] = {}
 _LOCK = threading.Lock()
 
 
-def chain_key(version: int, wrapped: bytes) -> ChainKey:
-    """The chain key of ``version`` from its wrapped bytes (one KEK call per process and version)."""
+def chain_key(version: int, wrapped: bytes, kek_id: str = "") -> ChainKey:
+    """The chain key of ``version`` from its wrapped bytes (one KEK call per process and version);
+    ``kek_id`` names the KEK that wrapped it (see :func:`keyrotation.keyring.unwrap`)."""
     # Cached by wrapped bytes: a rewrap or a rolled-back key creation can never serve a stale key.
     cache_key = (version, bytes(wrapped))
     key = _KEYS.get(cache_key)
     if key is None:
         # Through the keyring's unwrapped-key cache: one KEK call at a time per process (a Vault
         # client is not shared between threads), and none again after a clear of this cache only.
-        dek = keyring.unwrap(AUDIT_KEYRING, AUDIT_PURPOSE, version, cache_key[1])
+        dek = keyring.unwrap(AUDIT_KEYRING, AUDIT_PURPOSE, version, cache_key[1], kek_id)
         key = ChainKey(
             version,
             crypto.derive_subkey(dek, AUDIT_PURPOSE, _LABEL),
@@ -148,10 +149,10 @@ def find_chain_key(using: str | None = None, datakey_model=None) -> ChainKey | N
     """The active chain key, or None when there is none."""
     model = _datakey_model(datakey_model)
     qs = model.objects.using(using).filter(keyring=AUDIT_KEYRING, purpose=AUDIT_PURPOSE, state="active")
-    row = qs.values_list("version", "wrapped_key").first()
+    row = qs.values_list("version", "wrapped_key", "kek_id").first()
     if row is None or row[1] is None:
         return None
-    return chain_key(row[0], bytes(row[1]))
+    return chain_key(row[0], bytes(row[1]), row[2] or "")
 
 
 def create_chain_key(using: str | None = None, datakey_model=None) -> ChainKey:
@@ -176,7 +177,7 @@ def create_chain_key(using: str | None = None, datakey_model=None) -> ChainKey:
         created_at=now,
         activated_at=now,
     )
-    return chain_key(1, wrapped)
+    return chain_key(1, wrapped, kek_id)
 
 
 def missing_key_error() -> KeyStateError:
@@ -219,9 +220,9 @@ def chain_keys(using: str | None = None, datakey_model=None) -> dict[int, ChainK
     rows = (
         model.objects.using(using)
         .filter(keyring=AUDIT_KEYRING, purpose=AUDIT_PURPOSE)
-        .values_list("version", "wrapped_key")
+        .values_list("version", "wrapped_key", "kek_id")
     )
-    return {v: chain_key(v, bytes(w)) if w is not None else None for v, w in rows}
+    return {v: chain_key(v, bytes(w), k or "") if w is not None else None for v, w, k in rows}
 
 
 def _created_at(using: str | None, datakey_model) -> dict[int, datetime]:

@@ -9,6 +9,10 @@
   lifecycle, e.g. by SQL); the keyring refuses it. Needs the KEK (skipped when unreachable: E002).
 * ``keyrotation.E005`` (database): the audit chain key is missing while audit rows exist; appends
   are refused until its row is restored.
+* ``keyrotation.W002`` (database): data keys are still wrapped by ``KEYROTATION["KEK"]["PREVIOUS"]``;
+  run ``rotatekeys --rewrap``. ``keyrotation.E006`` (database): a data key is wrapped by a KEK that
+  is neither ``KEYROTATION["KEK"]`` nor its ``PREVIOUS``; it cannot be unwrapped. Both read the kek
+  ids and the configuration only, no KEK call (see :mod:`keyrotation.wrapping`).
 * ``keyrotation.E111`` to ``E115`` (tag ``admin``): a ``ModelAdmin`` names encrypted fields in
   ``search_fields`` (entries that cannot be searched), ``list_filter``, ``ordering``,
   ``date_hierarchy`` or ``sortable_by``; see :func:`keyrotation.admin_integration.model_admin_errors`.
@@ -33,16 +37,19 @@ def check_settings(app_configs=None, **kwargs):
     errors = []
     try:
         conf.kek()
+        previous = conf.previous_kek()
         conf.cache_seconds()
         conf.destroy_grace_seconds()
         conf.blind_index_bytes()
         conf.default_keyring()
         conf.batch_size()
         conf.audit_anchor()
-        from .kek import load_backend
+        from .kek import load_backend, load_kek
 
         if conf.kek()["BACKEND"] == "local":
             load_backend()  # validates the master keys without any I/O
+        if previous is not None and previous["BACKEND"] == "local":
+            load_kek()  # the previous master keys too
     except ConfigurationError as exc:
         errors.append(Error(str(exc), id="keyrotation.E001", hint="See docs/settings.md."))
         return errors
@@ -67,10 +74,10 @@ def check_kek_reachable(app_configs=None, **kwargs):
     stored yet, wraps and unwraps a throwaway canary key. Unwrapped bytes are dropped at once;
     the message names the key (keyring, purpose, version, KEK id) and the reason, never bytes.
     """
-    from .kek import load_backend
+    from .kek import load_kek
 
     try:
-        backend = load_backend()
+        backend = load_kek()
         backend.check()
         _prove_unwrap(backend)
     except (ConfigurationError, KEKUnavailable) as exc:
@@ -112,7 +119,7 @@ def _prove_unwrap(backend) -> None:
     stored = _newest_stored_keys()
     for keyring_name, purpose, version, wrapped, kek_id in stored or ():
         try:
-            backend.unwrap(wrapped, context_for(keyring_name, purpose, version))
+            backend.unwrap(wrapped, context_for(keyring_name, purpose, version), kek_id=kek_id)
         except KEKUnavailable as exc:
             raise type(exc)(
                 f"cannot unwrap data key {keyring_name}/{purpose} v{version} (wrapped by {kek_id}): {exc}"
@@ -202,6 +209,66 @@ def check_audit_chain_key(app_configs=None, databases=None, **kwargs):
                 )
             )
     return errors
+
+
+@register(Tags.database)
+def check_kek_of_stored_keys(app_configs=None, databases=None, **kwargs):
+    """W002: keys still wrapped by the previous KEK; E006: keys wrapped by neither KEK."""
+    if not databases:
+        return []
+    from .kek import Wrapper
+    from .wrapping import configured_switch, stored_keys
+
+    switch = configured_switch()
+    if switch is None:  # malformed settings: E001
+        return []
+    messages = []
+    for alias in databases:
+        try:
+            keys = stored_keys(using=alias, switch=switch)
+        except DatabaseError:  # tables not migrated yet
+            continue
+        on_previous = [k for k in keys if k.wrapped_by in (Wrapper.PREVIOUS, Wrapper.EITHER)]
+        messages += _previous_warning(alias, on_previous, switch)
+        unknown: dict[str, list[str]] = {}
+        for key in keys:
+            if key.wrapped_by is Wrapper.UNKNOWN:
+                unknown.setdefault(key.kek_id, []).append(key.name)
+        messages += [
+            Error(
+                f"{len(names)} data key(s) on database {alias!r} ({_some(names)}) are wrapped by "
+                f"{kek_id or 'an unrecorded KEK'}, which is neither the current KEK "
+                f'({switch.current.describe()}) nor KEYROTATION["KEK"]["PREVIOUS"]'
+                + (f" ({switch.previous.describe()})" if switch.previous is not None else " (not set)")
+                + "; they cannot be unwrapped",
+                hint='Set KEYROTATION["KEK"]["PREVIOUS"] to the settings of the KEK that wrapped them '
+                '(or put that KEK back in KEYROTATION["KEK"]), then run `manage.py rotatekeys '
+                "--rewrap`; see docs/vault.md.",
+                id="keyrotation.E006",
+            )
+            for kek_id, names in sorted(unknown.items())
+        ]
+    return messages
+
+
+def _previous_warning(alias, keys, switch) -> list[Warning]:
+    if not keys or switch.previous is None:
+        return []
+    ids = sorted({k.kek_id for k in keys})
+    return [
+        Warning(
+            f"{len(keys)} data key(s) on database {alias!r} ({_some([k.name for k in keys])}) may still "
+            f'be wrapped by the previous KEK (KEYROTATION["KEK"]["PREVIOUS"]: '
+            f"{switch.previous.describe()}; kek ids: {', '.join(ids)})",
+            hint="Run `manage.py rotatekeys --rewrap`; remove PREVIOUS once this warning is gone.",
+            id="keyrotation.W002",
+        )
+    ]
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 @register(Tags.admin)

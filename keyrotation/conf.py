@@ -55,7 +55,8 @@ def kek() -> dict[str, Any]:
     """``KEYROTATION["KEK"]``: the key-encryption-key backend and its options.
 
     ``{"BACKEND": "local", "KEYS": ["<base64 32 bytes>", ...]}`` (first wraps, all unwrap) or
-    ``{"BACKEND": "vault", "URL": ..., "TOKEN": ..., "MOUNT": "transit", "KEY_NAME": ...}``.
+    ``{"BACKEND": "vault", "URL": ..., "TOKEN": ..., "MOUNT": "transit", "KEY_NAME": ...}``,
+    with an optional ``"PREVIOUS"`` (see :func:`previous_kek`).
     """
     value = _get("KEK", None)
     if value is None:
@@ -65,6 +66,35 @@ def kek() -> dict[str, Any]:
         )
     if not isinstance(value, dict) or "BACKEND" not in value:
         raise ConfigurationError('KEYROTATION["KEK"] must be a dict with a "BACKEND" key')
+    return value
+
+
+def current_kek() -> dict[str, Any]:
+    """``KEYROTATION["KEK"]`` without its ``PREVIOUS`` entry: the options of the KEK that wraps."""
+    return {k: v for k, v in kek().items() if k != "PREVIOUS"}
+
+
+def previous_kek() -> dict[str, Any] | None:
+    """``KEYROTATION["KEK"]["PREVIOUS"]`` (default ``None``): the KEK a project is moving away from.
+
+    A full KEK options dict of any backend (``{"BACKEND": "local", "KEYS": [...]}``, a Vault
+    dict, a dotted path). While it is set, data keys it wrapped still unwrap, and
+    ``manage.py rotatekeys --rewrap`` moves them under ``KEYROTATION["KEK"]``. Remove it once
+    ``rotatekeys --list`` shows no key on ``previous`` (see docs/vault.md).
+    """
+    value = kek().get("PREVIOUS")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value.get("BACKEND"):
+        raise ConfigurationError(
+            'KEYROTATION["KEK"]["PREVIOUS"] must be a KEK options dict with a "BACKEND" key '
+            '(the settings KEYROTATION["KEK"] had before the switch), or None'
+        )
+    if "PREVIOUS" in value:
+        raise ConfigurationError(
+            'KEYROTATION["KEK"]["PREVIOUS"] may not have a "PREVIOUS" of its own: switch one KEK '
+            "at a time (rewrap, then remove PREVIOUS before the next switch)"
+        )
     return value
 
 

@@ -35,7 +35,7 @@ from django.core.signals import setting_changed
 
 from . import conf, crypto
 from .exceptions import DecryptionError, KEKUnavailable, KeyStateError, NoActiveKey, UnknownKeyVersion
-from .kek import KEKBackend, context_for, load_backend
+from .kek import KEKBackend, KEKSwitch, context_for, load_kek
 from .tracebacks import forgets_locals
 
 DECRYPTABLE = frozenset({"active", "decrypt_only"})
@@ -54,6 +54,7 @@ class KeyVersion:
     state: str
     wrapped: bytes | None = field(repr=False)
     seal: Seal | None = field(default=None, repr=False)
+    kek_id: str = ""  # which KEK wrapped it (routes the unwrap, see keyrotation.kek.switch)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class _Unwrapped:
     def backend(self) -> KEKBackend:
         with self._lock:
             if self._backend is None:
-                self._backend = load_backend()
+                self._backend = load_kek()
             return self._backend
 
     def get(self, keyring: str, purpose: str, kv: KeyVersion) -> bytes:
@@ -121,7 +122,11 @@ class _Unwrapped:
     @forgets_locals  # the backend's frames (a custom one's too) may hold the KEK or the data key
     def _unwrap(self, keyring: str, purpose: str, kv: KeyVersion) -> bytes:
         backend = self.backend()
-        dek = backend.unwrap(kv.wrapped, context_for(keyring, purpose, kv.version))
+        context = context_for(keyring, purpose, kv.version)
+        if isinstance(backend, KEKSwitch):
+            dek = backend.unwrap(kv.wrapped, context, kek_id=kv.kek_id)
+        else:  # a bare backend put in place by a test
+            dek = backend.unwrap(kv.wrapped, context)
         if type(dek) is not bytes or len(dek) != crypto.KEY_BYTES:
             got = f"{len(dek)} bytes" if isinstance(dek, (bytes, bytearray)) else type(dek).__name__
             raise KEKUnavailable(
@@ -169,7 +174,7 @@ class Keyring:
         loaded_at: float,
         *,
         latest_audit_id: int | None = None,
-        chain_keys: dict[int, bytes] | None = None,
+        chain_keys: dict[int, tuple[bytes, str]] | None = None,
         high_water: Callable[[Keyring, HighWater], str] | None = None,
     ):
         self.name = name
@@ -230,8 +235,8 @@ class Keyring:
         from . import audit_chain, key_state
 
         seal = kv.seal or Seal(None, None, "")
-        wrapped = self._chain_keys.get(seal.mac_version) if seal.mac_version is not None else None
-        chain_key = audit_chain.chain_key(seal.mac_version, wrapped) if wrapped is not None else None
+        stored = self._chain_keys.get(seal.mac_version) if seal.mac_version is not None else None
+        chain_key = audit_chain.chain_key(seal.mac_version, *stored) if stored is not None else None
         row = key_state.StateRow(
             self.name, self.purpose, kv.version, kv.state, seal.audit_id, seal.mac_version, seal.mac
         )
@@ -421,8 +426,9 @@ class KeyringCache:
             self._marks.clear()
 
 
-def _list(name: str, purpose: str) -> tuple[list[KeyVersion], int | None, dict[int, bytes]]:
-    """(versions of (name, purpose), the keyring's newest key-state change, wrapped chain keys).
+def _list(name: str, purpose: str) -> tuple[list[KeyVersion], int | None, dict[int, tuple[bytes, str]]]:
+    """(versions of (name, purpose), the keyring's newest key-state change, wrapped chain keys
+    with their kek ids).
 
     One query: the keyring's rows, the audit chain key's rows (their wrapped keys check the MACs,
     see :meth:`Keyring.refused`) and, as a subquery, the newest audit row that changed the
@@ -442,16 +448,24 @@ def _list(name: str, purpose: str) -> tuple[list[KeyVersion], int | None, dict[i
         .filter(Q(keyring=name, purpose=purpose) | Q(keyring=chain[0], purpose=chain[1]))
         .annotate(latest_audit_id=key_state.latest_audit_id_subquery(name, purpose))
         .values_list(
-            "keyring", "purpose", "version", "state", "wrapped_key", *key_state.SEAL_FIELDS, "latest_audit_id"
+            "keyring",
+            "purpose",
+            "version",
+            "state",
+            "wrapped_key",
+            "kek_id",
+            *key_state.SEAL_FIELDS,
+            "latest_audit_id",
         )
     )
-    chain_keys = {r[2]: bytes(r[4]) for r in rows if (r[0], r[1]) == chain and r[4] is not None}
+    chain_keys = {r[2]: (bytes(r[4]), r[5]) for r in rows if (r[0], r[1]) == chain and r[4] is not None}
     versions, latest_audit_id = [], None
-    for keyring_, purpose_, version, state, wrapped, audit_id, mac_version, mac, latest in rows:
+    for keyring_, purpose_, version, state, wrapped, kek_id, audit_id, mac_version, mac, latest in rows:
         if (keyring_, purpose_) == (name, purpose):
             latest_audit_id = latest
             seal = Seal(audit_id, mac_version, mac or "")
-            versions.append(KeyVersion(version, state, bytes(wrapped) if wrapped is not None else None, seal))
+            material = bytes(wrapped) if wrapped is not None else None
+            versions.append(KeyVersion(version, state, material, seal, kek_id or ""))
     return versions, latest_audit_id, chain_keys
 
 
@@ -546,14 +560,16 @@ def invalidate() -> None:
     CACHE.clear()
 
 
-def unwrap(name: str, purpose: str, version: int, wrapped: bytes) -> bytes:
+def unwrap(name: str, purpose: str, version: int, wrapped: bytes, kek_id: str = "") -> bytes:
     """The data key ``version`` of (name, purpose) from its wrapped bytes, through the process's
-    unwrapped-key cache (one KEK call per process and wrapped key, one at a time)."""
-    return _UNWRAPPED.get(name, purpose, KeyVersion(version, "", wrapped))
+    unwrapped-key cache (one KEK call per process and wrapped key, one at a time). ``kek_id``
+    (``DataKey.kek_id``) tells which KEK wrapped it while ``KEK["PREVIOUS"]`` is set."""
+    return _UNWRAPPED.get(name, purpose, KeyVersion(version, "", wrapped, kek_id=kek_id))
 
 
 def kek_backend() -> KEKBackend:
-    """The process's KEK backend instance (shared with the keyring cache)."""
+    """The process's KEK (shared with the keyring cache): a :class:`~keyrotation.kek.KEKSwitch`
+    holding the current KEK and, while ``KEYROTATION["KEK"]["PREVIOUS"]`` is set, the previous one."""
     return _UNWRAPPED.backend()
 
 

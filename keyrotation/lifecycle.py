@@ -11,13 +11,15 @@ Processes see the change within ``CACHE_SECONDS`` (at once for a version they me
 from __future__ import annotations
 
 import os
+from collections import Counter
+from dataclasses import dataclass
 
 from django.db import transaction
 from django.utils import timezone
 
 from . import audit, audit_chain, conf, crypto, databases, gates, key_state, keyring, signals
 from .exceptions import KeyStateError, NoActiveKey, UnknownKeyVersion
-from .kek import context_for
+from .kek import KEKSwitch, Wrapper, context_for
 from .models import DataKey, KeyState
 
 ACTIVE, DECRYPT_ONLY, RETIRED, DESTROYED = (
@@ -353,34 +355,75 @@ def destroy(keyring_name: str | None, purpose: str, version: int, *, actor: str 
     raise _refused("key_destroy_refused", refusal, keyring_name, purpose, version, actor)
 
 
-def rewrap(*, actor: str | None = None) -> int:
-    """Re-wrap every stored data key under the current KEK version; return how many.
+@dataclass(frozen=True)
+class RewrapReport:
+    """What :func:`rewrap_keys` did: ``moved`` counts the keys re-wrapped per kek id they left."""
 
-    No row of user data is touched. On Vault the data keys never leave Transit in the clear.
-    Each key is re-wrapped with its own identity as context, so a failure part-way leaves every
-    key wrapped either by the old or by the new KEK version, both still unwrappable.
+    rewrapped: int
+    unchanged: int  # already wrapped by the current KEK version: not touched
+    moved: dict[str, int]
+    kek_to: str
+
+
+def rewrap(*, actor: str | None = None) -> int:
+    """:func:`rewrap_keys`; return how many keys were re-wrapped."""
+    return rewrap_keys(actor=actor).rewrapped
+
+
+def rewrap_keys(*, actor: str | None = None) -> RewrapReport:
+    """Re-wrap every stored data key not yet wrapped by the current KEK version.
+
+    No row of user data is touched, and the data keys themselves do not change (so the key-state
+    MACs and the audit chain stay valid). A key wrapped by an older version of the current KEK is
+    re-wrapped by the backend itself (on Vault, the data key never leaves Transit); one wrapped
+    by ``KEYROTATION["KEK"]["PREVIOUS"]`` is unwrapped by it and wrapped by the current KEK.
+    Each is re-wrapped with its own identity as context.
+
+    Idempotent: a key whose ``kek_id`` is the current KEK's id is left alone, so a second run
+    re-wraps nothing (and writes no audit row). All or nothing: every key, the ``kek_rewrapped``
+    audit row (with the kek ids left and the one reached) and the re-sealed key states commit in
+    one transaction, so a run that fails half-way (a KEK out of reach) changes nothing and is
+    simply run again.
+
+    Raises:
+        KEKRefused: a key was wrapped by neither the current nor the previous KEK (before any
+            change and any KEK call), or a KEK refused to unwrap or wrap one.
     """
     backend = keyring.kek_backend()
+    switch = backend if isinstance(backend, KEKSwitch) else KEKSwitch(backend)
+    current_id = switch.current_id()
     with transaction.atomic():
         every = list(DataKey.objects.select_for_update().order_by("pk"))
+        keys = [k for k in every if k.wrapped_key is not None]
+        todo = [k for k in keys if k.kek_id != current_id]
+        for key in todo:  # refused before any change, and without any KEK call
+            if switch.wrapper(key.kek_id, bytes(key.wrapped_key)) is Wrapper.UNKNOWN:
+                raise switch.unknown_kek(f"{key.keyring}/{key.purpose} v{key.version}", key.kek_id)
+        if not todo:
+            return RewrapReport(0, len(keys), {}, current_id)
         for (name, purpose), group in _by_keyring(every).items():
             _refuse_unauthenticated(group, name, purpose)
-        keys = [k for k in every if k.wrapped_key is not None]
-        before = sorted({k.kek_id for k in keys})
-        for key in keys:
+        moved = Counter(k.kek_id for k in todo)
+        for key in todo:
             ctx = context_for(key.keyring, key.purpose, key.version)
-            key.wrapped_key, key.kek_id = backend.rewrap(bytes(key.wrapped_key), ctx)
+            key.wrapped_key, key.kek_id = switch.rewrap(bytes(key.wrapped_key), ctx, kek_id=key.kek_id)
             key.save(update_fields=["wrapped_key", "kek_id"])
         entry = audit.record(
             "kek_rewrapped",
             actor=actor,
-            rows_processed=len(keys),
-            details={"kek_before": before, "kek_after": backend.current_id(), "backend": backend.describe()},
+            rows_processed=len(todo),
+            details={
+                "kek_before": sorted(moved),
+                "kek_moved": dict(sorted(moved.items())),
+                "kek_after": current_id,
+                "unchanged": len(keys) - len(todo),
+                "backend": switch.describe(),
+            },
         )
         # Every row, destroyed ones included: a keyring's rows all name its latest change.
         key_state.seal(every, entry.pk, entry._state.db)
         transaction.on_commit(keyring.clear_cache)
-    return len(keys)
+    return RewrapReport(len(todo), len(keys) - len(todo), dict(sorted(moved.items())), current_id)
 
 
 def _by_keyring(keys: list[DataKey]) -> dict[tuple[str, str], list[DataKey]]:

@@ -65,7 +65,7 @@ def test_deploy_check_reports_a_wrong_local_master_key(settings):
     keyring.clear_cache()
     messages = check_kek_reachable()
     assert ids(messages) == ["keyrotation.E002"]
-    assert "cannot unwrap data key" in messages[0].msg and "not among" in messages[0].msg
+    assert "cannot unwrap data key" in messages[0].msg and "not the current KEK" in messages[0].msg
     assert wrong not in messages[0].msg and settings.TEST_MASTER_KEY not in messages[0].msg
 
 

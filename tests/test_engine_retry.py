@@ -45,7 +45,7 @@ def _reencrypt_with(settings, kek: dict, caplog) -> tuple[KEKRefused, float]:
 def test_wrong_local_master_key_fails_at_once(settings, caplog):
     _rows_to_move(settings, settings.KEYROTATION["KEK"])
     error, seconds = _reencrypt_with(settings, {"BACKEND": "local", "KEYS": [generate_key()]}, caplog)
-    assert "not among" in str(error)
+    assert "not the current KEK" in str(error)
     assert _retries(caplog) == []  # exactly one attempt
     assert seconds < 5, seconds  # 8 retries took 93 s
 
@@ -69,7 +69,8 @@ def _read_only_token(vault, key_name: str) -> str:
     [
         ("invalid token", "permission denied", 1),  # reading the key's configuration
         ("denied policy", "permission denied", 2),  # the read is allowed, the unwrap is not
-        ("unknown key", "not found", 1),
+        # another key name: its kek id shows the data keys are not this key's, no Transit call
+        ("unknown key", "not the current KEK", 0),
     ],
 )
 def test_permanent_vault_failure_fails_at_once(vault, vault_kek, settings, caplog, case, reason, calls):

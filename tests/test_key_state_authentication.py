@@ -319,7 +319,7 @@ def test_listing_needs_no_kek_and_using_it_checks_the_states_once(monkeypatch, d
     people = [Person.objects.create(email=f"p{i}@example.com") for i in range(20)]
     keyring.clear_cache()
     audit_chain.clear_cache()
-    backend = keyring.kek_backend()
+    backend = keyring.kek_backend().current  # the configured backend, behind the KEK switch
     real, calls = backend.unwrap, []
 
     def unwrap(wrapped, context):
@@ -347,7 +347,7 @@ def test_threads_starting_on_a_new_listing_unwrap_the_chain_key_once(monkeypatch
 
     lifecycle.init("default")
     keyring.clear_cache()
-    backend = keyring.kek_backend()
+    backend = keyring.kek_backend().current  # the configured backend, behind the KEK switch
     real, calls = backend.unwrap, []
 
     def slow_unwrap(wrapped, context):

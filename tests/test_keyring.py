@@ -162,7 +162,7 @@ def test_threads_asking_for_one_key_share_a_single_unwrap(keys, monkeypatch):
     keyring.clear_cache()
     ring = keyring.get_keyring("default", "encrypt")
     ring.refused()  # the listing's key states are checked first (they unwrap the audit chain key)
-    backend = keyring.kek_backend()
+    backend = keyring.kek_backend().current  # the configured backend, behind the KEK switch
     real, calls = backend.unwrap, []
 
     def slow_unwrap(wrapped, context):

@@ -6,6 +6,10 @@ Vault / OpenBao Transit through hvac), or a dotted path to a class taking the op
 
 Wrapping binds the wrapped key to its identity (``context``: keyring, purpose, version), so a
 wrapped key copied onto another DataKey row fails to unwrap.
+
+``KEYROTATION["KEK"]["PREVIOUS"]`` names the KEK a project is moving away from (any backend);
+:func:`load_kek` returns both behind one :class:`~keyrotation.kek.switch.KEKSwitch`, which sends
+each data key to the KEK that wrapped it (see :mod:`keyrotation.kek.identity`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,19 @@ from django.utils.module_loading import import_string
 from .. import conf
 from ..exceptions import ConfigurationError
 from ..tracebacks import forgets_locals
+from .identity import Claim
+from .switch import KEKSwitch, Wrapper
+
+__all__ = [
+    "BACKENDS",
+    "Claim",
+    "KEKBackend",
+    "KEKSwitch",
+    "Wrapper",
+    "context_for",
+    "load_backend",
+    "load_kek",
+]
 
 BACKENDS = {
     "local": "keyrotation.kek.local.LocalKEK",
@@ -60,8 +77,11 @@ def context_for(keyring: str, purpose: str, version: int) -> bytes:
 
 @forgets_locals  # ``options`` holds the master keys or the Vault token
 def load_backend(options: dict[str, Any] | None = None) -> KEKBackend:
-    """Build the configured KEK backend (not cached: callers cache the keyring, not the KEK)."""
-    options = conf.kek() if options is None else options
+    """Build the configured KEK backend (not cached: callers cache the keyring, not the KEK).
+
+    ``options`` defaults to ``KEYROTATION["KEK"]``; its ``PREVIOUS`` entry is not passed on.
+    """
+    options = conf.current_kek() if options is None else options
     name = options["BACKEND"]
     path = BACKENDS.get(name, name)
     try:
@@ -72,3 +92,19 @@ def load_backend(options: dict[str, Any] | None = None) -> KEKBackend:
             f"Built-in backends: {', '.join(BACKENDS)}"
         ) from exc
     return cls(options)
+
+
+@forgets_locals  # the options hold the master keys or the Vault tokens
+def load_kek() -> KEKSwitch:
+    """The configured KEK and, if ``KEYROTATION["KEK"]["PREVIOUS"]`` is set, the previous one."""
+    current = load_backend()
+    options = conf.previous_kek()
+    if options is None:
+        return KEKSwitch(current)
+    problem = None
+    try:
+        return KEKSwitch(current, load_backend(options))
+    except ConfigurationError as exc:
+        problem = str(exc)
+    # Raised outside the handler: the backend's error is not chained (its frames held the options).
+    raise ConfigurationError(f'in KEYROTATION["KEK"]["PREVIOUS"]: {problem}')

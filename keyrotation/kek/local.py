@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..crypto import KEY_BYTES, NONCE_BYTES, fingerprint
 from ..exceptions import ConfigurationError, KEKRefused
 from ..tracebacks import forgets_locals
+from .identity import Claim
 
 WRAP_FORMAT = 0x01
 _FP_BYTES = 8
@@ -95,6 +96,13 @@ class LocalKEK:
 
     def check(self) -> None:
         """Local keys are validated in the constructor; nothing to reach."""
+
+    def claim(self, kek_id: str, wrapped: bytes) -> Claim:
+        """Whether one of these master keys wrapped ``wrapped``: its fingerprint is in the bytes."""
+        wrapped = bytes(wrapped)
+        if len(wrapped) < 1 + _FP_BYTES or wrapped[0] != WRAP_FORMAT:
+            return Claim.NO
+        return Claim.EXACT if wrapped[1 : 1 + _FP_BYTES] in self._keys else Claim.NO
 
     @forgets_locals  # ``dek`` is a parameter
     def wrap(self, dek: bytes, context: bytes) -> tuple[bytes, str]:

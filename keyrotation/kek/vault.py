@@ -13,6 +13,11 @@ Settings::
         "TIMEOUT": 10,
     }}
 
+Each wrapped key's ``DataKey.kek_id`` names the Transit key that wrapped it and where:
+``vault://<host>:<port>/<namespace/><mount>/<key name>:v<N>`` (no credentials: the URL's host and
+port only), so that a project switching between two Vaults, mounts or keys (``PREVIOUS``, see
+docs/vault.md) knows which one wrapped each key.
+
 The transit key is created *derived* (``derived=true``) by ``rotatekeys --init``, and every wrap,
 unwrap and rewrap passes the DataKey identity as the derivation context: a wrapped key copied onto
 another DataKey row does not unwrap. A key that is not derived is refused by all of them (and by
@@ -27,9 +32,11 @@ import re
 import threading
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..exceptions import ConfigurationError, KEKRefused, KEKUnavailable, KEKUnreachable
 from ..tracebacks import forgets_locals
+from .identity import Claim
 
 try:
     import hvac
@@ -41,6 +48,25 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 _VERSION_RE = re.compile(rb"^vault:v(\d+):")
+_ID_VERSION_RE = re.compile(r":v(\d+|\?)$")
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def address(url: str | None) -> str:
+    """``host:port`` of a Vault URL, lower-cased, without credentials or path ("unknown" if none)."""
+    if not url:
+        return "unknown"
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "unknown"
+    if not host:
+        return "unknown"
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return f"{host}:{port or _DEFAULT_PORTS.get(parts.scheme, 8200)}"
+
 
 # What each failure is called, and whether waiting can help (True: KEKUnreachable, retried by the
 # engine; False: KEKRefused, reported at once). First match wins, so subclasses come first. Vault
@@ -107,6 +133,11 @@ class VaultTransitKEK:
                 cert=options.get("CERT"),
                 timeout=options.get("TIMEOUT", 10),
             )
+        namespace = (options.get("NAMESPACE") or "").strip("/")
+        where = self.url or getattr(self._client, "url", None)
+        # What kek_id names: the key's address and path (never the token, the URL's user or path).
+        path = f"{namespace}/{self.mount}" if namespace else self.mount
+        self.identity = f"vault://{address(where)}/{path}/{self.key_name}"
         self.requests = 0  # Transit calls made by this instance (tests and benchmarks read it)
         self._lock = threading.Lock()
         # Set once the key's configuration was read and found derived. Transit fixes `derived`
@@ -193,7 +224,29 @@ class VaultTransitKEK:
 
     def current_id(self) -> str:
         data = self._call("read key", self._client.secrets.transit.read_key, name=self.key_name)
-        return f"vault:{self.mount}/{self.key_name}:v{data['data']['latest_version']}"
+        return f"{self.identity}:v{data['data']['latest_version']}"
+
+    def claim(self, kek_id: str, wrapped: bytes) -> Claim:
+        """Whether this Transit key wrapped ``wrapped``, from its kek id (no Vault call).
+
+        ``EXACT``: same address, mount and key name. ``POSSIBLE``: same mount and key name, but the
+        id names another address (the same server under another name?) or none (written before
+        ids named it). ``NO``: another mount or key name, a local KEK's id, or not Transit's bytes.
+        """
+        if not bytes(wrapped).startswith(b"vault:v"):
+            return Claim.NO
+        name = _ID_VERSION_RE.sub("", kek_id)
+        path = f"{self.mount}/{self.key_name}"
+        if name.startswith("vault://"):
+            _, _, rest = name[len("vault://") :].partition("/")
+            if rest != self.identity.split("/", 3)[3]:
+                return Claim.NO
+            return Claim.EXACT if name == self.identity else Claim.POSSIBLE
+        if name.startswith("vault:"):  # vault:<mount>/<key>, as older versions wrote it
+            return Claim.POSSIBLE if name[len("vault:") :] == path else Claim.NO
+        if name.startswith("local:"):
+            return Claim.NO
+        return Claim.POSSIBLE
 
     def check(self) -> None:
         """Read the key's configuration now (not from the cache): reachable, readable, derived."""
@@ -202,7 +255,7 @@ class VaultTransitKEK:
     def _id_of(self, ciphertext: str) -> str:
         match = _VERSION_RE.match(ciphertext.encode("ascii"))
         version = match.group(1).decode() if match else "?"
-        return f"vault:{self.mount}/{self.key_name}:v{version}"
+        return f"{self.identity}:v{version}"
 
     @forgets_locals  # ``dek`` is a parameter, and ``_call`` gets it in base64
     def wrap(self, dek: bytes, context: bytes) -> tuple[bytes, str]:

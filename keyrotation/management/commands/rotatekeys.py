@@ -10,7 +10,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import crypto, lifecycle
+from ... import crypto, lifecycle, wrapping
 from ...exceptions import KeyRotationError
 from ...keyring import kek_backend
 
@@ -53,10 +53,15 @@ class Command(BaseCommand):
         action.add_argument(
             "--rewrap",
             action="store_true",
-            help="Re-wrap every data key under the current KEK version. No user data is touched.",
+            help="Re-wrap every data key not yet wrapped by the current KEK version under it (those "
+            'that KEYROTATION["KEK"]["PREVIOUS"] wrapped too); keys already under it are left alone. '
+            "No user data is touched; all keys or none change.",
         )
         action.add_argument(
-            "--list", action="store_true", help="List key versions, states and KEK ids (never key bytes)."
+            "--list",
+            action="store_true",
+            help="List key versions, states, KEK ids and which configured KEK wraps each (current, "
+            "previous, or unknown: neither); never key bytes.",
         )
         action.add_argument(
             "--accept-state",
@@ -117,11 +122,16 @@ class Command(BaseCommand):
     def _dispatch(self, opts):
         ring, actor = opts["keyring"], opts["actor"]
         if opts["list"]:
-            rows = [_key_dict(k) for k in lifecycle.keys(ring, opts["purpose"])]
-            if ring and not rows:
+            keys = lifecycle.keys(ring, opts["purpose"])
+            if ring and not keys:
                 self._unknown_keyring(ring)
+            rows = [
+                {**_key_dict(k), "wrapped_by": w.as_dict()["wrapped_by"]}
+                for k, w in zip(keys, wrapping.classify(keys), strict=True)
+            ]
             lines = [
-                f"{r['keyring']:<16} {r['purpose']:<8} v{r['version']:<4} {r['state']:<13} {r['kek_id']}"
+                f"{r['keyring']:<16} {r['purpose']:<8} v{r['version']:<4} {r['state']:<13} "
+                f"{r['wrapped_by'] or '-':<19} {r['kek_id']}"
                 for r in rows
             ] or ["no keys; run `manage.py rotatekeys --init`"]
             return {"keys": rows, "lines": lines}
@@ -150,11 +160,20 @@ class Command(BaseCommand):
             backend = kek_backend()
             if opts["rotate_kek"]:
                 backend.rotate()
-            count = lifecycle.rewrap(actor=actor)
+            report = lifecycle.rewrap_keys(actor=actor)
+            if report.rewrapped:
+                moved = ", ".join(f"{n} from {kek or 'an unrecorded KEK'}" for kek, n in report.moved.items())
+                line = f"re-wrapped {report.rewrapped} data key(s) under {report.kek_to} ({moved})"
+            else:
+                line = (
+                    f"nothing to re-wrap: all {report.unchanged} data key(s) are wrapped by {report.kek_to}"
+                )
             return {
-                "rewrapped": count,
-                "kek": backend.current_id(),
-                "lines": [f"re-wrapped {count} data key(s) under {backend.current_id()}"],
+                "rewrapped": report.rewrapped,
+                "unchanged": report.unchanged,
+                "moved": report.moved,
+                "kek": report.kek_to,
+                "lines": [line],
             }
         if opts["rotate_kek"]:
             raise CommandError("--rotate-kek goes with --rewrap")

@@ -6,7 +6,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import engine, reporting
+from ... import engine, reporting, wrapping
 from ...exceptions import KeyRotationError
 
 
@@ -14,7 +14,8 @@ class Command(BaseCommand):
     help = (
         "Show, for every encrypted field and blind index, how many rows each key version holds and "
         "the percent on the active version, plus the latest re-encryption run (state, heartbeat, "
-        "rate, ETA). Exit codes for cron and alerting: see --fail-if-incomplete / --fail-if-version."
+        "rate, ETA), and which KEK wraps each data key (current, previous, unknown). Exit codes for "
+        "cron and alerting: see --fail-if-incomplete / --fail-if-version."
     )
 
     def add_arguments(self, parser):
@@ -44,6 +45,7 @@ class Command(BaseCommand):
     def handle(self, *args, **o):
         try:
             data = engine.status(database=o["database"])
+            data["keys"] = [k.as_dict() for k in wrapping.stored_keys()]
         except KeyRotationError as exc:
             raise CommandError(str(exc)) from None
         cols = data["columns"]
@@ -74,5 +76,11 @@ class Command(BaseCommand):
                     self.stdout.write(f"error: {run['error']}")
             else:
                 self.stdout.write("\nno re-encryption run yet")
+            self.stdout.write("\ndata keys (wrapped by):")
+            for key in data["keys"]:
+                name = f"{key['keyring']}/{key['purpose']} v{key['version']}"
+                self.stdout.write(
+                    f"  {name:<28} {key['state']:<13} {key['wrapped_by'] or '-':<19} {key['kek_id']}"
+                )
         if (o["fail_if_incomplete"] and incomplete) or stale:
             sys.exit(2)
