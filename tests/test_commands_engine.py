@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from io import StringIO
 
 import pytest
@@ -154,3 +155,54 @@ def test_bad_input_on_the_command_line_exits_2_without_a_traceback(rotated):
     assert proc.returncode == 2
     assert "argument --workers: must be a whole number of at least 1, got 0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- a run with nothing to do ---------------------------------------------------------------------
+
+
+@pytest.mark.urls("tests.admin_urls")
+def test_a_run_with_nothing_to_do_records_nothing_and_hides_no_run(rotated, client):
+    from django.contrib.auth.models import User
+    from django.urls import reverse
+
+    from keyrotation.models import KeyRotationAudit, ReencryptionRun
+
+    code, out, _ = run("reencrypt")
+    assert code == 0 and "finished: 120 row(s) re-encrypted" in out
+    real = ReencryptionRun.objects.get()
+    audit_rows = KeyRotationAudit.objects.count()
+
+    code, out, err = run("reencrypt")
+    assert code == 0, out + err
+    assert re.fullmatch(
+        r"nothing to re-encrypt: every row of the \d+ encrypted models is on default/encrypt v2, "
+        r"default/index v2\n",
+        out,
+    )
+    code, out, _ = run("reencrypt", "--model", "testapp.Person")
+    assert (
+        out
+        == "nothing to re-encrypt: every row of testapp.Person is on default/encrypt v2, default/index v2\n"
+    )
+    assert "progress:" not in err
+    code, out, _ = run("reencrypt", "--model", "testapp.Person.email", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["nothing_to_do"] and report["run_id"] is None and report["rows_done"] == 0
+    assert report["status"] == "finished" and report["active_versions"] == {"default/encrypt": 2}
+    assert ReencryptionRun.objects.count() == 1
+    assert KeyRotationAudit.objects.count() == audit_rows
+
+    status = json.loads(run("rotation_status", "--json")[1])
+    assert status["run"]["id"] == real.pk and status["run"]["rows_done"] == 120
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    page = client.get(reverse("admin:keyrotation_status"))
+    assert page.context["run"]["id"] == real.pk and page.context["run"]["rows_total"] == 120
+
+
+def test_a_finished_run_of_no_row_recorded_earlier_never_hides_the_real_one(rotated):
+    from keyrotation.models import ReencryptionRun
+
+    assert run("reencrypt")[0] == 0
+    real = ReencryptionRun.objects.get()
+    ReencryptionRun.objects.create(status="finished", scope="*", targets=real.targets, rows_total=0)
+    assert json.loads(run("rotation_status", "--json")[1])["run"]["id"] == real.pk

@@ -54,6 +54,16 @@ class Report:
     errors: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
     runs: dict[str, int] = field(default_factory=dict)
+    # Databases where no row was pending and no run was open: no run was recorded there.
+    idle: list[str] = field(default_factory=list)
+    # "keyring/purpose" -> the active version the rows in scope were planned against.
+    active_versions: dict[str, int] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """No row in scope was pending anywhere: every row is on the active key versions."""
+        return not self.runs and self.status == RunStatus.FINISHED
 
     @property
     def ok(self) -> bool:
@@ -72,6 +82,9 @@ class Report:
             "rows_per_second": round(self.rows_done / self.seconds, 1) if self.seconds else None,
             "errors": self.errors,
             "quarantined": self.quarantined,
+            "nothing_to_do": self.nothing_to_do,
+            "idle_databases": self.idle,
+            "active_versions": self.active_versions,
         }
 
 
@@ -132,7 +145,12 @@ def reencrypt(
                 f"--workers {workers} needs row locks with SKIP LOCKED; "
                 f"{connections[alias].vendor} has none: run one worker"
             )
-    report = Report(run_id=None, status="")
+    report = Report(
+        run_id=None,
+        status=RunStatus.FINISHED if not plans else "",
+        active_versions=_active_versions(plans),
+        models=[p.label for p in plans],
+    )
     for alias, on in targets:
         opts = Options(
             batch_size=batch_size or conf.batch_size(),
@@ -154,6 +172,17 @@ def reencrypt(
             break
     report.seconds = time.monotonic() - started
     return report
+
+
+def _active_versions(plans: list[_plan.ModelPlan]) -> dict[str, int]:
+    """``{"keyring/purpose": version}`` of every column the plans move rows to."""
+    out: dict[str, int] = {}
+    for p in plans:
+        for col in p.enc:
+            out[f"{col.keyring}/encrypt"] = col.target
+        for col in p.idx:
+            out[f"{col.keyring}/index"] = col.target
+    return dict(sorted(out.items()))
 
 
 def _targets(plans: list[_plan.ModelPlan], database: str | None) -> list[tuple[str, list]]:
@@ -192,6 +221,10 @@ def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor,
         ),
         opts,
     )
+    if run is None:  # nothing pending and no open run: nothing is recorded
+        report.idle.append(opts.using)
+        report.status = report.status or RunStatus.FINISHED
+        return
     report.run_id = report.runs[opts.using] = run.pk
     report.joined = report.joined or joined
     report.rows_total += run.rows_total

@@ -129,7 +129,9 @@ def open_run(
 
     An open run with other targets (the active key changed since) is superseded. The rows are
     counted on ``database``; the run and its chunks are stored on ``using`` (the engine's database).
-    Returns (run, joined).
+    Returns (run, joined); (None, False) when there is no run to join and no row is pending: a run
+    with nothing to do is not recorded (no run row, no audit row), so that the latest run shown by
+    ``rotation_status`` and the admin stays the one that did the work.
     """
     key, targets, using = scope_key(scope), targets_of(plans), _db(using)
     with transaction.atomic(using=using):
@@ -145,6 +147,10 @@ def open_run(
                     run = set_status(run.pk, RunStatus.RUNNING, actor=actor, using=using)
                 return run, True
             set_status(run.pk, RunStatus.SUPERSEDED, actor=actor, using=using)
+        counted = [(plan, _pending_bounds(plan, database)) for plan in plans]
+        total = sum(agg["n"] for _, agg in counted)
+        if not total:
+            return None, False
         run = ReencryptionRun.objects.using(using).create(
             scope=key,
             database=database,
@@ -152,16 +158,9 @@ def open_run(
             options=options or {},
             actor=actor or audit.default_actor(),
         )
-        chunks, total = [], 0
-        for plan in plans:
-            pk = plan.model._meta.pk
-            integer_pk = pk.get_internal_type() in INTEGER_PK_TYPES
-            pending = plan.model._base_manager.using(database).filter(plan.pending_q())
-            # Ranges only for integer keys (PostgreSQL has no min(uuid)); others get one chunk.
-            bounds = {"lo": Min("pk"), "hi": Max("pk")} if integer_pk else {}
-            agg = pending.aggregate(n=Count("pk"), **bounds)
-            total += agg["n"]
-            if agg["n"] and integer_pk:
+        chunks = []
+        for plan, agg in counted:
+            if agg["n"] and "lo" in agg:
                 lo = agg["lo"] - 1
                 while lo < agg["hi"]:
                     hi = min(lo + chunk_span, agg["hi"])
@@ -186,6 +185,15 @@ def open_run(
             using=using,
         )
     return run, False
+
+
+def _pending_bounds(plan: ModelPlan, database: str) -> dict:
+    """``{"n": pending rows}``, with ``"lo"``/``"hi"`` (their smallest and largest pk) for an
+    integer primary key: ranges only for those (PostgreSQL has no min(uuid)); others get one chunk."""
+    integer_pk = plan.model._meta.pk.get_internal_type() in INTEGER_PK_TYPES
+    pending = plan.model._base_manager.using(database).filter(plan.pending_q())
+    bounds = {"lo": Min("pk"), "hi": Max("pk")} if integer_pk else {}
+    return pending.aggregate(n=Count("pk"), **bounds)
 
 
 def _dead_local_worker(worker: str) -> bool:
@@ -301,7 +309,9 @@ def current_status(run_id: int, using=None) -> str:
 
 
 def latest_run(scope: list[str] | None = None, using=None) -> ReencryptionRun | None:
-    qs = ReencryptionRun.objects.using(_db(using))
+    """The newest run that had work to do (earlier versions recorded finished runs of no row;
+    they never hide the run that did the work)."""
+    qs = ReencryptionRun.objects.using(_db(using)).exclude(status=RunStatus.FINISHED, rows_total=0)
     if scope is not None:
         qs = qs.filter(scope=scope_key(scope))
     return qs.order_by("-id").first()
