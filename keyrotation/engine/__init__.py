@@ -19,6 +19,7 @@ from django.db import connections
 from .. import conf, databases, keyring, signals
 from ..exceptions import KeyRotationError
 from ..models import QuarantinedValue, ReencryptionRun, RunStatus
+from ..reporting import Tally
 from . import plan as _plan
 from . import runs, sql
 from .runner import Options, RunFailed, WorkResult, retrying, work
@@ -100,7 +101,7 @@ def reencrypt(
     on_error: str = "stop",
     actor: str | None = None,
     on_batch: Callable[[dict], None] | None = None,
-    monitor: Callable[[], None] | None = None,
+    monitor: Callable[[int], None] | None = None,
     chunk_span: int = runs.CHUNK_PK_SPAN,
     stale_after: float = 60.0,
     pipeline: bool = True,
@@ -125,6 +126,10 @@ def reencrypt(
             model, field, pk and version; ``"quarantine"``: record it and go on (exit non-zero).
         pipeline: on PostgreSQL without ``rate``, keep two batches in flight per worker (one
             more connection per worker; see ``engine/pipeline.py``).
+        on_batch: called in this process after each batch it writes (``workers=1``), with
+            ``{"run_id", "model", "rows", "seconds"}``.
+        monitor: with ``workers > 1``, called about twice a second with the rows this call has
+            re-encrypted so far (every worker, every database, from the chunks' progress).
 
     Raises:
         RunFailed: ``on_error="stop"`` and a value could not be opened.
@@ -237,7 +242,7 @@ def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor,
     else:
         from .workers import run_workers
 
-        result, errors = run_workers(run, plans, opts, workers, monitor)
+        result, errors = run_workers(run, plans, opts, workers, _monitor_of(run, report, opts, monitor))
         report.errors += errors
     state = opts.state
     run.refresh_from_db(using=state)  # not from a replica a router would pick for reads
@@ -257,6 +262,17 @@ def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor,
         rows_done=result.rows_done,
         rows_failed=rows_failed,
     )
+
+
+def _monitor_of(run: ReencryptionRun, report: Report, opts: Options, monitor) -> Callable[[], None] | None:
+    """``monitor`` called with the rows done by this call: those of the databases done before,
+    plus what the chunks of ``run`` gained since this call joined it (a joined run may have rows
+    done by an earlier call or by another host)."""
+    if monitor is None:
+        return None
+    before = report.rows_done
+    baseline = runs.progress(run, using=opts.state)["rows_done"]
+    return lambda: monitor(before + runs.progress(run, using=opts.state)["rows_done"] - baseline)
 
 
 def _public_options(opts: Options, workers: int) -> dict:
@@ -333,9 +349,10 @@ def status(database: str | None = None) -> dict:
     out = {"columns": census, "run": None}
     if run is not None:
         prog = runs.progress(run)
+        tally = Tally(run.rows_total, prog["rows_done"])
         elapsed = ((prog["heartbeat"] or run.started_at) - run.started_at).total_seconds()
         rate = prog["rows_done"] / elapsed if elapsed > 0 else None
-        left = max(0, run.rows_total - prog["rows_done"])
+        left = tally.left
         out["run"] = {
             "id": run.pk,
             "status": run.status,
@@ -346,7 +363,10 @@ def status(database: str | None = None) -> dict:
             "started_at": run.started_at.isoformat(),
             "heartbeat_at": prog["heartbeat"].isoformat() if prog["heartbeat"] else None,
             "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-            "rows_total": run.rows_total,
+            # Never below rows_done: rows that became pending while the run went on grow it.
+            "rows_total": tally.total,
+            "rows_planned": run.rows_total,
+            "rows_added": tally.added,
             "rows_done": prog["rows_done"],
             "rows_failed": run.rows_failed,
             "chunks": prog["chunks"],

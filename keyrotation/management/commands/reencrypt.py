@@ -154,9 +154,10 @@ class Command(BaseCommand):
             on_error=o["on_error"],
             actor=o["actor"],
             on_batch=(lambda b: progress.add(b["rows"])) if progress else None,
-            monitor=(lambda: _poll(progress)) if progress else None,
+            monitor=progress.set if progress else None,
         )
         if progress:
+            progress.set(report.rows_done)  # with workers, the final sweep is in no chunk
             progress.close()
         d = report.as_dict()
         if report.nothing_to_do:
@@ -195,11 +196,3 @@ def _nothing_to_do(report: engine.Report) -> str:
     if not models:
         return "nothing to re-encrypt: no encrypted or indexed column is registered"
     return f"nothing to re-encrypt: every row of {which} is on {versions}"
-
-
-def _poll(progress):
-    from ...engine import runs
-
-    run = runs.latest_run()
-    if run is not None:
-        progress.set(runs.progress(run)["rows_done"])

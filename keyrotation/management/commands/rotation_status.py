@@ -66,7 +66,8 @@ class Command(BaseCommand):
                 rate = f"{run['rows_per_second']:,.0f} rows/s" if run["rows_per_second"] else "-"
                 eta = f"{run['eta_seconds']}s" if run["eta_seconds"] is not None else "-"
                 self.stdout.write(
-                    f"\nrun #{run['id']} {run['status']}: {run['rows_done']:,}/{run['rows_total']:,} rows, "
+                    f"\nrun #{run['id']} {run['status']}: "
+                    f"{reporting.Tally(run['rows_planned'], run['rows_done']).text()}, "
                     f"{run['chunks_done']}/{run['chunks']} chunks, {rate}, ETA {eta}, "
                     f"last heartbeat {run['heartbeat_at'] or '-'}"
                 )
