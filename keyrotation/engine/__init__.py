@@ -18,7 +18,7 @@ from django.db import connections
 
 from .. import conf, databases, keyring, signals
 from ..exceptions import KeyRotationError
-from ..models import QuarantinedValue, ReencryptionRun, RunStatus
+from ..models import ChunkStatus, QuarantinedValue, ReencryptionChunk, ReencryptionRun, RunStatus
 from ..reporting import Tally
 from . import plan as _plan
 from . import runs, sql
@@ -60,6 +60,8 @@ class Report:
     # "keyring/purpose" -> the active version the rows in scope were planned against.
     active_versions: dict[str, int] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
+    # Lines for the operator, e.g. why some of --workers N had nothing to do.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def nothing_to_do(self) -> bool:
@@ -84,6 +86,7 @@ class Report:
             "errors": self.errors,
             "quarantined": self.quarantined,
             "nothing_to_do": self.nothing_to_do,
+            "notes": self.notes,
             "idle_databases": self.idle,
             "active_versions": self.active_versions,
         }
@@ -223,6 +226,8 @@ def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor,
             options=_public_options(opts, workers),
             chunk_span=chunk_span,
             using=opts.state,
+            workers=workers,
+            batch_size=opts.batch_size,
         ),
         opts,
     )
@@ -233,6 +238,10 @@ def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor,
     report.run_id = report.runs[opts.using] = run.pk
     report.joined = report.joined or joined
     report.rows_total += run.rows_total
+    if workers > 1:
+        note = _idle_workers_note(run, plans, workers, opts)
+        if note:
+            report.notes.append(note)
     if workers == 1:
         try:
             result = work(run, plans, opts)
@@ -261,6 +270,26 @@ def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor,
         status=run.status,
         rows_done=result.rows_done,
         rows_failed=rows_failed,
+    )
+
+
+def _idle_workers_note(run: ReencryptionRun, plans, workers: int, opts: Options) -> str:
+    """One line when the run has fewer chunks left than ``workers`` (some would have nothing to
+    do), saying why; "" otherwise."""
+    left = (
+        ReencryptionChunk.objects.using(opts.state).filter(run=run).exclude(status=ChunkStatus.DONE).count()
+    )
+    if left >= workers:
+        return ""
+    without_ranges = [p.label for p in plans if not runs.integer_pk(p.model)]
+    why = (
+        f"{', '.join(without_ranges)} has no integer primary key to cut into ranges"
+        if without_ranges and left <= len(without_ranges)
+        else f"a chunk is at least one batch of {opts.batch_size:,} rows"
+    )
+    return (
+        f"run #{run.pk} on {opts.using}: {run.rows_total:,} row(s) in {left} chunk(s) ({why}); "
+        f"--workers {workers} uses {max(left, 1)} worker(s)"
     )
 
 

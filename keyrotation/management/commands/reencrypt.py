@@ -176,6 +176,7 @@ class Command(BaseCommand):
         ]
         if report.idle:
             lines.append(f"nothing to re-encrypt on {', '.join(report.idle)}")
+        lines += report.notes
         lines += [f"error: {e}" for e in report.errors]
         if report.rows_failed:
             lines.append(f"{report.rows_failed} value(s) quarantined (not decryptable):")
