@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ... import engine, reporting
 from ...exceptions import KeyRotationError
+from ..options import positive_int
 
 
 class Command(BaseCommand):
@@ -26,7 +27,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--fail-if-version",
-            type=int,
+            type=positive_int,
             metavar="N",
             help="Exit 2 if any row of any column (or of --purpose) still uses key version N.",
         )
