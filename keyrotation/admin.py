@@ -17,6 +17,7 @@ from django.utils.html import format_html
 from . import admin_views, audit_chain, census, conf, registry
 from .engine import runs
 from .models import DataKey, KeyRotationAudit, QuarantinedValue, ReencryptionRun
+from .reporting import Tally
 
 MASK = "••••••••"
 
@@ -158,13 +159,12 @@ class ReencryptionRunAdmin(ReadOnlyAdmin):
     @admin.display(description="progress")
     def progress(self, obj):
         prog = self._progress(obj)
-        pct = 100.0 if not obj.rows_total else min(100.0, 100.0 * prog["rows_done"] / obj.rows_total)
+        tally = Tally(obj.rows_total, prog["rows_done"])
         return format_html(
-            '<progress max="100" value="{}"></progress> {} / {} rows ({}%), {}/{} chunks',
-            f"{pct:.1f}",
-            f"{prog['rows_done']:,}",
-            f"{obj.rows_total:,}",
-            f"{pct:.1f}",
+            '<progress max="100" value="{}"></progress> {} ({}%), {}/{} chunks',
+            f"{tally.percent:.1f}",
+            tally.text(),
+            f"{tally.percent:.1f}",
             prog["done"],
             prog["chunks"],
         )

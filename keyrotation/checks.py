@@ -3,8 +3,10 @@
 * ``keyrotation.E001``: ``KEYROTATION`` (or its ``KEK``) is malformed; W001: unknown keys in it.
 * ``keyrotation.E002`` (``check --deploy``): the KEK cannot be reached, or cannot unwrap the
   newest stored data key of a keyring (a wrong master key, a Vault token without ``decrypt``).
-* ``keyrotation.E003`` (``check --database default``, run by ``migrate``): a keyring used by a
-  registered field has no active key; run ``rotatekeys --init``.
+* ``keyrotation.W003`` (``check --database default``, run by ``migrate``): a keyring used by a
+  registered field has no active key yet; run ``rotatekeys --init`` (after ``migrate``). A warning,
+  so that ``migrate``, which runs the database checks before it migrates, is never blocked.
+* ``keyrotation.E003`` (``check --deploy --database default``): the same, as an error.
 * ``keyrotation.E004`` (database): a stored key state is not authenticated (changed outside the
   lifecycle, e.g. by SQL); the keyring refuses it. Needs the KEK (skipped when unreachable: E002).
 * ``keyrotation.E005`` (database): the audit chain key is missing while audit rows exist; appends
@@ -134,8 +136,9 @@ def _prove_unwrap(backend) -> None:
             raise KEKRefused(f"a canary key wrapped by {backend.describe()} did not unwrap to itself")
 
 
-@register(Tags.database)
-def check_keys_initialised(app_configs=None, databases=None, **kwargs):
+def _keyrings_without_active_key(databases) -> list[tuple[str, str]]:
+    """(keyring, purpose) pairs a registered field needs that have no active key, sorted; empty
+    when no database is checked or the keys table is not there yet (``migrate`` creates it)."""
     if not databases:
         return []
     from .models import DataKey
@@ -147,13 +150,38 @@ def check_keys_initialised(app_configs=None, databases=None, **kwargs):
         active = set(DataKey.objects.filter(state="active").values_list("keyring", "purpose"))
     except DatabaseError:  # tables not migrated yet: migrate will create them
         return []
+    return sorted(needed - active)
+
+
+def _init_hint(keyring: str) -> str:
+    return f"Run `manage.py rotatekeys --init --keyring {keyring}` (after `migrate`)."
+
+
+@register(Tags.database)
+def check_keys_initialised(app_configs=None, databases=None, **kwargs):
+    """W003: a warning, never an error, so that ``migrate`` (which runs the database checks
+    first) goes on: the keys are created after it, by ``rotatekeys --init``."""
+    return [
+        Warning(
+            f"keyring {keyring!r} has no active {purpose} key yet",
+            hint=_init_hint(keyring),
+            id="keyrotation.W003",
+        )
+        for keyring, purpose in _keyrings_without_active_key(databases)
+    ]
+
+
+@register(Tags.database, deploy=True)
+def check_keys_initialised_for_deploy(app_configs=None, databases=None, **kwargs):
+    """E003: the same finding is an error for ``check --deploy --database default``: a deploy
+    whose fields have no key cannot write a single encrypted value."""
     return [
         Error(
             f"keyring {keyring!r} has no active {purpose} key",
-            hint=f"Run `manage.py rotatekeys --init --keyring {keyring}`.",
+            hint=_init_hint(keyring),
             id="keyrotation.E003",
         )
-        for keyring, purpose in sorted(needed - active)
+        for keyring, purpose in _keyrings_without_active_key(databases)
     ]
 
 

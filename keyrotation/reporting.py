@@ -8,16 +8,57 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 
+@dataclass(frozen=True)
+class Tally:
+    """Rows done against a total that never falls behind them.
+
+    The total is counted when a run is planned; rows that become pending while it runs (written
+    under an older key version by a process whose keyring cache is stale, found again by the final
+    sweep) are re-encrypted too. They grow the total instead of pushing progress past 100 %:
+    ``20,001/20,001 rows (+1 written during the run)``, never ``20,001/20,000``.
+    """
+
+    planned: int
+    done: int
+
+    @property
+    def total(self) -> int:
+        return max(self.planned, self.done, 0)
+
+    @property
+    def added(self) -> int:
+        """Rows done beyond the planned total: those that became pending during the run."""
+        return max(0, self.done - max(self.planned, 0))
+
+    @property
+    def left(self) -> int:
+        return self.total - self.done
+
+    @property
+    def percent(self) -> float:
+        return 100.0 if not self.total else 100.0 * self.done / self.total
+
+    def text(self) -> str:
+        """``1,500/2,000 rows``, with ``(+N written during the run)`` when the total grew."""
+        grown = f" (+{self.added:,} written during the run)" if self.added else ""
+        return f"{self.done:,}/{self.total:,} rows{grown}"
+
+
 class Progress:
-    """A one-line progress bar (terminal) or a line every ``every`` seconds (logs, pipes)."""
+    """A one-line progress bar (terminal) or a line every ``every`` seconds (logs, pipes).
+
+    ``total`` is the rows pending when the run starts; the bar never shows more rows done than
+    its total (see :class:`Tally`).
+    """
 
     def __init__(
         self, total: int, *, stream: TextIO | None = None, tty: bool | None = None, every: float = 5.0
     ):
-        self.total = max(total, 0)
+        self.planned = max(total, 0)
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.every = 0.1 if self.tty else every
@@ -25,20 +66,28 @@ class Progress:
         self.start = time.monotonic()
         self._last = 0.0
 
+    @property
+    def tally(self) -> Tally:
+        return Tally(self.planned, self.done)
+
+    @property
+    def total(self) -> int:
+        return self.tally.total
+
     def set(self, done: int) -> None:
-        self.done = done
+        self.done = max(done, 0)
         self._draw()
 
     def add(self, rows: int) -> None:
         self.set(self.done + rows)
 
-    def _line(self) -> str:
+    def _line(self) -> tuple[str, float]:
+        tally = self.tally
         elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.done / elapsed
-        pct = 100.0 if not self.total else min(100.0, 100.0 * self.done / self.total)
-        left = max(0, self.total - self.done)
-        eta = f"{left / rate:.0f}s" if rate > 0 and left else "-"
-        return f"{self.done:,}/{self.total:,} rows ({pct:5.1f}%)  {rate:,.0f} rows/s  ETA {eta}", pct
+        rate = tally.done / elapsed
+        eta = f"{tally.left / rate:.0f}s" if rate > 0 and tally.left else "-"
+        pct = tally.percent
+        return f"{tally.text()} ({pct:5.1f}%)  {rate:,.0f} rows/s  ETA {eta}", pct
 
     def _draw(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -3,7 +3,12 @@
 import pytest
 from django.core import checks
 
-from keyrotation.checks import check_kek_reachable, check_keys_initialised, check_settings
+from keyrotation.checks import (
+    check_kek_reachable,
+    check_keys_initialised,
+    check_keys_initialised_for_deploy,
+    check_settings,
+)
 
 
 def ids(messages):
@@ -136,3 +141,21 @@ def test_keys_initialised_check_without_columns_is_quiet(monkeypatch):
     monkeypatch.setattr(registry, "_COLUMNS", {})  # the test app now declares encrypted fields
     assert check_keys_initialised(databases=["default"]) == []
     assert check_keys_initialised() == []
+    assert check_keys_initialised_for_deploy(databases=["default"]) == []
+
+
+@pytest.mark.django_db
+def test_missing_keys_are_a_warning_for_migrate_and_an_error_for_deploy():
+    from keyrotation import lifecycle
+
+    assert ids(check_keys_initialised(databases=["default"])) == ["keyrotation.W003"] * 2
+    deploy = check_keys_initialised_for_deploy(databases=["default"])
+    assert ids(deploy) == ["keyrotation.E003"] * 2
+    assert "rotatekeys --init --keyring default" in deploy[0].hint
+    assert check_keys_initialised_for_deploy not in checks.registry.registry.get_checks()
+    assert check_keys_initialised_for_deploy in checks.registry.registry.get_checks(
+        include_deployment_checks=True
+    )
+    lifecycle.init("default")
+    assert check_keys_initialised(databases=["default"]) == []
+    assert check_keys_initialised_for_deploy(databases=["default"]) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from io import StringIO
 
 import pytest
@@ -154,3 +155,145 @@ def test_bad_input_on_the_command_line_exits_2_without_a_traceback(rotated):
     assert proc.returncode == 2
     assert "argument --workers: must be a whole number of at least 1, got 0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- a run with nothing to do ---------------------------------------------------------------------
+
+
+@pytest.mark.urls("tests.admin_urls")
+def test_a_run_with_nothing_to_do_records_nothing_and_hides_no_run(rotated, client):
+    from django.contrib.auth.models import User
+    from django.urls import reverse
+
+    from keyrotation.models import KeyRotationAudit, ReencryptionRun
+
+    code, out, _ = run("reencrypt")
+    assert code == 0 and "finished: 120 row(s) re-encrypted" in out
+    real = ReencryptionRun.objects.get()
+    audit_rows = KeyRotationAudit.objects.count()
+
+    code, out, err = run("reencrypt")
+    assert code == 0, out + err
+    assert re.fullmatch(
+        r"nothing to re-encrypt: every row of the \d+ encrypted models is on default/encrypt v2, "
+        r"default/index v2\n",
+        out,
+    )
+    code, out, _ = run("reencrypt", "--model", "testapp.Person")
+    assert (
+        out
+        == "nothing to re-encrypt: every row of testapp.Person is on default/encrypt v2, default/index v2\n"
+    )
+    assert "progress:" not in err
+    code, out, _ = run("reencrypt", "--model", "testapp.Person.email", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["nothing_to_do"] and report["run_id"] is None and report["rows_done"] == 0
+    assert report["status"] == "finished" and report["active_versions"] == {"default/encrypt": 2}
+    assert ReencryptionRun.objects.count() == 1
+    assert KeyRotationAudit.objects.count() == audit_rows
+
+    status = json.loads(run("rotation_status", "--json")[1])
+    assert status["run"]["id"] == real.pk and status["run"]["rows_done"] == 120
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    page = client.get(reverse("admin:keyrotation_status"))
+    assert page.context["run"]["id"] == real.pk and page.context["run"]["rows_total"] == 120
+
+
+def test_a_finished_run_of_no_row_recorded_earlier_never_hides_the_real_one(rotated):
+    from keyrotation.models import ReencryptionRun
+
+    assert run("reencrypt")[0] == 0
+    real = ReencryptionRun.objects.get()
+    ReencryptionRun.objects.create(status="finished", scope="*", targets=real.targets, rows_total=0)
+    assert json.loads(run("rotation_status", "--json")[1])["run"]["id"] == real.pk
+
+
+# -- progress never above its total -----------------------------------------------------------------
+
+
+def test_the_tally_grows_its_total_instead_of_passing_it():
+    from keyrotation.reporting import Tally
+
+    assert Tally(20_000, 1_500).text() == "1,500/20,000 rows"
+    grown = Tally(20_000, 20_001)
+    assert grown.text() == "20,001/20,001 rows (+1 written during the run)"
+    assert (grown.total, grown.added, grown.left, grown.percent) == (20_001, 1, 0, 100.0)
+    assert Tally(0, 0).percent == 100.0 and Tally(0, 0).text() == "0/0 rows"
+
+
+def test_the_progress_line_never_shows_more_rows_than_its_total():
+    from keyrotation.reporting import Progress
+
+    stream = StringIO()
+    progress = Progress(2, stream=stream, tty=False, every=0)
+    for _ in range(3):
+        progress.add(1)
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[1].startswith("progress: 2/2 rows (100.0%)")
+    assert lines[-1].startswith("progress: 3/3 rows (+1 written during the run) (100.0%)")
+    assert not any("3/2" in line for line in lines)
+
+
+def _stale_writer_after_the_first_batch(pk: int):
+    """A process with a stale keyring cache: once the first batch has moved row ``pk`` to the new
+    versions, it writes the row back under the old ones (the values it read before the run)."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT email, email_key_version, email_bidx, email_bidx_key_version FROM testapp_person "
+            "WHERE id = %s",
+            [pk],
+        )
+        old = cur.fetchone()
+    fired = []
+
+    def handler(sender, **payload):
+        if fired:
+            return
+        fired.append(payload["rows"])
+        with connection.cursor() as cur:
+            cur.execute(
+                "UPDATE testapp_person SET email = %s, email_key_version = %s, email_bidx = %s, "
+                "email_bidx_key_version = %s WHERE id = %s",
+                [*old, pk],
+            )
+
+    return handler
+
+
+def test_rows_written_during_the_run_grow_the_total_of_the_progress(rotated):
+    from keyrotation import signals
+
+    first = Person.objects.order_by("pk").first()
+    handler = _stale_writer_after_the_first_batch(first.pk)
+    signals.batch_completed.connect(handler)
+    try:
+        code, out, err = run("reencrypt", "--model", "testapp.Person", "--batch-size", "25")
+    finally:
+        signals.batch_completed.disconnect(handler)
+    assert code == 0, out + err
+    assert "finished: 121 row(s) re-encrypted" in out  # the row written back is moved again
+    assert "progress: 121/121 rows (+1 written during the run) (100.0%)" in err
+    assert "/120 rows" not in err.splitlines()[-1]
+    assert Person.objects.filter(email_key_version=1).count() == 0
+
+
+def test_status_shows_rows_done_beyond_the_plan_as_a_grown_total(rotated):
+    from keyrotation.models import ReencryptionChunk, ReencryptionRun
+
+    assert run("reencrypt")[0] == 0
+    real = ReencryptionRun.objects.get()
+    ReencryptionChunk.objects.filter(run=real).update(rows_done=0)
+    ReencryptionChunk.objects.filter(pk=ReencryptionChunk.objects.filter(run=real).first().pk).update(
+        rows_done=125
+    )
+    data = json.loads(run("rotation_status", "--json")[1])["run"]
+    assert (data["rows_done"], data["rows_total"], data["rows_planned"], data["rows_added"]) == (
+        125,
+        125,
+        120,
+        5,
+    )
+    assert "125/125 rows (+5 written during the run)" in run("rotation_status")[1]

@@ -400,3 +400,22 @@ def test_rate_sleep_never_runs_past_the_deadline():
     t = Throttle(2000, rate=500, clock=lambda: 10.0, sleep=slept.append, deadline=11.0)
     t.after_batch(2000, 0.1)  # 4 s of rate budget, but only 1 s left before the deadline
     assert slept == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "rows", "workers", "batch", "width"),
+    [
+        (1, 20_000, 20_000, 1, 2000, 50_000),  # one worker: the default span
+        (1, 20_000, 20_000, 2, 2000, 10_000),  # two workers: two halves
+        (1, 20_000, 20_000, 8, 2000, 2500),  # eight workers: eight chunks of 2,500 rows
+        (1, 3000, 3000, 8, 2000, 1500),  # only two batches' worth: two chunks
+        (1, 1500, 1500, 2, 2000, 50_000),  # not even one batch: one chunk
+        (1, 400_000, 400_000, 2, 2000, 50_000),  # already more chunks than workers
+    ],
+)
+def test_chunks_are_cut_for_the_workers_while_each_holds_more_than_a_batch(
+    lo, hi, rows, workers, batch, width
+):
+    from keyrotation.engine.runs import chunk_width
+
+    assert chunk_width(lo, hi, rows, 50_000, workers, batch) == width

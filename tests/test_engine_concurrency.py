@@ -176,3 +176,66 @@ def test_lost_database_connection_is_retried(keys, caplog):
     assert versions() == {(2, 2, 2)}
     keyring.clear_cache()
     assert {p.pk: p.email for p in Person.objects.all()} == emails
+
+
+def test_two_workers_share_a_table_smaller_than_a_default_chunk(keys):
+    """4,000 rows are one pk range of the default span (50,000): with --workers 2 the plan cuts
+    them in two, and each worker process re-encrypts one half."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    seed(4000)
+    rotate()
+    out = StringIO()
+    # --rate keeps each chunk busy for a second or more, so neither worker can finish its own
+    # chunk and take the other's before the second process has started.
+    call_command(
+        "reencrypt",
+        "--model",
+        "testapp.Person",
+        "--workers",
+        "2",
+        "--batch-size",
+        "500",
+        "--rate",
+        "1500",
+        "--json",
+        stdout=out,
+        stderr=StringIO(),
+    )
+    report = json.loads(out.getvalue())
+    assert report["status"] == "finished" and report["rows_done"] == 4000, report
+    assert report["notes"] == []
+    chunks = list(ReencryptionChunk.objects.values_list("worker", "rows_done"))
+    assert len(chunks) == 2
+    assert len({worker for worker, done in chunks if done}) == 2  # both processes did work
+    assert sum(done for _, done in chunks) == 4000
+    assert versions() == {(2, 2, 2)}
+
+
+def test_more_workers_than_a_small_table_has_batches_says_so_in_one_line(keys):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    seed(300)
+    rotate()
+    out = StringIO()
+    call_command(
+        "reencrypt",
+        "--model",
+        "testapp.Person",
+        "--workers",
+        "2",
+        "--batch-size",
+        "500",
+        stdout=out,
+        stderr=StringIO(),
+    )
+    assert ReencryptionChunk.objects.count() == 1
+    run_id = ReencryptionRun.objects.get().pk
+    assert (
+        f"run #{run_id} on default: 300 row(s) in 1 chunk(s) (a chunk is at least one batch of "
+        "500 rows); --workers 2 uses 1 worker(s)"
+    ) in out.getvalue().splitlines()

@@ -18,7 +18,8 @@ from django.db import connections
 
 from .. import conf, databases, keyring, signals
 from ..exceptions import KeyRotationError
-from ..models import QuarantinedValue, ReencryptionRun, RunStatus
+from ..models import ChunkStatus, QuarantinedValue, ReencryptionChunk, ReencryptionRun, RunStatus
+from ..reporting import Tally
 from . import plan as _plan
 from . import runs, sql
 from .runner import Options, RunFailed, WorkResult, retrying, work
@@ -54,6 +55,18 @@ class Report:
     errors: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
     runs: dict[str, int] = field(default_factory=dict)
+    # Databases where no row was pending and no run was open: no run was recorded there.
+    idle: list[str] = field(default_factory=list)
+    # "keyring/purpose" -> the active version the rows in scope were planned against.
+    active_versions: dict[str, int] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
+    # Lines for the operator, e.g. why some of --workers N had nothing to do.
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """No row in scope was pending anywhere: every row is on the active key versions."""
+        return not self.runs and self.status == RunStatus.FINISHED
 
     @property
     def ok(self) -> bool:
@@ -72,6 +85,10 @@ class Report:
             "rows_per_second": round(self.rows_done / self.seconds, 1) if self.seconds else None,
             "errors": self.errors,
             "quarantined": self.quarantined,
+            "nothing_to_do": self.nothing_to_do,
+            "notes": self.notes,
+            "idle_databases": self.idle,
+            "active_versions": self.active_versions,
         }
 
 
@@ -87,7 +104,7 @@ def reencrypt(
     on_error: str = "stop",
     actor: str | None = None,
     on_batch: Callable[[dict], None] | None = None,
-    monitor: Callable[[], None] | None = None,
+    monitor: Callable[[int], None] | None = None,
     chunk_span: int = runs.CHUNK_PK_SPAN,
     stale_after: float = 60.0,
     pipeline: bool = True,
@@ -112,6 +129,10 @@ def reencrypt(
             model, field, pk and version; ``"quarantine"``: record it and go on (exit non-zero).
         pipeline: on PostgreSQL without ``rate``, keep two batches in flight per worker (one
             more connection per worker; see ``engine/pipeline.py``).
+        on_batch: called in this process after each batch it writes (``workers=1``), with
+            ``{"run_id", "model", "rows", "seconds"}``.
+        monitor: with ``workers > 1``, called about twice a second with the rows this call has
+            re-encrypted so far (every worker, every database, from the chunks' progress).
 
     Raises:
         RunFailed: ``on_error="stop"`` and a value could not be opened.
@@ -132,7 +153,12 @@ def reencrypt(
                 f"--workers {workers} needs row locks with SKIP LOCKED; "
                 f"{connections[alias].vendor} has none: run one worker"
             )
-    report = Report(run_id=None, status="")
+    report = Report(
+        run_id=None,
+        status=RunStatus.FINISHED if not plans else "",
+        active_versions=_active_versions(plans),
+        models=[p.label for p in plans],
+    )
     for alias, on in targets:
         opts = Options(
             batch_size=batch_size or conf.batch_size(),
@@ -154,6 +180,17 @@ def reencrypt(
             break
     report.seconds = time.monotonic() - started
     return report
+
+
+def _active_versions(plans: list[_plan.ModelPlan]) -> dict[str, int]:
+    """``{"keyring/purpose": version}`` of every column the plans move rows to."""
+    out: dict[str, int] = {}
+    for p in plans:
+        for col in p.enc:
+            out[f"{col.keyring}/encrypt"] = col.target
+        for col in p.idx:
+            out[f"{col.keyring}/index"] = col.target
+    return dict(sorted(out.items()))
 
 
 def _targets(plans: list[_plan.ModelPlan], database: str | None) -> list[tuple[str, list]]:
@@ -189,12 +226,22 @@ def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor,
             options=_public_options(opts, workers),
             chunk_span=chunk_span,
             using=opts.state,
+            workers=workers,
+            batch_size=opts.batch_size,
         ),
         opts,
     )
+    if run is None:  # nothing pending and no open run: nothing is recorded
+        report.idle.append(opts.using)
+        report.status = report.status or RunStatus.FINISHED
+        return
     report.run_id = report.runs[opts.using] = run.pk
     report.joined = report.joined or joined
     report.rows_total += run.rows_total
+    if workers > 1:
+        note = _idle_workers_note(run, plans, workers, opts)
+        if note:
+            report.notes.append(note)
     if workers == 1:
         try:
             result = work(run, plans, opts)
@@ -204,7 +251,7 @@ def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor,
     else:
         from .workers import run_workers
 
-        result, errors = run_workers(run, plans, opts, workers, monitor)
+        result, errors = run_workers(run, plans, opts, workers, _monitor_of(run, report, opts, monitor))
         report.errors += errors
     state = opts.state
     run.refresh_from_db(using=state)  # not from a replica a router would pick for reads
@@ -224,6 +271,37 @@ def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor,
         rows_done=result.rows_done,
         rows_failed=rows_failed,
     )
+
+
+def _idle_workers_note(run: ReencryptionRun, plans, workers: int, opts: Options) -> str:
+    """One line when the run has fewer chunks left than ``workers`` (some would have nothing to
+    do), saying why; "" otherwise."""
+    left = (
+        ReencryptionChunk.objects.using(opts.state).filter(run=run).exclude(status=ChunkStatus.DONE).count()
+    )
+    if left >= workers:
+        return ""
+    without_ranges = [p.label for p in plans if not runs.integer_pk(p.model)]
+    why = (
+        f"{', '.join(without_ranges)} has no integer primary key to cut into ranges"
+        if without_ranges and left <= len(without_ranges)
+        else f"a chunk is at least one batch of {opts.batch_size:,} rows"
+    )
+    return (
+        f"run #{run.pk} on {opts.using}: {run.rows_total:,} row(s) in {left} chunk(s) ({why}); "
+        f"--workers {workers} uses {max(left, 1)} worker(s)"
+    )
+
+
+def _monitor_of(run: ReencryptionRun, report: Report, opts: Options, monitor) -> Callable[[], None] | None:
+    """``monitor`` called with the rows done by this call: those of the databases done before,
+    plus what the chunks of ``run`` gained since this call joined it (a joined run may have rows
+    done by an earlier call or by another host)."""
+    if monitor is None:
+        return None
+    before = report.rows_done
+    baseline = runs.progress(run, using=opts.state)["rows_done"]
+    return lambda: monitor(before + runs.progress(run, using=opts.state)["rows_done"] - baseline)
 
 
 def _public_options(opts: Options, workers: int) -> dict:
@@ -300,9 +378,10 @@ def status(database: str | None = None) -> dict:
     out = {"columns": census, "run": None}
     if run is not None:
         prog = runs.progress(run)
+        tally = Tally(run.rows_total, prog["rows_done"])
         elapsed = ((prog["heartbeat"] or run.started_at) - run.started_at).total_seconds()
         rate = prog["rows_done"] / elapsed if elapsed > 0 else None
-        left = max(0, run.rows_total - prog["rows_done"])
+        left = tally.left
         out["run"] = {
             "id": run.pk,
             "status": run.status,
@@ -313,7 +392,10 @@ def status(database: str | None = None) -> dict:
             "started_at": run.started_at.isoformat(),
             "heartbeat_at": prog["heartbeat"].isoformat() if prog["heartbeat"] else None,
             "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-            "rows_total": run.rows_total,
+            # Never below rows_done: rows that became pending while the run went on grow it.
+            "rows_total": tally.total,
+            "rows_planned": run.rows_total,
+            "rows_added": tally.added,
             "rows_done": prog["rows_done"],
             "rows_failed": run.rows_failed,
             "chunks": prog["chunks"],

@@ -14,6 +14,7 @@ says otherwise, never on a replica a router would pick for reads.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Iterator
@@ -123,13 +124,29 @@ def _where(database: str) -> dict:
 
 
 def open_run(
-    plans, scope, *, database="default", actor=None, options=None, chunk_span=CHUNK_PK_SPAN, using=None
+    plans,
+    scope,
+    *,
+    database="default",
+    actor=None,
+    options=None,
+    chunk_span=CHUNK_PK_SPAN,
+    using=None,
+    workers: int = 1,
+    batch_size: int | None = None,
 ):
     """Join the open run of this scope on ``database`` with the same targets, or plan a new one.
 
     An open run with other targets (the active key changed since) is superseded. The rows are
     counted on ``database``; the run and its chunks are stored on ``using`` (the engine's database).
-    Returns (run, joined).
+    A model's pending rows are cut into pk ranges of at most ``chunk_span``, and, for
+    ``workers`` > 1, into as many ranges as there are workers while each range still holds more
+    than one batch (``batch_size``) of rows: ``--workers 2`` on a table of a few thousand rows gives
+    each worker a chunk.
+
+    Returns (run, joined); (None, False) when there is no run to join and no row is pending: a
+    run with nothing to do is not recorded (no run row, no audit row), so that the latest run
+    shown by ``rotation_status`` and the admin stays the one that did the work.
     """
     key, targets, using = scope_key(scope), targets_of(plans), _db(using)
     with transaction.atomic(using=using):
@@ -145,6 +162,10 @@ def open_run(
                     run = set_status(run.pk, RunStatus.RUNNING, actor=actor, using=using)
                 return run, True
             set_status(run.pk, RunStatus.SUPERSEDED, actor=actor, using=using)
+        counted = [(plan, _pending_bounds(plan, database)) for plan in plans]
+        total = sum(agg["n"] for _, agg in counted)
+        if not total:
+            return None, False
         run = ReencryptionRun.objects.using(using).create(
             scope=key,
             database=database,
@@ -152,19 +173,13 @@ def open_run(
             options=options or {},
             actor=actor or audit.default_actor(),
         )
-        chunks, total = [], 0
-        for plan in plans:
-            pk = plan.model._meta.pk
-            integer_pk = pk.get_internal_type() in INTEGER_PK_TYPES
-            pending = plan.model._base_manager.using(database).filter(plan.pending_q())
-            # Ranges only for integer keys (PostgreSQL has no min(uuid)); others get one chunk.
-            bounds = {"lo": Min("pk"), "hi": Max("pk")} if integer_pk else {}
-            agg = pending.aggregate(n=Count("pk"), **bounds)
-            total += agg["n"]
-            if agg["n"] and integer_pk:
+        chunks = []
+        for plan, agg in counted:
+            if agg["n"] and "lo" in agg:
+                span = chunk_width(agg["lo"], agg["hi"], agg["n"], chunk_span, workers, batch_size)
                 lo = agg["lo"] - 1
                 while lo < agg["hi"]:
-                    hi = min(lo + chunk_span, agg["hi"])
+                    hi = min(lo + span, agg["hi"])
                     chunks.append(ReencryptionChunk(run=run, model=plan.label, lo=lo, hi=hi))
                     lo = hi
             elif agg["n"]:
@@ -186,6 +201,32 @@ def open_run(
             using=using,
         )
     return run, False
+
+
+def chunk_width(lo: int, hi: int, rows: int, span: int, workers: int, batch_size: int | None) -> int:
+    """The pk width of the chunks of pending pks ``lo``..``hi`` (``rows`` of them): ``span``, or
+    narrower so that ``workers`` workers each get a chunk, as long as a chunk still holds more than
+    one batch of rows (pks are assumed spread evenly over the range)."""
+    if workers <= 1 or not batch_size:
+        return span
+    wanted = min(workers, math.ceil(rows / batch_size))
+    if wanted <= 1:
+        return span
+    return max(1, min(span, math.ceil((hi - lo + 1) / wanted)))
+
+
+def integer_pk(model) -> bool:
+    """Whether ``model``'s primary key is an integer (its pending rows can be cut into ranges)."""
+    return model._meta.pk.get_internal_type() in INTEGER_PK_TYPES
+
+
+def _pending_bounds(plan: ModelPlan, database: str) -> dict:
+    """``{"n": pending rows}``, with ``"lo"``/``"hi"`` (their smallest and largest pk) for an
+    integer primary key: ranges only for those (PostgreSQL has no min(uuid)); others get one chunk."""
+    integer = integer_pk(plan.model)
+    pending = plan.model._base_manager.using(database).filter(plan.pending_q())
+    bounds = {"lo": Min("pk"), "hi": Max("pk")} if integer else {}
+    return pending.aggregate(n=Count("pk"), **bounds)
 
 
 def _dead_local_worker(worker: str) -> bool:
@@ -301,7 +342,9 @@ def current_status(run_id: int, using=None) -> str:
 
 
 def latest_run(scope: list[str] | None = None, using=None) -> ReencryptionRun | None:
-    qs = ReencryptionRun.objects.using(_db(using))
+    """The newest run that had work to do (earlier versions recorded finished runs of no row;
+    they never hide the run that did the work)."""
+    qs = ReencryptionRun.objects.using(_db(using)).exclude(status=RunStatus.FINISHED, rows_total=0)
     if scope is not None:
         qs = qs.filter(scope=scope_key(scope))
     return qs.order_by("-id").first()

@@ -10,17 +10,22 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from ... import audit_chain
+from ... import audit_chain, databases
+from ...exceptions import KeyRotationError
 
 COLUMNS = ("id", *audit_chain.HASHED_FIELDS, "prev_hash", "row_hash")
 
 
 def _since(text: str) -> datetime:
-    value = parse_datetime(text)
+    wrong = CommandError(f"--since must be a date (2025-01-31) or an ISO datetime, got {text!r}")
+    try:  # well-formed but impossible (2025-13-45) is a ValueError
+        value = parse_datetime(text)
+        day = parse_date(text) if value is None else None
+    except ValueError:
+        raise wrong from None
     if value is None:
-        day = parse_date(text)
         if day is None:
-            raise CommandError(f"--since must be a date (2025-01-31) or an ISO datetime, got {text!r}")
+            raise wrong
         value = datetime.combine(day, time.min)
     if timezone.is_naive(value):
         value = timezone.make_aware(value, timezone.get_current_timezone())
@@ -43,7 +48,12 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+        parser.add_argument(
+            "--format",
+            choices=["jsonl", "csv"],
+            default="jsonl",
+            help="jsonl: one JSON object per line (default); csv: a header line, then one row per line.",
+        )
         parser.add_argument(
             "--since",
             metavar="DATE",
@@ -52,6 +62,10 @@ class Command(BaseCommand):
         parser.add_argument("--database", default="default", help="Database alias (default: default).")
 
     def handle(self, *args, **opts):
+        try:
+            databases.check_alias(opts["database"])
+        except KeyRotationError as exc:
+            raise CommandError(str(exc)) from None
         since = _since(opts["since"]) if opts["since"] else None
         rows = audit_chain.iter_rows(using=opts["database"], since=since)
         if opts["format"] == "jsonl":

@@ -7,7 +7,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import audit_anchor, audit_chain, key_state
+from ... import audit_anchor, audit_chain, databases, key_state
 from ...exceptions import KeyRotationError
 
 
@@ -30,6 +30,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **opts):
         try:
+            databases.check_alias(opts["database"])
             failures, lines = self._verify(opts["database"], opts["head"])
         except KeyRotationError as exc:
             raise CommandError(str(exc)) from None

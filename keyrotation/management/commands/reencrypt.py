@@ -140,7 +140,8 @@ class Command(BaseCommand):
         progress = None
         if not o["json"] and not o["no_progress"]:
             pending = engine.pending(o["models"], database=o["database"])
-            progress = reporting.Progress(pending, stream=self.stderr._out)
+            if pending:  # no bar of 0/0 rows when there is nothing to do
+                progress = reporting.Progress(pending, stream=self.stderr._out)
         report = engine.reencrypt(
             o["models"],
             database=o["database"],
@@ -153,13 +154,19 @@ class Command(BaseCommand):
             on_error=o["on_error"],
             actor=o["actor"],
             on_batch=(lambda b: progress.add(b["rows"])) if progress else None,
-            monitor=(lambda: _poll(progress)) if progress else None,
+            monitor=progress.set if progress else None,
         )
         if progress:
+            progress.set(report.rows_done)  # with workers, the final sweep is in no chunk
             progress.close()
         d = report.as_dict()
-        if len(report.runs) > 1:
-            which = "runs " + ", ".join(f"#{run_id} on {alias}" for alias, run_id in report.runs.items())
+        if report.nothing_to_do:
+            self._out(o, d, [_nothing_to_do(report)])
+            return 0
+        if len(report.runs) > 1 or report.idle:
+            which = ("runs " if len(report.runs) > 1 else "run ") + ", ".join(
+                f"#{run_id} on {alias}" for alias, run_id in report.runs.items()
+            )
         else:
             which = f"run #{report.run_id}"
         lines = [
@@ -167,6 +174,9 @@ class Command(BaseCommand):
             f"{report.seconds:.1f}s"
             + (f" ({d['rows_per_second']:,.0f} rows/s)" if d["rows_per_second"] else ""),
         ]
+        if report.idle:
+            lines.append(f"nothing to re-encrypt on {', '.join(report.idle)}")
+        lines += report.notes
         lines += [f"error: {e}" for e in report.errors]
         if report.rows_failed:
             lines.append(f"{report.rows_failed} value(s) quarantined (not decryptable):")
@@ -179,9 +189,11 @@ class Command(BaseCommand):
         return 0 if report.status == "finished" else 3
 
 
-def _poll(progress):
-    from ...engine import runs
-
-    run = runs.latest_run()
-    if run is not None:
-        progress.set(runs.progress(run)["rows_done"])
+def _nothing_to_do(report: engine.Report) -> str:
+    """``nothing to re-encrypt: every row of app.Model is on default/encrypt v2, default/index v2``."""
+    models = report.models
+    which = ", ".join(models) if len(models) <= 3 else f"the {len(models)} encrypted models"
+    versions = ", ".join(f"{ring} v{version}" for ring, version in report.active_versions.items())
+    if not models:
+        return "nothing to re-encrypt: no encrypted or indexed column is registered"
+    return f"nothing to re-encrypt: every row of {which} is on {versions}"

@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 from ... import crypto, lifecycle, wrapping
 from ...exceptions import KeyRotationError
 from ...keyring import kek_backend
+from ..options import positive_int
 
 
 class Command(BaseCommand):
@@ -34,19 +35,19 @@ class Command(BaseCommand):
         )
         action.add_argument(
             "--retire",
-            type=int,
+            type=positive_int,
             metavar="N",
             help="Retire version N: refused while the census finds any row under it.",
         )
         action.add_argument(
             "--restore",
-            type=int,
+            type=positive_int,
             metavar="N",
             help="Disaster recovery: make retired version N decrypt-only again.",
         )
         action.add_argument(
             "--destroy",
-            type=int,
+            type=positive_int,
             metavar="N",
             help="Erase the wrapped material of retired version N (irreversible).",
         )
@@ -105,13 +106,16 @@ class Command(BaseCommand):
     def _purposes(self, opts):
         return (opts["purpose"],) if opts["purpose"] else crypto.PURPOSES
 
-    def _unknown_keyring(self, ring: str) -> None:
-        """Raise a one-line error for a keyring no key has, naming the ones that exist."""
+    def _unknown_keyring(self, ring: str, *, init_hint: bool = False) -> None:
+        """Raise a one-line error for a keyring no key has, naming the ones that exist (and,
+        with ``init_hint``, how to create it)."""
         known = sorted({k.keyring for k in lifecycle.keys()})
-        if not known:
+        if not known or ring in known:
             return  # nothing exists yet: the listing says to run --init
         close = difflib.get_close_matches(ring, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
+        if init_hint and not close:
+            hint = f"; create it with `manage.py rotatekeys --init --keyring {ring}`"
         raise CommandError(f"no keyring {ring!r} (keyrings: {', '.join(known)}){hint}")
 
     def _need_purpose(self, opts, flag):
@@ -135,6 +139,8 @@ class Command(BaseCommand):
                 for r in rows
             ] or ["no keys; run `manage.py rotatekeys --init`"]
             return {"keys": rows, "lines": lines}
+        if ring and not opts["init"] and not opts["rewrap"]:
+            self._unknown_keyring(ring, init_hint=True)  # a misspelt --keyring: name the real ones
         if opts["init"]:
             created = lifecycle.init(ring, purposes=self._purposes(opts), actor=actor)
             lines = [f"created {k}" for k in created] or ["keys already exist; nothing to do"]

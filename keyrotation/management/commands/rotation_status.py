@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ... import engine, reporting, wrapping
 from ...exceptions import KeyRotationError
+from ..options import positive_int
 
 
 class Command(BaseCommand):
@@ -27,7 +28,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--fail-if-version",
-            type=int,
+            type=positive_int,
             metavar="N",
             help="Exit 2 if any row of any column (or of --purpose) still uses key version N.",
         )
@@ -68,7 +69,8 @@ class Command(BaseCommand):
                 rate = f"{run['rows_per_second']:,.0f} rows/s" if run["rows_per_second"] else "-"
                 eta = f"{run['eta_seconds']}s" if run["eta_seconds"] is not None else "-"
                 self.stdout.write(
-                    f"\nrun #{run['id']} {run['status']}: {run['rows_done']:,}/{run['rows_total']:,} rows, "
+                    f"\nrun #{run['id']} {run['status']}: "
+                    f"{reporting.Tally(run['rows_planned'], run['rows_done']).text()}, "
                     f"{run['chunks_done']}/{run['chunks']} chunks, {rate}, ETA {eta}, "
                     f"last heartbeat {run['heartbeat_at'] or '-'}"
                 )

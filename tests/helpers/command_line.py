@@ -1,0 +1,80 @@
+"""Run management commands as ``manage.py`` does, one after the other, in one process.
+
+Usage: ``python -m tests.helpers.command_line STEPS.json RESULTS.json`` with the settings and the
+database in the environment. ``STEPS.json`` is a list of steps, each ``{"argv": [...]}`` (a
+command line, run through ``execute_from_command_line`` exactly as ``manage.py`` runs it) or
+``{"setup": NAME}`` (one of the state changes below). ``RESULTS.json`` gets, per step, the exit
+status (``"traceback"`` when an exception escaped: the command line would have printed one),
+stdout and stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+import traceback
+
+
+def _seed() -> None:
+    from keyrotation import keyring, lifecycle
+    from tests.testapp.models import Person
+
+    Person.objects.bulk_create(Person(name=f"p{i}", email=f"p{i}@example.com") for i in range(50))
+    lifecycle.rotate("default", "encrypt")
+    lifecycle.rotate("default", "index")
+    keyring.invalidate()
+
+
+def _tamper() -> None:
+    """Flip the last byte of one stored email: that value no longer authenticates."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT id, email FROM testapp_person ORDER BY id LIMIT 1")
+        pk, token = cur.fetchone()
+        token = bytes(token)
+        cur.execute(
+            "UPDATE testapp_person SET email = %s WHERE id = %s", [token[:-1] + bytes([token[-1] ^ 1]), pk]
+        )
+
+
+SETUPS = {"seed": _seed, "tamper": _tamper}
+
+
+def run(argv: list[str]) -> dict:
+    from django.core.management import execute_from_command_line
+
+    out, err = io.StringIO(), io.StringIO()
+    code: int | str = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            execute_from_command_line(["manage.py", *argv])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception:  # noqa: BLE001 - what the command line would print as a traceback
+            code = "traceback"
+            err.write(traceback.format_exc())
+    return {"argv": argv, "code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
+def main(steps_path: str, results_path: str) -> None:
+    import django
+
+    django.setup()
+    with open(steps_path, encoding="utf-8") as f:
+        steps = json.load(f)
+    results = []
+    for step in steps:
+        if "setup" in step:
+            SETUPS[step["setup"]]()
+            results.append({"setup": step["setup"]})
+        else:
+            results.append(run(step["argv"]))
+    with open(results_path, "w", encoding="utf-8") as f:
+        json.dump(results, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
