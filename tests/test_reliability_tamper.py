@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 from django.db import connection
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from keyrotation import crypto, engine, keyring, lifecycle
@@ -183,7 +183,10 @@ def tokens(draw):
         return good[: draw(st.integers(0, len(good) - 1))]
     if kind == "splice":
         return good + draw(st.binary(min_size=1, max_size=16))
-    return bytes([draw(st.integers(0, 255))]) + struct.pack(">I", draw(st.integers(0, 2**32 - 1))) + good[5:]
+    header = bytes([draw(st.integers(0, 255))]) + struct.pack(">I", draw(st.integers(0, 2**32 - 1)))
+    forged = header + good[5:]
+    assume(forged != good)
+    return forged
 
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -243,9 +246,13 @@ def bound_tokens(draw):
     if kind == "cut":
         return good[: draw(st.integers(0, len(good) - 1))]
     if kind == "header":
-        return bytes([draw(st.integers(0, 255))]) + struct.pack(">I", draw(st.integers(0, 3))) + good[5:]
+        forged = bytes([draw(st.integers(0, 255))]) + struct.pack(">I", draw(st.integers(0, 3))) + good[5:]
+        assume(forged != good)  # format byte 0x02 and version 1 draw the untouched token back
+        return forged
     if kind == "other row":
-        return BOUND_SSN.seal_value("123-45-6789", BOUND_SSN.binding_of(draw(st.uuids()))).token
+        other = draw(st.uuids())
+        assume(other != BOUND_PK)
+        return BOUND_SSN.seal_value("123-45-6789", BOUND_SSN.binding_of(other)).token
     return draw(st.binary(max_size=80))
 
 
