@@ -52,6 +52,31 @@ CASES = {
             "models.EmailField(max_length=254, unique=True)",
             ("ada@example.com", "zoë@example.org", "grace@example.net"),
         ),
+        Case(
+            "django-cryptography",
+            "from django_cryptography.fields import encrypt",
+            "encrypt(models.CharField(max_length=50))",
+            ("Ada Lovelace", "Zoë ✓ ünïcode", ""),
+        ),
+        Case(
+            "django-fernet-fields",
+            "from fernet_fields import EncryptedEmailField",
+            "EncryptedEmailField()",
+            ("ada@example.com", "zoë@example.org", "grace@example.net"),
+        ),
+        Case(
+            "django-encrypted-model-fields",
+            "from encrypted_model_fields.fields import EncryptedCharField",
+            "EncryptedCharField(max_length=100)",
+            ("Ada Lovelace", "Zoë ✓ ünïcode", ""),
+        ),
+        Case(
+            "django-fernet-encrypted-fields",
+            "from encrypted_fields.fields import EncryptedCharField",
+            "EncryptedCharField(max_length=100)",
+            # "" would be stored as NULL by the library itself (see docs/adoption.md)
+            ("Ada Lovelace", "Zoë ✓ ünïcode", "grace"),
+        ),
     )
 }
 
