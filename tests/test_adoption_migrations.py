@@ -308,3 +308,34 @@ def test_adoption_by_the_guide(tmp_path, database, source):
     assert "email" not in project.columns() and "email_enc" in project.columns()
     assert json.loads(project.run("shell", "-v", "0", "-c", READ).stdout) == list(case.values)
     assert "adopt_from" not in project.models.read_text() and "email_legacy" not in project.models.read_text()
+
+
+def test_the_wrong_path_is_refused_by_migrate(tmp_path, database):
+    """Turning the plain field into an EncryptedField in models.py and running makemigrations gives
+    an AlterField that would destroy the values: migrate refuses it in one line, before any SQL."""
+    case = CASES["plaintext"]
+    project = Project(tmp_path / "project", database, case)
+    project.run("makemigrations", "shop")
+    project.run("migrate", "-v", "0")
+    project.run("shell", "-c", SEED.format(values=case.values))
+    stored = project.raw("email")
+    project.paste(
+        {
+            "replace": ["email"],
+            "lines": ["email = EncryptedField(models.EmailField(max_length=254), null=True)"],
+            "imports": ["from keyrotation.fields import EncryptedField"],
+        }
+    )
+    project.run("makemigrations", "shop")
+    name = "0002_customer_email_key_version_alter_customer_email"
+    assert "AlterField" in (project.root / "shop" / "migrations" / f"{name}.py").read_text()
+    project.run("rotatekeys", "--init")
+    refused = project.run("migrate", "-v", "0", ok=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        f"UnsafeMigration: shop.{name}: shop.Customer.email holds 3 value(s) and the "
+        "migration alters it into an EncryptedField in place, which would destroy them; delete this "
+        "migration and write the adoption with `manage.py encryptcolumn shop.Customer.email --from ...` "
+        "(see docs/adoption.md)"
+    ], refused.stderr
+    assert project.raw("email") == stored
