@@ -262,10 +262,9 @@ def start(
     operations: list[Any] = [StartAdoption(model_name, old.name, legacy_name, enc, legacy_decl, version)]
     lines_imports: set[str] = set()
     line, imp = _field_line(legacy_name, legacy_decl)
-    enc_line, enc_imp = _encrypted_line(
-        old.name, enc, {"adopt_from": repr(legacy_name), "legacy": source.decoder}
-    )
-    lines, lines_imports = [line, enc_line], imp | enc_imp
+    decoder, decoder_imports = adoption_sources.decoder(source)
+    enc_line, enc_imp = _encrypted_line(old.name, enc, {"adopt_from": repr(legacy_name), "legacy": decoder})
+    lines, lines_imports = [line, enc_line], imp | enc_imp | set(decoder_imports)
     names = ["EncryptedField"]
     if blind_index:
         index = BlindIndexField(source=old.name, unique=bool(old.unique))
