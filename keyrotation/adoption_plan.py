@@ -191,6 +191,11 @@ def _migration(
     return full, path, writer.as_string()
 
 
+def _version_field() -> KeyVersionField | None:
+    """The ``<name>_key_version`` companion as the model will declare it (``None``: the default)."""
+    return KeyVersionField(db_index=True) if conf.index_version_columns() else None
+
+
 def _free(target: Target, names: list[str], columns: list[str]) -> None:
     opts = target.model._meta
     taken_names = {f.name for f in opts.get_fields()} | {f.attname for f in opts.concrete_fields}
@@ -257,20 +262,24 @@ def start(
         options["blank"] = True
     enc = EncryptedField(base, **options)
     legacy_decl = adoption_sources.legacy_field(old, source)
-    version = KeyVersionField(db_index=True) if conf.index_version_columns() else None
     model_name = opts.model_name
-    operations: list[Any] = [StartAdoption(model_name, old.name, legacy_name, enc, legacy_decl, version)]
+    operations: list[Any] = [
+        StartAdoption(model_name, old.name, legacy_name, enc, legacy_decl, _version_field())
+    ]
     lines_imports: set[str] = set()
     line, imp = _field_line(legacy_name, legacy_decl)
-    decoder, decoder_imports = adoption_sources.decoder(source)
-    enc_line, enc_imp = _encrypted_line(old.name, enc, {"adopt_from": repr(legacy_name), "legacy": decoder})
-    lines, lines_imports = [line, enc_line], imp | enc_imp | set(decoder_imports)
+    enc_line, enc_imp = _encrypted_line(
+        old.name, enc, {"adopt_from": repr(legacy_name), "legacy": source.decoder}
+    )
+    lines, lines_imports = [line, enc_line], imp | enc_imp
     names = ["EncryptedField"]
     if blind_index:
         index = BlindIndexField(source=old.name, unique=bool(old.unique))
         operations += [
             migrations.AddField(model_name, blind_index, index),
-            migrations.AddField(model_name, f"{blind_index}_key_version", version or KeyVersionField()),
+            migrations.AddField(
+                model_name, f"{blind_index}_key_version", _version_field() or KeyVersionField()
+            ),
         ]
         line, imp = _call("BlindIndexField", [], index.deconstruct()[3])
         lines.append(f"{blind_index} = {line}")

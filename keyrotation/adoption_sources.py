@@ -39,7 +39,6 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.db import models
 
 from . import codecs
@@ -131,23 +130,6 @@ SOURCES: dict[str, Source] = {
         ),
     )
 }
-
-
-# django-cryptography's own settings that change its key derivation: the printed decoder names
-# each one the project sets (a reference to the setting, never its value).
-DJANGO_CRYPTOGRAPHY_SETTINGS = {"CRYPTOGRAPHY_KEY": "password", "CRYPTOGRAPHY_SALT": "salt"}
-
-
-def decoder(source: Source) -> tuple[str, list[str]]:
-    """The decoder expression printed into models.py, and the imports it needs beyond
-    ``from keyrotation import legacy``."""
-    if source.name != "django-cryptography":
-        return source.decoder, []
-    given = [(arg, name) for name, arg in DJANGO_CRYPTOGRAPHY_SETTINGS.items() if hasattr(settings, name)]
-    if not given:
-        return source.decoder, []
-    args = ", ".join(f"{arg}=settings.{name}" for arg, name in given)
-    return f"legacy.DjangoCryptography({args})", ["from django.conf import settings"]
 
 
 class UnknownField(ValueError):

@@ -439,20 +439,3 @@ def test_migrate_refuses_to_drop_a_column_replaced_by_an_encrypted_field(keys):
         send(plan_of(remove, add))
     send(plan_of(remove))  # dropping a column is no concern of keyrotation's
     send([(plan_of(ALTER)[0][0], True)])  # nor is a migration unapplied
-
-
-def test_the_django_cryptography_decoder_names_the_settings_the_project_sets(settings):
-    source = adoption_sources.SOURCES["django-cryptography"]
-    assert adoption_sources.decoder(source) == ("legacy.DjangoCryptography()", [])
-    settings.CRYPTOGRAPHY_SALT = "pepper"
-    assert adoption_sources.decoder(source) == (
-        "legacy.DjangoCryptography(salt=settings.CRYPTOGRAPHY_SALT)",
-        ["from django.conf import settings"],
-    )
-    settings.CRYPTOGRAPHY_KEY = "k"
-    text, _ = adoption_sources.decoder(source)
-    assert (
-        text
-        == "legacy.DjangoCryptography(password=settings.CRYPTOGRAPHY_KEY, salt=settings.CRYPTOGRAPHY_SALT)"
-    )
-    assert "pepper" not in text
