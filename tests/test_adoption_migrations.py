@@ -310,9 +310,25 @@ def test_adoption_by_the_guide(tmp_path, database, source):
     assert "adopt_from" not in project.models.read_text() and "email_legacy" not in project.models.read_text()
 
 
-def test_the_wrong_path_is_refused_by_migrate(tmp_path, database):
-    """Turning the plain field into an EncryptedField in models.py and running makemigrations gives
-    an AlterField that would destroy the values: migrate refuses it in one line, before any SQL."""
+WRONG_EDITS = {
+    # the field turned into an EncryptedField where it stands
+    "in-place": [
+        "email = EncryptedField(models.EmailField(max_length=254), null=True)",
+    ],
+    # the field renamed by hand beside a new EncryptedField (what makemigrations cannot follow)
+    "renamed-by-hand": [
+        "email_legacy = models.EmailField(max_length=254, null=True, db_column='email')",
+        "email = EncryptedField(models.EmailField(max_length=254), null=True, db_column='email_enc', "
+        "adopt_from='email_legacy')",
+    ],
+}
+
+
+@pytest.mark.parametrize("edit", list(WRONG_EDITS))
+def test_the_wrong_path_is_refused_by_migrate(tmp_path, database, edit):
+    """Editing models.py by hand and running makemigrations gives an AlterField of the plain field
+    into an EncryptedField, which would destroy the values: migrate refuses it in one line, before
+    any SQL, and every value stays where it was."""
     case = CASES["plaintext"]
     project = Project(tmp_path / "project", database, case)
     project.run("makemigrations", "shop")
@@ -322,20 +338,21 @@ def test_the_wrong_path_is_refused_by_migrate(tmp_path, database):
     project.paste(
         {
             "replace": ["email"],
-            "lines": ["email = EncryptedField(models.EmailField(max_length=254), null=True)"],
+            "lines": WRONG_EDITS[edit],
             "imports": ["from keyrotation.fields import EncryptedField"],
         }
     )
-    project.run("makemigrations", "shop")
-    name = "0002_customer_email_key_version_alter_customer_email"
-    assert "AlterField" in (project.root / "shop" / "migrations" / f"{name}.py").read_text()
+    project.run("makemigrations", "shop", "--noinput")
+    (written,) = (project.root / "shop" / "migrations").glob("0002_*.py")
+    assert "migrations.AlterField(" in written.read_text()
     project.run("rotatekeys", "--init")
     refused = project.run("migrate", "-v", "0", ok=False)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines() == [
-        f"UnsafeMigration: shop.{name}: shop.Customer.email holds 3 value(s) and the "
+        f"UnsafeMigration: shop.{written.stem}: shop.Customer.email holds 3 value(s) and the "
         "migration alters it into an EncryptedField in place, which would destroy them; delete this "
         "migration and write the adoption with `manage.py encryptcolumn shop.Customer.email --from ...` "
         "(see docs/adoption.md)"
     ], refused.stderr
     assert project.raw("email") == stored
+    assert "email_enc" not in project.columns()
