@@ -439,3 +439,15 @@ def test_migrate_refuses_to_drop_a_column_replaced_by_an_encrypted_field(keys):
         send(plan_of(remove, add))
     send(plan_of(remove))  # dropping a column is no concern of keyrotation's
     send([(plan_of(ALTER)[0][0], True)])  # nor is a migration unapplied
+
+
+def test_indexed_version_columns_are_written_as_the_models_declare_them(settings):
+    settings.KEYROTATION = {**settings.KEYROTATION, "INDEX_VERSION_COLUMNS": True}
+    text = json.loads(
+        run("migrapp.Item.name", "--from", "plaintext", "--blind-index", "--dry-run", "--json")
+    )["text"]
+    assert "version_field=keyrotation.fields.KeyVersionField(db_index=True)" in text
+    assert (
+        "name='name_bidx_key_version',\n            field=keyrotation.fields.KeyVersionField(db_index=True)"
+        in text
+    )
