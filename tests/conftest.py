@@ -38,18 +38,19 @@ def pytest_report_header(config):
     return [f"database: {_engine()} ({where}); vault: {vault}"]
 
 
-# marker -> (the engine it needs, why a run elsewhere skips it)
+# marker -> (the engines it runs on, why a run elsewhere skips it)
 _ENGINE_MARKERS = {
-    "postgres": ("postgresql", "needs PostgreSQL: set DATABASE_URL=postgres://... (make test does)"),
-    "mysql": ("mysql", "needs MySQL/MariaDB: run `python scripts/runtests.py --only mysql`"),
+    "postgres": (("postgresql",), "needs PostgreSQL: set DATABASE_URL=postgres://... (make test does)"),
+    "mysql": (("mysql",), "needs MySQL/MariaDB: run `python scripts/runtests.py --only mysql`"),
+    "server": (("postgresql", "mysql"), "needs a database server (PostgreSQL or MySQL): set DATABASE_URL"),
 }
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip ``@pytest.mark.postgres`` / ``@pytest.mark.mysql`` tests, with the reason, when the
+    """Skip ``@pytest.mark.postgres`` / ``mysql`` / ``server`` tests, with the reason, when the
     run is on another database."""
-    for marker, (engine, reason) in _ENGINE_MARKERS.items():
-        if _engine() == engine:
+    for marker, (engines, reason) in _ENGINE_MARKERS.items():
+        if _engine() in engines:
             continue
         skip = pytest.mark.skip(reason=reason)
         for item in items:
