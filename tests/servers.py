@@ -478,7 +478,9 @@ class MariaDBServer(_Server):
                 if self._accepting():
                     break
             if time.monotonic() > deadline:
-                raise ServerError(f"MariaDB not accepting connections after {START_TIMEOUT}s\n{_log_tail(self.log)}")
+                raise ServerError(
+                    f"MariaDB not accepting connections after {START_TIMEOUT}s\n{_log_tail(self.log)}"
+                )
             time.sleep(0.1)
         if first:
             self._provision()

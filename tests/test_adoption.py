@@ -204,7 +204,9 @@ MORE_ROWS = [
     (None, None, None, None),
 ]
 # A MySQL DOUBLE holds no infinity (nor NaN): the driver refuses to send one.
-MYSQL_MORE_ROWS = [(1e308 if row[0] in (float("inf"), float("-inf")) else row[0], *row[1:]) for row in MORE_ROWS]
+MYSQL_MORE_ROWS = [
+    (1e308 if row[0] in (float("inf"), float("-inf")) else row[0], *row[1:]) for row in MORE_ROWS
+]
 
 
 def test_plain_float_time_duration_and_ip_columns_are_adopted(keys):

@@ -180,7 +180,9 @@ def test_bulk_create_and_bulk_update_seal_each_row_with_its_own_bound_value(keys
 def conflicts_on(*fields: str) -> dict:
     """``unique_fields`` of an upsert where the backend takes them; MySQL/MariaDB take none (a
     conflict there is on any unique key)."""
-    return {"unique_fields": list(fields)} if connection.features.supports_update_conflicts_with_target else {}
+    return (
+        {"unique_fields": list(fields)} if connection.features.supports_update_conflicts_with_target else {}
+    )
 
 
 def test_an_upsert_on_the_bound_field_seals_with_the_existing_rows_value(keys):

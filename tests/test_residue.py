@@ -186,7 +186,10 @@ def test_command_json_shape(keys):
     assert person["model"] == "testapp.Person" and person["clean"] is True
     if connection.vendor == "mysql":  # InnoDB's storage is not inspected: its limits say so
         assert contact["postgresql"] is None and contact["sqlite"] is None
-        assert contact["limits"].startswith("InnoDB's storage is not inspected") and "OPTIMIZE TABLE" in contact["limits"]
+        assert (
+            contact["limits"].startswith("InnoDB's storage is not inspected")
+            and "OPTIMIZE TABLE" in contact["limits"]
+        )
         return
     storage = "postgresql" if connection.vendor == "postgresql" else "sqlite"
     assert contact[storage] is not None

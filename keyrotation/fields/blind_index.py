@@ -18,7 +18,6 @@ from .companion import add_version_field, public_path
 from .encrypted import EncryptedField
 from .sealed import NOT_ADOPTED, Sealed
 
-
 MAX_INDEX_BYTES = 32  # the longest digest (HMAC-SHA256); the MySQL column type is sized for it
 
 
