@@ -192,7 +192,11 @@ def postgres_sessions(alias: str, before: datetime, now: datetime) -> Sessions |
     return Sessions(old=[pid for pid, hidden in rows if not hidden], hidden=sum(1 for _, h in rows if h))
 
 
-# InnoDB's transactions of other connections to this database, older than %s seconds.
+# InnoDB's transactions of other connections to this database, older than %s seconds. The table
+# is a cache InnoDB refreshes at most every 0.1 s: a transaction that just ended may still be
+# listed (a refusal to retry), one that began before the cutoff and is still open always is.
+# ``trx_started`` has whole seconds: a transaction that began in the cutoff's second, even just
+# after it, counts too (a refusal to retry a second later, never a transaction missed).
 # ``trx_started`` is in the server's system time zone whatever the session's (Django sets UTC):
 # the age is taken while the session is on SYSTEM time too (see mysql_sessions).
 _MYSQL_SESSIONS_SQL = """
@@ -201,7 +205,7 @@ FROM information_schema.innodb_trx t
 JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id
 WHERE t.trx_mysql_thread_id <> CONNECTION_ID()
   AND p.db = DATABASE()
-  AND t.trx_started < NOW() - INTERVAL %s SECOND
+  AND t.trx_started <= NOW(6) - INTERVAL %s MICROSECOND
 ORDER BY t.trx_started, t.trx_mysql_thread_id
 """
 # MySQL/MariaDB: "Access denied; you need (at least one of) the PROCESS privilege(s)".
@@ -215,7 +219,7 @@ def mysql_sessions(alias: str, before: datetime, now: datetime) -> Sessions | No
     conn = connections[alias]
     if conn.vendor != "mysql":
         return None
-    age = max(0, int((now - before).total_seconds()))
+    age = max(0, int((now - before).total_seconds() * 1_000_000))
     with conn.cursor() as cursor:
         cursor.execute("SELECT @@session.time_zone")
         (zone,) = cursor.fetchone()
