@@ -151,7 +151,7 @@ class ReencryptionRunAdmin(ReadOnlyAdmin):
     search_fields = ["scope", "actor"]
 
     @staticmethod
-    def _progress(obj) -> dict:
+    def _progress(obj) -> runs.RunProgress:
         if not hasattr(obj, "_keyrotation_progress"):
             obj._keyrotation_progress = runs.progress(obj)
         return obj._keyrotation_progress
@@ -159,19 +159,19 @@ class ReencryptionRunAdmin(ReadOnlyAdmin):
     @admin.display(description="progress")
     def progress(self, obj):
         prog = self._progress(obj)
-        tally = Tally(obj.rows_total, prog["rows_done"])
+        tally = Tally(obj.rows_total, prog.rows_done)
         return format_html(
             '<progress max="100" value="{}"></progress> {} ({}%), {}/{} chunks',
             f"{tally.percent:.1f}",
             tally.text(),
             f"{tally.percent:.1f}",
-            prog["done"],
-            prog["chunks"],
+            prog.chunks_done,
+            prog.chunks,
         )
 
     @admin.display(description="last heartbeat")
     def heartbeat(self, obj):
-        return self._progress(obj)["heartbeat"] or "-"
+        return self._progress(obj).heartbeat or "-"
 
     def get_urls(self):
         view = self.admin_site.admin_view

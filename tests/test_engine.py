@@ -232,7 +232,7 @@ def test_interrupted_run_resumes_where_it_stopped(people):
     done = sum(1 for _, v in raw("email").values() if v == 2)
     assert 0 < done < len(people)
     run = ReencryptionRun.objects.get()
-    assert runs.progress(run)["rows_done"] == 60
+    assert runs.progress(run).rows_done == 60
     report = engine.reencrypt(batch_size=20, stale_after=0)
     assert report.joined and report.run_id == run.pk and report.ok
     assert report.rows_done == sum(1 for email, ssn in people.values() if email or ssn) - 60
@@ -303,11 +303,12 @@ def test_workers_need_row_locks(people):
 
 def test_sqlite_guard_keeps_a_concurrent_write(people):
     """The optimistic guard: a row rewritten between our read and our write is left alone."""
-    from keyrotation.engine import sql
+    from keyrotation.engine import dialects
 
     rotate_all()
     (plan,) = engine.plan.build(["testapp.Person"])
-    rows = sql.select_batch(plan, "default", None, None, 5, lock=False)
+    dialect = dialects.for_alias("default")
+    rows = dialect.select_batch(plan, None, None, 5, lock=False)
     from keyrotation.engine.transform import BatchTransformer
 
     write, failures = BatchTransformer(plan).transform_batch(rows)
@@ -315,7 +316,7 @@ def test_sqlite_guard_keeps_a_concurrent_write(people):
     target = Person.objects.get(pk=rows[0][0])
     target.email = "changed@example.com"  # the application writes meanwhile (under v2 now)
     target.save()
-    written = sql.write_batch(plan, "default", write)
+    written = dialect.write_batch(plan, write)
     assert written == len(rows) - 1
     keyring.clear_cache()
     assert Person.objects.get(pk=target.pk).email == "changed@example.com"
