@@ -113,7 +113,8 @@ class _Worker:
         return self.dialect.select_batch(plan, lo, hi, self.throttle.batch_size, lock=True, skip=skip_locked)
 
     def transform_and_write(self, plan: ModelPlan, rows: list[Row]) -> tuple[int, list[RowFailure]]:
-        """Re-encrypt claimed rows and write them (one statement); (rows written, failures)."""
+        """Re-encrypt claimed rows and write them (one statement where the dialect can); (rows
+        written, failures)."""
         try:
             write, failures = BatchTransformer(plan, self.opts.using).transform_batch(
                 rows, stop=self.opts.on_error != "quarantine"
