@@ -1,6 +1,7 @@
 # Development entry points. Only Python is needed: everything else goes into .venv.
 #   make demo                     run the example project (SQLite, local master key)
 #   make test [ARGS="-k crypto"]  SQLite + PostgreSQL + OpenBao + docs build (scripts/runtests.py)
+#   make test-mysql [ARGS=...]    the suite on a throwaway MariaDB (opt-in; installs mysqlclient)
 #   make bench [ROWS=100000]      re-encryption and read benchmarks (bench/run.py); results in bench/results/
 #   make lint | docs | clean
 # PYTHON picks the interpreter that creates .venv (default python3): make test PYTHON=python3.12
@@ -14,7 +15,7 @@ ROWS ?= 100000
 RUNS ?= 3
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: demo test bench lint docs clean
+.PHONY: demo test test-mysql bench lint docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,9 @@ demo: $(VENV)/.installed-base
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python scripts/runtests.py -- $(ARGS)
+
+test-mysql: $(VENV)/.installed-dev
+	$(BIN)/python scripts/runtests.py --only mysql -- $(ARGS)
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/run.py --rows $(ROWS) --runs $(RUNS)

@@ -10,7 +10,12 @@ class KeyRotationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.db.models.signals import pre_migrate
+
         from . import checks  # noqa: F401  (registers the system checks)
+        from .migration_guard import refuse_unsafe_migrations
+
+        pre_migrate.connect(refuse_unsafe_migrations, sender=self, dispatch_uid="keyrotation.migration_guard")
 
         if apps.is_installed("django.contrib.admin"):
             from . import admin_integration

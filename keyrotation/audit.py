@@ -8,6 +8,10 @@ processes can never both extend the same tail (a fork):
 
 * PostgreSQL: ``pg_advisory_xact_lock`` on a fixed key, held until the caller's transaction ends;
 * SQLite: a no-op write takes the database's single writer lock before the tail is read;
+* MySQL/MariaDB: a row lock (``SELECT ... FOR UPDATE``) on the chain key's ``DataKey`` row, held
+  until the caller's transaction ends (``GET_LOCK`` would outlive the transaction: it is held by
+  the connection). Until the first append there is no chain key row to lock: two first appends
+  race to create the chain key, and its unique (keyring, purpose, version) makes one of them fail;
 * everywhere: a unique constraint on ``prev_hash`` turns any fork that slips through (another
   backend, an isolation level that reads an old snapshot) into an IntegrityError, never a fork.
 
@@ -33,7 +37,7 @@ from django.db import connections, router, transaction
 from django.utils import timezone
 
 from . import audit_anchor, audit_chain
-from .models import KeyRotationAudit
+from .models import DataKey, KeyRotationAudit
 
 # Any fixed 64-bit key; the same in every process (derived from the name, documented here).
 _PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"keyrotation.audit.chain").digest()[:8], "big", signed=True)
@@ -73,8 +77,11 @@ def _lock_chain(using: str) -> None:
         elif conn.vendor == "sqlite":
             # Takes SQLite's RESERVED (writer) lock now, before the tail is read below.
             cur.execute(f"UPDATE {conn.ops.quote_name(KeyRotationAudit._meta.db_table)} SET id = id WHERE 0")
-        elif conn.vendor == "mysql":  # pragma: no cover - not in the test matrix
-            cur.execute("SELECT GET_LOCK('keyrotation.audit.chain', 30)")
+        elif conn.vendor == "mysql":
+            # READ COMMITTED (Django's default on MySQL): the tail read after this lock is granted
+            # is a fresh snapshot, so it sees the row the previous holder committed.
+            table = conn.ops.quote_name(DataKey._meta.db_table)
+            cur.execute(f"SELECT id FROM {table} WHERE keyring = %s FOR UPDATE", [audit_chain.AUDIT_KEYRING])
 
 
 def record(

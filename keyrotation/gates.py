@@ -17,9 +17,12 @@ that can be long after the version stopped being active. Hence:
   transaction on every other database; on the keys database, the destroy's transaction under
   Django's default READ COMMITTED).
 
-Open transactions are read from ``pg_stat_activity`` on PostgreSQL. SQLite and the other backends
-do not show other sessions' transactions: there the grace period is the only guard against a
-transaction that stays open, so keep it above the longest one your application runs.
+Open transactions are read from ``pg_stat_activity`` on PostgreSQL, and from
+``information_schema.innodb_trx`` on MySQL and MariaDB (which needs the ``PROCESS`` privilege:
+without it ``destroy`` refuses, as it does on PostgreSQL when other sessions are hidden from its
+role). SQLite and the other backends do not show other sessions' transactions: there the grace
+period is the only guard against a transaction that stays open, so keep it above the longest one
+your application runs.
 """
 
 from __future__ import annotations
@@ -152,10 +155,10 @@ def writes_stopped_at(key: DataKey, now: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class Sessions:
-    """Other sessions on one PostgreSQL database: transactions older than a cutoff, and sessions
-    whose transactions this role may not see."""
+    """Other sessions on one database: transactions older than a cutoff, and sessions whose
+    transactions this role may not see (``hidden``: a count, or -1 for "unknown how many")."""
 
-    old: list[int]  # pids
+    old: list[int]  # PostgreSQL backend pids, MySQL connection ids
     hidden: int
 
 
@@ -189,28 +192,93 @@ def postgres_sessions(alias: str, before: datetime, now: datetime) -> Sessions |
     return Sessions(old=[pid for pid, hidden in rows if not hidden], hidden=sum(1 for _, h in rows if h))
 
 
+# InnoDB's transactions of other connections to this database, older than %s seconds. The table
+# is a cache InnoDB refreshes at most every 0.1 s: a transaction that just ended may still be
+# listed (a refusal to retry), one that began before the cutoff and is still open always is.
+# ``trx_started`` has whole seconds: a transaction that began in the cutoff's second, even just
+# after it, counts too (a refusal to retry a second later, never a transaction missed).
+# ``trx_started`` is in the server's system time zone whatever the session's (Django sets UTC):
+# the age is taken while the session is on SYSTEM time too (see mysql_sessions).
+_MYSQL_SESSIONS_SQL = """
+SELECT t.trx_mysql_thread_id
+FROM information_schema.innodb_trx t
+JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id
+WHERE t.trx_mysql_thread_id <> CONNECTION_ID()
+  AND p.db = DATABASE()
+  AND t.trx_started <= NOW(6) - INTERVAL %s MICROSECOND
+ORDER BY t.trx_started, t.trx_mysql_thread_id
+"""
+# MySQL/MariaDB: "Access denied; you need (at least one of) the PROCESS privilege(s)".
+_MYSQL_NEEDS_PRIVILEGE = 1227
+
+
+def mysql_sessions(alias: str, before: datetime, now: datetime) -> Sessions | None:
+    """Open InnoDB transactions on ``alias`` (MySQL/MariaDB) that began before ``before``; None
+    on any other backend. Without the ``PROCESS`` privilege ``innodb_trx`` cannot be read:
+    ``hidden`` is then -1 (how many sessions are hidden is unknown)."""
+    conn = connections[alias]
+    if conn.vendor != "mysql":
+        return None
+    age = max(0, int((now - before).total_seconds() * 1_000_000))
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT @@session.time_zone")
+        (zone,) = cursor.fetchone()
+        cursor.execute("SET SESSION time_zone = 'SYSTEM'")
+        try:
+            cursor.execute(_MYSQL_SESSIONS_SQL, [age])
+            rows = cursor.fetchall()
+        except DatabaseError as exc:
+            if getattr(exc, "args", (None,))[0] != _MYSQL_NEEDS_PRIVILEGE:
+                raise
+            return Sessions(old=[], hidden=-1)
+        finally:
+            cursor.execute("SET SESSION time_zone = %s", [zone])
+    return Sessions(old=[int(thread) for (thread,) in rows], hidden=0)
+
+
+def database_sessions(alias: str, before: datetime, now: datetime) -> Sessions | None:
+    """Open transactions on ``alias`` that began before ``before``, on the backends that can tell
+    (PostgreSQL, MySQL/MariaDB); None on the others."""
+    if connections[alias].vendor == "mysql":
+        return mysql_sessions(alias, before, now)
+    return postgres_sessions(alias, before, now)
+
+
+def _hidden_refusal(alias: str, hidden: int, details: dict[str, Any]) -> Refusal:
+    if hidden < 0:
+        return Refusal(
+            "sessions_hidden",
+            f"cannot see the transactions of other sessions on database {alias!r} "
+            f"(information_schema.innodb_trx needs the PROCESS privilege): grant PROCESS on *.* to "
+            f"the database user that runs rotatekeys, then retry",
+            {**details, "hidden_sessions": hidden},
+        )
+    return Refusal(
+        "sessions_hidden",
+        f"cannot see the transactions of {hidden} other session(s) on database "
+        f"{alias!r}: grant pg_read_all_stats to the role that runs rotatekeys, then retry",
+        {**details, "hidden_sessions": hidden},
+    )
+
+
 def open_transactions(key: DataKey, aliases: list[str], now: datetime) -> Refusal | None:
     """Refuse while a transaction that may have written under ``key`` is still open."""
     cutoff = writes_stopped_at(key, now)
     for alias in aliases:
-        sessions = postgres_sessions(alias, cutoff, now)
+        sessions = database_sessions(alias, cutoff, now)
         if sessions is None:
             continue
         details = {"database": alias, "writes_stopped_at": cutoff.isoformat()}
         if sessions.hidden:
-            return Refusal(
-                "sessions_hidden",
-                f"cannot see the transactions of {sessions.hidden} other session(s) on database "
-                f"{alias!r}: grant pg_read_all_stats to the role that runs rotatekeys, then retry",
-                {**details, "hidden_sessions": sessions.hidden},
-            )
+            return _hidden_refusal(alias, sessions.hidden, details)
         if sessions.old:
             pids = ", ".join(str(pid) for pid in sessions.old[:MAX_PIDS_SHOWN])
             more = ", ..." if len(sessions.old) > MAX_PIDS_SHOWN else ""
+            ids = "connection ids" if connections[alias].vendor == "mysql" else "pids"
             return Refusal(
                 "open_transactions",
                 f"{len(sessions.old)} transaction(s) on database {alias!r} began before v{key.version} "
-                f"stopped taking writes and are still open (pids {pids}{more}); they may hold rows "
+                f"stopped taking writes and are still open ({ids} {pids}{more}); they may hold rows "
                 f"under it: wait for them to end (or end them), then retry",
                 {**details, "open_transactions": len(sessions.old), "pids": sessions.old[:MAX_PIDS_SHOWN]},
             )
@@ -249,7 +317,7 @@ def destroy(key: DataKey) -> tuple[dict[str, Any], Refusal | None]:
     counted = take_census(key, found)
     evidence = {
         **counted.details(),
-        "transactions_checked_on": [a for a in aliases if connections[a].vendor == "postgresql"],
+        "transactions_checked_on": [a for a in aliases if connections[a].vendor in ("postgresql", "mysql")],
     }
     next_step = (
         f"restore it (`rotatekeys --restore {key.version}`), run `manage.py reencrypt`, then retire it again"

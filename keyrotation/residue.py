@@ -42,6 +42,12 @@ LIMITS = {
         "old bytes unless secure_delete was on when it was freed, and is not counted; run VACUUM "
         "once after adoption or an emergency rotation; the -wal file and backups are not inspected"
     ),
+    "mysql": (
+        "InnoDB's storage is not inspected: an UPDATE keeps the old row version in the undo log "
+        "until purge removes it, and purged or freed space keeps its bytes until it is reused; "
+        "run OPTIMIZE TABLE (it rebuilds the table) once after adoption or an emergency rotation; "
+        "the redo and undo logs, the binary log, replicas and backups are not inspected"
+    ),
     "other": "this database's storage is not inspected: only legacy values and indexes are reported",
 }
 
@@ -64,11 +70,13 @@ class LegacyIndex:
     columns: tuple[str, ...]
     constraint: bool  # a unique or primary-key constraint: dropped with ALTER TABLE ... DROP CONSTRAINT
 
-    def drop(self, table: str) -> str:
-        """The statement that drops it, or what to do when it has no name of its own."""
+    def drop(self, table: str, vendor: str = "") -> str:
+        """The statement that drops it on ``vendor``, or what to do when it has no name of its own."""
         if self.name is None:
             columns = ", ".join(self.columns)
             return f"drop the legacy column {columns}: its unnamed unique constraint goes with it"
+        if vendor == "mysql":  # a unique key is an index there, dropped as one
+            return f"ALTER TABLE {table} DROP INDEX {self.name}"
         if self.constraint:
             return f"ALTER TABLE {table} DROP CONSTRAINT {self.name}"
         return f"DROP INDEX {self.name}"
@@ -170,7 +178,7 @@ def inspect(model: type[models.Model], alias: str) -> TableResidue:
         present = {c.name for c in conn.introspection.get_table_description(cursor, table)}
         constraints = conn.introspection.get_constraints(cursor, table)
     columns = [_legacy_column(model, f, alias, present) for f in _adopting(model)]
-    indexes = _legacy_indexes(constraints, {c.column for c in columns if c.present})
+    indexes = _legacy_indexes(constraints, {c.column for c in columns if c.present}, conn.vendor)
     pg = _postgres(conn, table) if conn.vendor == "postgresql" else None
     lite = _sqlite(conn) if conn.vendor == "sqlite" else None
     residue = TableResidue(model._meta.label, alias, conn.vendor, table, columns, indexes, pg, lite)
@@ -183,7 +191,7 @@ def next_step(r: TableResidue) -> str:
     if left:
         return f"run `manage.py reencrypt --model {r.model}`: {left:,} legacy value(s) not adopted yet"
     if r.legacy_indexes:
-        return "; ".join(index.drop(r.table) for index in r.legacy_indexes)
+        return "; ".join(index.drop(r.table, r.vendor) for index in r.legacy_indexes)
     dropped = [c.column for c in r.legacy_columns if c.present]
     if dropped:
         return f"drop the legacy column(s) {', '.join(dropped)} (remove the field, makemigrations, migrate)"
@@ -218,7 +226,7 @@ def _legacy_column(model: type[models.Model], f: models.Field, alias: str, prese
     return LegacyColumn(label, source.column, True, rows.count())
 
 
-def _legacy_indexes(constraints: dict, legacy_columns: set[str]) -> list[LegacyIndex]:
+def _legacy_indexes(constraints: dict, legacy_columns: set[str], vendor: str) -> list[LegacyIndex]:
     out = []
     for name, info in sorted(constraints.items()):
         holds_values = info.get("index") or info.get("unique") or info.get("primary_key")
@@ -226,7 +234,9 @@ def _legacy_indexes(constraints: dict, legacy_columns: set[str]) -> list[LegacyI
             continue
         # Introspection names a constraint-backed index only once, as the constraint; a unique
         # index created with CREATE UNIQUE INDEX (no constraint) is listed with index=True.
-        constraint = bool((info.get("unique") or info.get("primary_key")) and not info.get("index"))
+        # MySQL lists every unique key with index=True as well.
+        keyed = info.get("unique") or info.get("primary_key")
+        constraint = bool(keyed and (vendor == "mysql" or not info.get("index")))
         named = None if name.startswith("__unnamed_constraint_") else name  # Django's placeholder
         out.append(LegacyIndex(named, tuple(info["columns"]), constraint))
     return out

@@ -1,15 +1,26 @@
 #!/usr/bin/env python3
 """Run the whole suite the way CI does: SQLite, then PostgreSQL, then the docs build.
 
-    python scripts/runtests.py [--skip {sqlite,postgres,docs}] [-- PYTEST_ARGS...]
+    python scripts/runtests.py [--skip PHASE]... [--only PHASE]... [--with mysql] [-- PYTEST_ARGS...]
 
-Starts a throwaway PostgreSQL cluster and an OpenBao server on loopback (``tests/servers.py``),
-unless the environment already names yours:
+Phases: ``sqlite``, ``postgres``, ``mysql``, ``docs``. The default is every phase but ``mysql``,
+which is opt-in (``--only mysql``, ``--with mysql``, ``make test-mysql``) until the engine writes
+batches set-based on MySQL.
+
+Starts a throwaway PostgreSQL cluster, MariaDB server and OpenBao server on loopback
+(``tests/servers.py``) as the phases need them, unless the environment already names yours:
 
 * ``DATABASE_URL`` (``postgres://...``): used for the PostgreSQL run instead of a new cluster;
+* ``KEYROTATION_TEST_MYSQL_URL`` (``mysql://user:pass@host:port/name``): used for the MySQL run
+  instead of a new MariaDB (the user must be allowed to create databases);
 * ``KEYROTATION_TEST_VAULT_ADDR`` + ``KEYROTATION_TEST_VAULT_TOKEN``: used instead of a new OpenBao.
 
-Both servers are stopped in a ``finally`` (also on SIGINT/SIGTERM). Exits non-zero if any phase
+The MySQL phase first installs the driver (``scripts/mysql_driver.py``: the MariaDB client headers
+with apt-get, then mysqlclient). Without the driver or the MariaDB binaries it is reported as
+skipped, with the command that installs them, unless ``KEYROTATION_REQUIRE_MYSQL=1`` (CI), which
+turns that skip into a failure.
+
+Servers are stopped in a ``finally`` (also on SIGINT/SIGTERM). Exits non-zero if any phase
 fails; pytest's "no tests collected" (exit code 5) counts as a failure.
 """
 
@@ -28,9 +39,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts import mysql_driver  # noqa: E402
 from tests import servers  # noqa: E402
 
-PHASES = ("sqlite", "postgres", "docs")
+PHASES = ("sqlite", "postgres", "mysql", "docs")
+# Opt-in phases: run only when named by --only or --with.
+OPT_IN = ("mysql",)
+TEST_PHASES = ("sqlite", "postgres", "mysql")  # the phases that run pytest
+REQUIRE_MYSQL_ENV = "KEYROTATION_REQUIRE_MYSQL"
 VAULT_ADDR_ENV, VAULT_TOKEN_ENV = servers.VAULT_ADDR_ENV, servers.VAULT_TOKEN_ENV
 
 
@@ -77,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip", action="append", choices=PHASES, default=[],
                         help="skip a phase (repeatable)")
+    parser.add_argument("--only", action="append", choices=PHASES, default=[],
+                        help="run only this phase (repeatable); opt-in phases included")
+    parser.add_argument("--with", dest="extra", action="append", choices=OPT_IN, default=[],
+                        help="add an opt-in phase to the default ones (repeatable)")
     args = parser.parse_args(argv)
-    phases = [p for p in PHASES if p not in args.skip]
+    phases = select_phases(args.only, args.extra, args.skip)
 
     signal.signal(signal.SIGTERM, _terminate)
     # Ctrl-C stops the servers even when started from a shell that ignores SIGINT (`cmd &`).
@@ -86,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     base_env = dict(os.environ)
     results: list[tuple[str, str, float]] = []
 
-    if {"sqlite", "postgres"} & set(phases):
+    if set(TEST_PHASES) & set(phases):
         ensure_chromium()
 
     with ExitStack() as stack:
-        needs_servers = {"sqlite", "postgres"} & set(phases)
+        needs_servers = set(TEST_PHASES) & set(phases)
         if needs_servers and not base_env.get(VAULT_ADDR_ENV):
             header("starting OpenBao")
             started = time.monotonic()
@@ -117,6 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         elif "postgres" in phases:
             print(f"using the PostgreSQL from DATABASE_URL ({database_url.split('@')[-1]})")
 
+        mysql_url: str | None = None
+        if "mysql" in phases:
+            mysql_url, skipped = start_mysql(stack, base_env, results)
+            if skipped:
+                phases.remove("mysql")
+                required = base_env.get(REQUIRE_MYSQL_ENV) == "1"
+                status = f"FAILED ({REQUIRE_MYSQL_ENV}=1: {skipped})" if required else f"skipped: {skipped}"
+                results.append(("mysql", status, 0.0))
+
         pytest = [sys.executable, "-m", "pytest", *pytest_args]
         for phase in phases:
             env = dict(base_env)
@@ -126,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             elif phase == "postgres":
                 header("pytest on PostgreSQL")
                 env["DATABASE_URL"] = database_url
+                cmd = pytest
+            elif phase == "mysql":
+                header("pytest on MySQL/MariaDB")
+                env["DATABASE_URL"] = mysql_url
                 cmd = pytest
             else:
                 header("docs build (sphinx -W)")
@@ -144,12 +177,45 @@ def main(argv: list[str] | None = None) -> int:
     header("summary")
     for name, status, seconds in results:
         print(f"  {name:<18} {status:<36} {seconds:6.1f}s")
-    failed = [name for name, status, _ in results if status != "ok"]
+    failed = [name for name, status, _ in results if status != "ok" and not status.startswith("skipped")]
     print("ALL OK" if not failed else f"FAILED: {', '.join(failed)}", flush=True)
     return 1 if failed else 0
 
 
-def _stopping(server: servers.PostgresCluster | servers.OpenBaoServer) -> None:
+def select_phases(only: list[str], extra: list[str], skip: list[str]) -> list[str]:
+    """The phases to run, in order: ``only`` if given, else the default ones plus ``extra``;
+    minus ``skip``."""
+    if only:
+        chosen = set(only)
+    else:
+        chosen = {p for p in PHASES if p not in OPT_IN} | set(extra)
+    return [p for p in PHASES if p in chosen and p not in skip]
+
+
+def start_mysql(stack: ExitStack, env: dict[str, str], results: list) -> tuple[str | None, str | None]:
+    """The ``mysql://`` URL of the MySQL phase: ``KEYROTATION_TEST_MYSQL_URL``, else a new
+    throwaway MariaDB (stopped by ``stack``). Returns (url, None), or (None, why it is skipped)."""
+    header("MySQL driver (mysqlclient)")
+    if not mysql_driver.ensure():
+        return None, "mysqlclient is not installed (see the hint above)"
+    url = env.get(servers.MYSQL_URL_ENV)
+    if url:
+        print(f"using the MySQL from {servers.MYSQL_URL_ENV} ({url.split('@')[-1]})")
+        return url, None
+    if servers.mariadb_binaries() is None:
+        print(servers.MARIADB_HINT, flush=True)
+        return None, "no MariaDB binaries (see the hint above)"
+    header("starting MariaDB")
+    started = time.monotonic()
+    server = servers.MariaDBServer()
+    stack.callback(_stopping, server)
+    server.start()
+    print(f"MariaDB at {server.url.split('@')[-1]} [{time.monotonic() - started:.1f}s]")
+    results.append(("start MariaDB", "ok", time.monotonic() - started))
+    return server.url, None
+
+
+def _stopping(server: servers.PostgresCluster | servers.OpenBaoServer | servers.MariaDBServer) -> None:
     print(f"stopping {server.name}", flush=True)
     server.cleanup()
 

@@ -2,8 +2,8 @@
 
 Servers (see ``tests/servers.py``):
 
-* the database is Django's test database: SQLite in memory, or the PostgreSQL named by
-  ``DATABASE_URL`` (``scripts/runtests.py`` sets it for its PostgreSQL run);
+* the database is Django's test database: SQLite in memory, or the PostgreSQL or MySQL/MariaDB
+  named by ``DATABASE_URL`` (``scripts/runtests.py`` sets it for its PostgreSQL and MySQL runs);
 * ``vault`` is the OpenBao/Vault named by ``KEYROTATION_TEST_VAULT_ADDR`` and
   ``KEYROTATION_TEST_VAULT_TOKEN``, or else an OpenBao server started for this session, so a bare
   ``pytest`` works too;
@@ -26,25 +26,36 @@ pytest_plugins = ["tests.fixtures"]
 VAULT_ADDR_ENV, VAULT_TOKEN_ENV = servers.VAULT_ADDR_ENV, servers.VAULT_TOKEN_ENV
 
 
-def _on_postgres() -> bool:
-    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+def _engine() -> str:
+    """``sqlite3``, ``postgresql`` or ``mysql``: the backend of the run's default database."""
+    return settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
 
 
 def pytest_report_header(config):
     database = settings.DATABASES["default"]
-    where = f"{database['HOST']}:{database['PORT']}" if _on_postgres() else "in memory"
+    where = "in memory" if _engine() == "sqlite3" else f"{database['HOST']}:{database['PORT']}"
     vault = os.environ.get(VAULT_ADDR_ENV) or "an OpenBao server started by the vault fixture"
-    return [f"database: {database['ENGINE'].rsplit('.', 1)[-1]} ({where}); vault: {vault}"]
+    return [f"database: {_engine()} ({where}); vault: {vault}"]
+
+
+# marker -> (the engines it runs on, why a run elsewhere skips it)
+_ENGINE_MARKERS = {
+    "postgres": (("postgresql",), "needs PostgreSQL: set DATABASE_URL=postgres://... (make test does)"),
+    "mysql": (("mysql",), "needs MySQL/MariaDB: run `python scripts/runtests.py --only mysql`"),
+    "server": (("postgresql", "mysql"), "needs a database server (PostgreSQL or MySQL): set DATABASE_URL"),
+}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip ``@pytest.mark.postgres`` tests, with the reason, when the run is on SQLite."""
-    if _on_postgres():
-        return
-    skip = pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL (make test does)")
-    for item in items:
-        if "postgres" in item.keywords:
-            item.add_marker(skip)
+    """Skip ``@pytest.mark.postgres`` / ``mysql`` / ``server`` tests, with the reason, when the
+    run is on another database."""
+    for marker, (engines, reason) in _ENGINE_MARKERS.items():
+        if _engine() in engines:
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @dataclass(frozen=True)

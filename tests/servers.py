@@ -1,6 +1,7 @@
-"""Throwaway PostgreSQL and OpenBao servers on loopback, for the test suite and ``runtests.py``.
+"""Throwaway PostgreSQL, MariaDB and OpenBao servers on loopback, for the test suite and
+``runtests.py``.
 
-Both servers keep their data directory and ports for their whole life, so a reliability test can
+Every server keeps its data directory and ports for its whole life, so a reliability test can
 ``restart()`` PostgreSQL or ``stop()`` and ``start()`` OpenBao mid-run and find its data again.
 
 Servers never outlive their owner:
@@ -43,20 +44,41 @@ VAULT_TOKEN_ENV = "KEYROTATION_TEST_VAULT_TOKEN"
 START_TIMEOUT = 60.0
 
 
+# The environment variable that points the MySQL phase of runtests.py at an existing server.
+MYSQL_URL_ENV = "KEYROTATION_TEST_MYSQL_URL"
+_POSTGRES_SCHEMES = ("postgres", "postgresql")
+_MYSQL_SCHEMES = ("mysql", "mariadb")
+
+
 def database_settings(url: str) -> dict:
-    """Django's ``DATABASES`` entry for a ``postgres://user:pass@host:port/name`` URL (the
-    ``DATABASE_URL`` of the suite, the ``BENCH_DATABASE_URL`` of the benchmark)."""
+    """Django's ``DATABASES`` entry for a ``postgres://user:pass@host:port/name`` or
+    ``mysql://user:pass@host:port/name`` URL (``mariadb://`` is the same as ``mysql://``): the
+    ``DATABASE_URL`` of the suite, the ``BENCH_DATABASE_URL`` of the benchmark."""
     parsed = urlparse(url)
-    if parsed.scheme not in ("postgres", "postgresql"):
-        raise ValueError(f"database URL scheme must be postgres://, got {parsed.scheme!r}")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": parsed.path.lstrip("/") or "postgres",
+    common = {
         "USER": unquote(parsed.username or ""),
         "PASSWORD": unquote(parsed.password or ""),
         "HOST": parsed.hostname or "127.0.0.1",
-        "PORT": str(parsed.port or 5432),
     }
+    if parsed.scheme in _POSTGRES_SCHEMES:
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": parsed.path.lstrip("/") or "postgres",
+            **common,
+            "PORT": str(parsed.port or 5432),
+        }
+    if parsed.scheme in _MYSQL_SCHEMES:
+        if not parsed.path.lstrip("/"):
+            raise ValueError("a mysql:// database URL must name its database (mysql://user@host/NAME)")
+        return {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": parsed.path.lstrip("/"),
+            **common,
+            "PORT": str(parsed.port or 3306),
+            # Four-byte UTF-8 both ways; Django's default, spelled out for databases made here.
+            "OPTIONS": {"charset": "utf8mb4"},
+        }
+    raise ValueError(f"database URL scheme must be postgres:// or mysql://, got {parsed.scheme!r}")
 
 
 class ServerError(RuntimeError):
@@ -287,6 +309,200 @@ class PostgresCluster(_Server):
             _kill_group(pid, signal.SIGKILL)
 
 
+def _mariadb_binary(*names: str) -> str | None:
+    """The first of ``names`` on PATH, or in /usr/sbin (where Debian puts ``mariadbd``)."""
+    bindir = os.environ.get("KEYROTATION_MYSQL_BINDIR")
+    for name in names:
+        if bindir and (Path(bindir) / name).exists():
+            return str(Path(bindir) / name)
+        found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+        if found:
+            return found
+    return None
+
+
+MARIADB_HINT = (
+    "MariaDB server binaries not found (mariadbd, mariadb-install-db, mariadb): "
+    "sudo apt-get install -y --no-install-recommends mariadb-server mariadb-client "
+    "(or set KEYROTATION_MYSQL_BINDIR), or point the suite at a server with "
+    f"{MYSQL_URL_ENV}=mysql://user:password@host:port/database"
+)
+
+
+def mariadb_binaries() -> dict[str, str] | None:
+    """Paths of the server, the installer, the client and the time-zone loader; None if any is
+    missing (see :data:`MARIADB_HINT`)."""
+    found = {
+        "server": _mariadb_binary("mariadbd", "mysqld"),
+        "install_db": _mariadb_binary("mariadb-install-db", "mysql_install_db"),
+        "client": _mariadb_binary("mariadb", "mysql"),
+        "tzinfo": _mariadb_binary("mariadb-tzinfo-to-sql", "mysql_tzinfo_to_sql"),
+    }
+    return None if None in found.values() else found  # type: ignore[return-value]
+
+
+class MariaDBServer(_Server):
+    """A MariaDB server in a temporary directory, on 127.0.0.1:``port``.
+
+    ``start()`` creates the data directory once (``mariadb-install-db``), loads the time-zone
+    tables (Django converts aware datetimes with ``CONVERT_TZ`` for date lookups, which needs
+    them) and creates the database ``name`` and the user ``user``/``password`` with every
+    privilege (the suite creates its test databases, and a test may create a restricted user).
+
+    Durability is off (no redo-log flush per commit, no doublewrite): fine for throwaway test data,
+    never for anything else. As root, ``mariadbd`` runs as root (``--user=root``): the directory is
+    private to this process and deleted with it.
+    """
+
+    name = "MariaDB"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        user: str = "keyrotation",
+        password: str = "keyrotation",  # noqa: S107 - a throwaway loopback server
+        database: str = "keyrotation",
+    ) -> None:
+        binaries = mariadb_binaries()
+        if binaries is None:
+            raise ServerError(MARIADB_HINT)
+        super().__init__("keyrotation-mariadb-")
+        self.binaries = binaries
+        self.port = port or free_port()
+        self.user, self.password, self.database = user, password, database
+        self.data = self.root / "data"
+        self.socket = self.root / "mariadb.sock"
+        self.log = self.root / "mariadb.log"
+        self.pidfile = self.root / "mariadb.pid"
+        self._proc: subprocess.Popen | None = None
+        self._as_root = ["--user=root"] if os.geteuid() == 0 else []
+
+    @property
+    def url(self) -> str:
+        """``mysql://`` URL of ``database`` as ``user`` (what ``DATABASE_URL`` expects)."""
+        return f"mysql://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+
+    dsn = url
+
+    def _pidfiles(self) -> list[Path]:
+        return [self.pidfile]
+
+    def _run(self, cmd: list[str], stdin: bytes | None = None) -> None:
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, check=False)
+        if proc.returncode:
+            out = (proc.stdout + proc.stderr).decode(errors="replace")[-4000:]
+            raise ServerError(f"{' '.join(cmd)} exited {proc.returncode}\n{out}\n{_log_tail(self.log)}")
+
+    def sql(self, statements: str | bytes) -> None:
+        """Run SQL as the server's root user over the private unix socket (client binary)."""
+        data = statements.encode() if isinstance(statements, str) else statements
+        client = [self.binaries["client"], "--no-defaults", f"--socket={self.socket}", "-uroot", "--batch"]
+        self._run(client, data)
+
+    def init(self) -> None:
+        """Create the data directory (once)."""
+        self._run(
+            [
+                self.binaries["install_db"],
+                "--no-defaults",
+                f"--datadir={self.data}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--skip-name-resolve",
+                *self._as_root,
+            ]
+        )
+
+    def _provision(self) -> None:
+        """Time-zone tables, the database and the user (first start only)."""
+        tz = subprocess.run(
+            [self.binaries["tzinfo"], "/usr/share/zoneinfo"], capture_output=True, check=False
+        )
+        if tz.returncode or not tz.stdout:
+            raise ServerError(f"{self.binaries['tzinfo']} failed: {tz.stderr.decode(errors='replace')}")
+        self.sql(b"USE mysql;\n" + tz.stdout)
+        ident = f"'{self.user}'@'127.0.0.1'"
+        self.sql(
+            f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;\n"
+            f"CREATE USER {ident} IDENTIFIED BY '{self.password}';\n"
+            f"GRANT ALL PRIVILEGES ON *.* TO {ident} WITH GRANT OPTION;\n"
+        )
+
+    def _accepting(self) -> bool:
+        """True once the server sends its handshake on the TCP port (protocol version 10)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            greeting = sock.recv(5)
+        return len(greeting) == 5 and greeting[4] == 10
+
+    def start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        first = not (self.data / "mysql").exists()
+        if first:
+            self.init()
+        if self._watchdog is None:
+            self._arm_watchdog()
+        with self.log.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [
+                    self.binaries["server"],
+                    "--no-defaults",
+                    f"--datadir={self.data}",
+                    f"--socket={self.socket}",
+                    f"--port={self.port}",
+                    "--bind-address=127.0.0.1",
+                    "--skip-networking=0",
+                    f"--pid-file={self.root / 'mariadbd.pid'}",
+                    f"--log-error={self.log}",
+                    "--skip-name-resolve",
+                    "--character-set-server=utf8mb4",
+                    "--collation-server=utf8mb4_unicode_ci",
+                    "--innodb-flush-log-at-trx-commit=0",
+                    "--innodb-doublewrite=0",
+                    "--innodb-buffer-pool-size=128M",
+                    "--max-connections=100",
+                    *self._as_root,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pidfile.write_text(f"{self._proc.pid}\n")
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self._proc.poll() is not None:
+                code, self._proc = self._proc.returncode, None
+                raise ServerError(f"mariadbd exited {code}\n{_log_tail(self.log)}")
+            with contextlib.suppress(OSError):
+                if self._accepting():
+                    break
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"MariaDB not accepting connections after {START_TIMEOUT}s\n{_log_tail(self.log)}"
+                )
+            time.sleep(0.1)
+        if first:
+            self._provision()
+
+    def stop(self) -> None:
+        """Shut down (SIGTERM: InnoDB flushes and exits); SIGKILL after 60 s."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+    def restart(self) -> None:
+        """Stop and start again: same data, same port, same user."""
+        self.stop()
+        self.start()
+
+
 # Raft is the only persistent storage OpenBao ships; performance_multiplier = 1 makes the
 # single-node election take about a second instead of several. The static seal unseals the server
 # by itself on every start (a test-only key in the server's private directory).
@@ -453,6 +669,17 @@ def postgres_cluster(port: int | None = None) -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.cleanup()
+
+
+@contextlib.contextmanager
+def mariadb_server(port: int | None = None) -> Iterator[MariaDBServer]:
+    """Start a throwaway MariaDB server; stop it and delete its files on exit."""
+    server = MariaDBServer(port=port)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
 
 
 @contextlib.contextmanager

@@ -3,10 +3,12 @@
 The database is chosen by the environment:
 
 * ``DATABASE_URL=postgres://user:pass@host:port/name`` runs on that PostgreSQL (``make test``
-  starts a throwaway cluster and sets it), with two more aliases for the multi-database tests:
-  ``other`` (a second database on that server) and ``replica`` (a second connection to the
-  default database). The router :class:`tests.routers.DefaultOnly` keeps every model on
-  ``default``; ``tests/test_multidb.py`` installs others;
+  starts a throwaway cluster and sets it), and ``DATABASE_URL=mysql://user:pass@host:port/name``
+  on that MySQL/MariaDB (``scripts/runtests.py --only mysql`` starts a throwaway MariaDB). Both
+  have two more aliases for the multi-database tests: ``other`` (a second database on that
+  server) and ``replica`` (a second connection to the default database). The router
+  :class:`tests.routers.DefaultOnly` keeps every model on ``default``; ``tests/test_multidb.py``
+  installs others. ``KEYROTATION_TEST_PG_NAME`` (either server) names the test database;
 * otherwise SQLite in memory.
 """
 
@@ -27,14 +29,21 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 if os.environ.get("DATABASE_URL"):
     _default = servers.database_settings(os.environ["DATABASE_URL"])
     _test_name = os.environ.get("KEYROTATION_TEST_PG_NAME", "test_keyrotation")
+    # MySQL/MariaDB: test databases in four-byte UTF-8 whatever the server's default (latin1 on
+    # MariaDB before 11.6).
+    _charset = (
+        {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+        if _default["ENGINE"] == "django.db.backends.mysql"
+        else {}
+    )
     DATABASES = {
-        "default": {**_default, "TEST": {"NAME": _test_name}},
+        "default": {**_default, "TEST": {"NAME": _test_name, **_charset}},
         # A second database on the same server (tests/test_multidb.py). Its name follows the
         # default's, so a subprocess handed the test database's URL finds the test "other" too.
         "other": {
             **_default,
             "NAME": f"{_default['NAME']}_other",
-            "TEST": {"NAME": f"{_test_name}_other"},
+            "TEST": {"NAME": f"{_test_name}_other", **_charset},
         },
         # A second connection to the default database, as a read replica would be.
         "replica": {**_default, "TEST": {"MIRROR": "default"}},

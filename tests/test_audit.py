@@ -283,7 +283,7 @@ def test_export_rejects_a_bad_date():
 # -- concurrency --------------------------------------------------------------------------------
 
 
-@pytest.mark.postgres
+@pytest.mark.server
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_appends_from_many_connections_do_not_fork():
     audit.record("genesis")  # creates the chain key before the race

@@ -10,6 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from keyrotation import keyring, lifecycle
+from tests.helpers.command_line import tamper_one_email
 from tests.testapp.models import Person
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -68,15 +69,7 @@ def test_fail_if_version_by_purpose(rotated):
 
 
 def test_verify_exit_code_and_no_plaintext(rotated):
-    from django.db import connection
-
-    with connection.cursor() as cur:
-        cur.execute("SELECT id, email FROM testapp_person ORDER BY id LIMIT 1")
-        pk, token = cur.fetchone()
-        token = bytes(token)
-        cur.execute(
-            "UPDATE testapp_person SET email = %s WHERE id = %s", [token[:-1] + bytes([token[-1] ^ 1]), pk]
-        )
+    pk = tamper_one_email()
     code, out, err = run("reencrypt", "--verify")
     assert code == 1
     assert f"testapp.Person.email pk={pk} key version=1: authentication failed" in out

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("rotatekeys", "reencrypt", "rotation_status", "audit_verify", "audit_export")
+COMMANDS = ("rotatekeys", "reencrypt", "rotation_status", "audit_verify", "audit_export", "encryptcolumn")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,16 @@ EXIT_CODES = [
     step("audit_verify", "--head", "0" * 64, code=1, says="FAILED: no row has row_hash"),
     step("audit_export", code=0, says='"action": "run_started"'),
     step("audit_export", "--since", "notadate", code=1, says="--since must be a date"),
+    step(
+        "encryptcolumn",
+        "migrapp.Item.name",
+        "--from",
+        "plaintext",
+        "--dry-run",
+        code=0,
+        says="StartAdoption(",
+    ),
+    step("encryptcolumn", "migrapp.Item.name", "--finish", code=1, says="no adoption in progress"),
 ]
 
 # A typo or an invalid value: one line saying what is wrong, exit 2 when the command line itself
@@ -153,6 +163,16 @@ BAD_INPUT = [
     step("audit_export", "--database", "nope", code=1, says="no database alias 'nope' in DATABASES"),
     step("audit_export", "--format", "xml", code=2, says="argument --format: invalid choice: 'xml'"),
     step("audit_export", "--since", "2025-13-45", code=1, says="--since must be a date"),
+    step("encryptcolumn", "migrapp.Nope.name", "--from", "plaintext", code=1, says="no model migrapp.Nope"),
+    step(
+        "encryptcolumn",
+        "migrapp.Item.name",
+        "--from",
+        "bogus",
+        code=2,
+        says="argument --from: invalid choice",
+    ),
+    step("encryptcolumn", "--from", "plaintext", code=2, says="the following arguments are required"),
 ]
 
 HELP = [step(name, "--help", code=0, says=f"usage: manage.py {name}") for name in COMMANDS]

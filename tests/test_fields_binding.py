@@ -177,9 +177,23 @@ def test_bulk_create_and_bulk_update_seal_each_row_with_its_own_bound_value(keys
     _assert_bound(*objs)
 
 
+def conflicts_on(*fields: str) -> dict:
+    """``unique_fields`` of an upsert where the backend takes them; MySQL/MariaDB take none (a
+    conflict there is on any unique key)."""
+    return (
+        {"unique_fields": list(fields)} if connection.features.supports_update_conflicts_with_target else {}
+    )
+
+
 def test_an_upsert_on_the_bound_field_seals_with_the_existing_rows_value(keys):
     first = BoundPerson.objects.create(code="u", ssn="old", badge="b")
     again = BoundPerson(id=first.pk, code="u", ssn="new", badge="b")
+    if not connection.features.supports_update_conflicts_with_target:
+        # The bound field is the primary key, which an upsert may not update: refused, with advice.
+        with pytest.raises(FieldError, match=r"'ssn' without unique_fields.*save\(\) or bulk_update\(\)\.$"):
+            BoundPerson.objects.bulk_create([again], update_conflicts=True, update_fields=["ssn", "code"])
+        assert BoundPerson.objects.get(pk=first.pk).ssn == "old"
+        return
     BoundPerson.objects.bulk_create(
         [again], update_conflicts=True, unique_fields=["id"], update_fields=["ssn", "badge", "code"]
     )
@@ -222,20 +236,29 @@ def test_writes_that_would_change_a_bound_field_are_refused(pair):
 def test_upserts_that_would_leave_a_value_on_another_row_are_refused(pair):
     alice, _ = pair
     twin = BoundPerson(code="alice", ssn="999", badge="A-1")  # another id, the same code
-    with pytest.raises(FieldError, match="Add 'id' to unique_fields"):
+    targeted = connection.features.supports_update_conflicts_with_target
+    advice = "Add 'id' to unique_fields" if targeted else r"without unique_fields.*save\(\) or bulk_update"
+    with pytest.raises(FieldError, match=advice):
         BoundPerson.objects.bulk_create(
-            [twin], update_conflicts=True, unique_fields=["code"], update_fields=["ssn"]
+            [twin], update_conflicts=True, update_fields=["ssn"], **conflicts_on("code")
         )
     with pytest.raises(FieldError, match="Cannot upsert 'code' without 'badge'"):
         BoundPerson.objects.bulk_create(
             [BoundPerson(id=alice.pk, code="new")],
             update_conflicts=True,
-            unique_fields=["id"],
             update_fields=["code"],
+            **conflicts_on("id"),
         )
-    # conflicting on the bound field of badge itself is fine
+    if not targeted:
+        # Without unique_fields, badge may be upserted only with the field it is bound to.
+        with pytest.raises(FieldError, match=r"or add 'code' to update_fields\)\.$"):
+            BoundPerson.objects.bulk_create([twin], update_conflicts=True, update_fields=["badge"])
+    # conflicting on the bound field of badge itself (or writing it too) is fine
     BoundPerson.objects.bulk_create(
-        [twin], update_conflicts=True, unique_fields=["code"], update_fields=["badge"]
+        [twin],
+        update_conflicts=True,
+        update_fields=["badge"] if targeted else ["badge", "code"],
+        **conflicts_on("code"),
     )
     assert BoundPerson.objects.get(pk=alice.pk).badge == "A-1"
 

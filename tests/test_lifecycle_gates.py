@@ -100,7 +100,7 @@ def second_connection():
     )
 
 
-@postgres_only
+@pytest.mark.server
 @pytest.mark.django_db(transaction=True)
 def test_a_row_a_late_transaction_commits_after_retire_stops_destroy(keys, no_waits):
     with LateWriter("late@example.com") as writer:
@@ -128,7 +128,7 @@ def test_a_row_a_late_transaction_commits_after_retire_stops_destroy(keys, no_wa
     assert Person.objects.get(pk=writer.pk).email == "late@example.com"
 
 
-@postgres_only
+@pytest.mark.server
 @pytest.mark.django_db(transaction=True)
 def test_destroy_is_refused_while_a_transaction_older_than_the_deactivation_is_open(keys, no_waits):
     with LateWriter("pending@example.com") as writer:
@@ -191,6 +191,70 @@ def test_destroy_is_refused_when_other_sessions_are_hidden_from_its_role(keys, n
             cur.execute(f"DROP ROLE {role}")
     assert refusals("key_destroy_refused")[0].details["reason"] == "sessions_hidden"
     assert key().state == "destroyed"
+
+
+def mysql_connection(user: str | None = None, password: str | None = None):
+    """A mysqlclient connection to the test database, outside Django (autocommit off)."""
+    import MySQLdb
+
+    sd = connection.settings_dict
+    return MySQLdb.connect(
+        host=sd["HOST"],
+        port=int(sd["PORT"]),
+        user=user or sd["USER"],
+        password=sd["PASSWORD"] if password is None else password,
+        database=sd["NAME"],
+    )
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_innodb_transaction_holds_destroy_back_until_it_ends(keys, no_waits):
+    other = mysql_connection()
+    try:
+        cur = other.cursor()
+        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")  # open, idle, listed by innodb_trx
+        thread = other.thread_id()
+        time.sleep(1.1)  # innodb_trx counts whole seconds
+        lifecycle.rotate("default", "encrypt")
+        lifecycle.retire("default", "encrypt", 1)
+        with pytest.raises(KeyStateError, match=f"still open \\(connection ids {thread}\\)"):
+            lifecycle.destroy("default", "encrypt", 1)
+        other.rollback()
+        time.sleep(0.2)  # innodb_trx is a cache that InnoDB refreshes at most every 0.1 s
+        lifecycle.destroy("default", "encrypt", 1)
+    finally:
+        other.close()
+    assert key().state == "destroyed"
+    (entry,) = refusals("key_destroy_refused")
+    assert entry.details["reason"] == "open_transactions" and entry.details["pids"] == [thread]
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_destroy_is_refused_when_innodb_trx_is_hidden_from_its_user(keys, no_waits):
+    """Without the PROCESS privilege innodb_trx cannot be read: destroy refuses, saying what to grant."""
+    user, password = "test_kr_gate_operator", "operator-pw"
+    original = connection.settings_dict
+    with connection.cursor() as cur:
+        cur.execute(f"DROP USER IF EXISTS '{user}'@'%%'")
+        cur.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{password}'")
+        cur.execute(f"GRANT ALL PRIVILEGES ON `{original['NAME']}`.* TO '{user}'@'%%'")
+    lifecycle.rotate("default", "encrypt")
+    lifecycle.retire("default", "encrypt", 1)
+    try:
+        connection.close()
+        connection.settings_dict = {**original, "USER": user, "PASSWORD": password}
+        with pytest.raises(KeyStateError, match=r"needs the PROCESS privilege\): grant PROCESS on \*\.\*"):
+            lifecycle.destroy("default", "encrypt", 1)
+        assert key().state == "retired"
+    finally:
+        connection.close()
+        connection.settings_dict = original
+        with connection.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'%%'")
+    (entry,) = refusals("key_destroy_refused")
+    assert entry.details["reason"] == "sessions_hidden" and entry.details["hidden_sessions"] == -1
 
 
 @pytest.mark.django_db

@@ -10,15 +10,16 @@ from django.db import connection
 
 @pytest.mark.django_db
 def test_database_is_the_one_the_environment_asks_for():
-    """SQLite when DATABASE_URL is unset, PostgreSQL when it is set: the run is what it says."""
-    expected = "postgresql" if os.environ.get("DATABASE_URL") else "sqlite"
+    """SQLite when DATABASE_URL is unset, else the server its scheme names: the run is what it says."""
+    url = os.environ.get("DATABASE_URL", "")
+    expected = "mysql" if url.startswith(("mysql:", "mariadb:")) else "postgresql" if url else "sqlite"
     assert connection.vendor == expected
 
 
 @pytest.mark.django_db
 def test_sqlite_run_really_is_sqlite():
     if os.environ.get("DATABASE_URL"):
-        pytest.skip("this run is on PostgreSQL (DATABASE_URL is set)")
+        pytest.skip("this run is on a server (DATABASE_URL is set)")
     with connection.cursor() as cursor:
         cursor.execute("SELECT sqlite_version()")
         (version,) = cursor.fetchone()
@@ -32,6 +33,16 @@ def test_postgresql_version():
         cursor.execute("SELECT version()")
         (version,) = cursor.fetchone()
     assert "PostgreSQL" in version
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db
+def test_mysql_run_is_innodb_in_four_byte_utf8():
+    """Row locks and transactions need InnoDB; ciphertext-free text columns need utf8mb4."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT @@default_storage_engine, @@character_set_database")
+        engine, charset = cursor.fetchone()
+    assert (engine, charset) == ("InnoDB", "utf8mb4")
 
 
 @pytest.mark.vault

@@ -193,6 +193,14 @@ def refuse_upsert(model: type[models.Model], update_fields: list[str], unique_fi
     updated, unique = named(update_fields), named(unique_fields)
     for field in bound_fields(model):
         bound = field.bound_field
+        if field in updated and bound not in unique and bound not in updated and not unique_fields:
+            # MySQL/MariaDB take no unique_fields: a conflict there is on any unique key.
+            also = "" if bound.primary_key else f" (or add '{field.bind_to}' to update_fields)"
+            raise FieldError(
+                f"Cannot upsert bound encrypted field '{field.name}' without unique_fields: a "
+                f"conflict on any unique key may hit a row with another '{field.bind_to}'. Write it "
+                f"with save() or bulk_update(){also}."
+            )
         if field in updated and bound not in unique and bound not in updated:
             raise FieldError(
                 f"Cannot upsert bound encrypted field '{field.name}' on conflicts of "

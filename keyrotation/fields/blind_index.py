@@ -18,6 +18,8 @@ from .companion import add_version_field, public_path
 from .encrypted import EncryptedField
 from .sealed import NOT_ADOPTED, Sealed
 
+MAX_INDEX_BYTES = 32  # the longest digest (HMAC-SHA256); the MySQL column type is sized for it
+
 
 def normalize_text(value: str) -> str:
     """Default blind-index normalisation of strings: NFKC, casefold, strip."""
@@ -55,11 +57,20 @@ class BlindIndexField(models.BinaryField):
             raise TypeError("BlindIndexField: source must be the name of an EncryptedField")
         if normalize is not None and not callable(normalize):
             raise TypeError("BlindIndexField: normalize must be callable or None")
-        if bytes is not None and (not isinstance(bytes, int) or not 4 <= bytes <= 32):
+        if bytes is not None and (not isinstance(bytes, int) or not 4 <= bytes <= MAX_INDEX_BYTES):
             raise TypeError("BlindIndexField: bytes must be an int from 4 to 32")
         self.source, self.normalize, self.index_bytes, self.keyring = source, normalize, bytes, keyring
         kwargs.update(null=True, blank=True, editable=False, serialize=False)
         super().__init__(**kwargs)
+
+    def db_type(self, connection: Any) -> str | None:
+        """``varbinary(32)`` on MySQL/MariaDB, where a ``BinaryField`` is a ``longblob``: MySQL
+        cannot index a BLOB without a prefix length (a unique blind index would fail to create)
+        and MariaDB enforces a unique BLOB through a hidden hash column. A digest is at most 32
+        bytes, so one column type fits every ``bytes`` setting. Other backends: ``BinaryField``'s."""
+        if connection.vendor == "mysql":
+            return f"varbinary({MAX_INDEX_BYTES})"
+        return super().db_type(connection)
 
     def contribute_to_class(self, cls: type[models.Model], name: str, private_only: bool = False) -> None:
         super().contribute_to_class(cls, name, private_only=private_only)

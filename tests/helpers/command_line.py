@@ -27,8 +27,8 @@ def _seed() -> None:
     keyring.invalidate()
 
 
-def _tamper() -> None:
-    """Flip the last byte of one stored email: that value no longer authenticates."""
+def tamper_one_email() -> object:
+    """Flip the last byte of one stored email: that value no longer authenticates. Returns its pk."""
     from django.db import connection
 
     with connection.cursor() as cur:
@@ -38,9 +38,10 @@ def _tamper() -> None:
         cur.execute(
             "UPDATE testapp_person SET email = %s WHERE id = %s", [token[:-1] + bytes([token[-1] ^ 1]), pk]
         )
+    return pk
 
 
-SETUPS = {"seed": _seed, "tamper": _tamper}
+SETUPS = {"seed": _seed, "tamper": tamper_one_email}
 
 
 def run(argv: list[str]) -> dict:
