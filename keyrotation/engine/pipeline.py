@@ -1,4 +1,4 @@
-"""Two batches in flight on one worker (PostgreSQL, runs without a rate cap).
+"""Two batches in flight on one worker (where the dialect pipelines: PostgreSQL; no rate cap).
 
 A batch is claim → transform → write → commit, in one transaction. Run one after the other, the
 client computes while the database waits, then the database writes while the client waits. Here
