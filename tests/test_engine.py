@@ -322,6 +322,22 @@ def test_sqlite_guard_keeps_a_concurrent_write(people):
     assert Person.objects.get(pk=target.pk).email == "changed@example.com"
 
 
+def test_status_of_a_run_keeps_its_json_keys(people):
+    """The ``run`` part of ``engine.status()`` (``rotation_status --json``, the admin's JSON) is a
+    contract: its keys, and the counts derived from the chunks."""
+    rotate_all()
+    report = engine.reencrypt(batch_size=40)
+    run = engine.status()["run"]
+    assert set(run) == {
+        "id", "status", "scope", "database", "targets", "actor", "started_at", "heartbeat_at",
+        "finished_at", "rows_total", "rows_planned", "rows_added", "rows_done", "rows_failed",
+        "chunks", "chunks_done", "rows_per_second", "eta_seconds", "error",
+    }  # fmt: skip
+    assert run["id"] == report.run_id and run["status"] == "finished" and run["eta_seconds"] is None
+    assert run["rows_done"] == run["rows_total"] == run["rows_planned"] == report.rows_done
+    assert run["chunks"] == run["chunks_done"] >= 1 and run["rows_added"] == 0
+
+
 def test_signals_carry_counts_not_values(people):
     from keyrotation import signals
 

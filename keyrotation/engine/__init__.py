@@ -19,9 +19,9 @@ from django.db import connections
 from .. import conf, databases, keyring, signals
 from ..exceptions import KeyRotationError
 from ..models import ChunkStatus, QuarantinedValue, ReencryptionChunk, ReencryptionRun, RunStatus
-from ..reporting import Tally
 from . import dialects, runs
 from . import plan as _plan
+from .overview import RunOverview
 from .runner import Options, RunFailed, WorkResult, work
 from .transform import BatchTransformer
 from .verify import verify
@@ -381,37 +381,8 @@ def status(database: str | None = None) -> dict:
     keyring.invalidate()
     census = _plan.census_rows(database)
     run = runs.latest_run()
-    out = {"columns": census, "run": None}
-    if run is not None:
-        prog = runs.progress(run)
-        tally = Tally(run.rows_total, prog.rows_done)
-        elapsed = ((prog.heartbeat or run.started_at) - run.started_at).total_seconds()
-        rate = prog.rows_done / elapsed if elapsed > 0 else None
-        left = tally.left
-        out["run"] = {
-            "id": run.pk,
-            "status": run.status,
-            "scope": run.scope,
-            "database": run.database,
-            "targets": run.targets,
-            "actor": run.actor,
-            "started_at": run.started_at.isoformat(),
-            "heartbeat_at": prog.heartbeat.isoformat() if prog.heartbeat else None,
-            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-            # Never below rows_done: rows that became pending while the run went on grow it.
-            "rows_total": tally.total,
-            "rows_planned": run.rows_total,
-            "rows_added": tally.added,
-            "rows_done": prog.rows_done,
-            "rows_failed": run.rows_failed,
-            "chunks": prog.chunks,
-            "chunks_done": prog.chunks_done,
-            "rows_per_second": round(rate, 1) if rate else None,
-            # Only a running run has an ETA; the rate is rows done over the run's active span.
-            "eta_seconds": round(left / rate) if rate and run.status == RunStatus.RUNNING else None,
-            "error": run.error,
-        }
-    return out
+    overview = RunOverview(run, runs.progress(run)) if run is not None else None
+    return {"columns": census, "run": overview.as_dict() if overview else None}
 
 
 def _control(run_id: int | None, to: str, actor: str | None) -> ReencryptionRun:
