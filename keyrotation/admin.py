@@ -16,8 +16,8 @@ from django.utils.html import format_html
 
 from . import admin_views, audit_chain, census, conf, registry
 from .engine import runs
+from .engine.overview import RunOverview
 from .models import DataKey, KeyRotationAudit, QuarantinedValue, ReencryptionRun
-from .reporting import Tally
 
 MASK = "••••••••"
 
@@ -151,27 +151,27 @@ class ReencryptionRunAdmin(ReadOnlyAdmin):
     search_fields = ["scope", "actor"]
 
     @staticmethod
-    def _progress(obj) -> dict:
-        if not hasattr(obj, "_keyrotation_progress"):
-            obj._keyrotation_progress = runs.progress(obj)
-        return obj._keyrotation_progress
+    def _overview(obj) -> RunOverview:
+        if not hasattr(obj, "_keyrotation_overview"):
+            obj._keyrotation_overview = RunOverview(obj, runs.progress(obj))
+        return obj._keyrotation_overview
 
     @admin.display(description="progress")
     def progress(self, obj):
-        prog = self._progress(obj)
-        tally = Tally(obj.rows_total, prog["rows_done"])
+        overview = self._overview(obj)
+        tally = overview.tally
         return format_html(
             '<progress max="100" value="{}"></progress> {} ({}%), {}/{} chunks',
             f"{tally.percent:.1f}",
             tally.text(),
             f"{tally.percent:.1f}",
-            prog["done"],
-            prog["chunks"],
+            overview.progress.chunks_done,
+            overview.progress.chunks,
         )
 
     @admin.display(description="last heartbeat")
     def heartbeat(self, obj):
-        return self._progress(obj)["heartbeat"] or "-"
+        return self._overview(obj).progress.heartbeat or "-"
 
     def get_urls(self):
         view = self.admin_site.admin_view

@@ -232,7 +232,7 @@ def test_interrupted_run_resumes_where_it_stopped(people):
     done = sum(1 for _, v in raw("email").values() if v == 2)
     assert 0 < done < len(people)
     run = ReencryptionRun.objects.get()
-    assert runs.progress(run)["rows_done"] == 60
+    assert runs.progress(run).rows_done == 60
     report = engine.reencrypt(batch_size=20, stale_after=0)
     assert report.joined and report.run_id == run.pk and report.ok
     assert report.rows_done == sum(1 for email, ssn in people.values() if email or ssn) - 60
@@ -303,11 +303,12 @@ def test_workers_need_row_locks(people):
 
 def test_sqlite_guard_keeps_a_concurrent_write(people):
     """The optimistic guard: a row rewritten between our read and our write is left alone."""
-    from keyrotation.engine import sql
+    from keyrotation.engine import dialects
 
     rotate_all()
     (plan,) = engine.plan.build(["testapp.Person"])
-    rows = sql.select_batch(plan, "default", None, None, 5, lock=False)
+    dialect = dialects.for_alias("default")
+    rows = dialect.select_batch(plan, None, None, 5, lock=False)
     from keyrotation.engine.transform import BatchTransformer
 
     write, failures = BatchTransformer(plan).transform_batch(rows)
@@ -315,10 +316,26 @@ def test_sqlite_guard_keeps_a_concurrent_write(people):
     target = Person.objects.get(pk=rows[0][0])
     target.email = "changed@example.com"  # the application writes meanwhile (under v2 now)
     target.save()
-    written = sql.write_batch(plan, "default", write)
+    written = dialect.write_batch(plan, write)
     assert written == len(rows) - 1
     keyring.clear_cache()
     assert Person.objects.get(pk=target.pk).email == "changed@example.com"
+
+
+def test_status_of_a_run_keeps_its_json_keys(people):
+    """The ``run`` part of ``engine.status()`` (``rotation_status --json``, the admin's JSON) is a
+    contract: its keys, and the counts derived from the chunks."""
+    rotate_all()
+    report = engine.reencrypt(batch_size=40)
+    run = engine.status()["run"]
+    assert set(run) == {
+        "id", "status", "scope", "database", "targets", "actor", "started_at", "heartbeat_at",
+        "finished_at", "rows_total", "rows_planned", "rows_added", "rows_done", "rows_failed",
+        "chunks", "chunks_done", "rows_per_second", "eta_seconds", "error",
+    }  # fmt: skip
+    assert run["id"] == report.run_id and run["status"] == "finished" and run["eta_seconds"] is None
+    assert run["rows_done"] == run["rows_total"] == run["rows_planned"] == report.rows_done
+    assert run["chunks"] == run["chunks_done"] >= 1 and run["rows_added"] == 0
 
 
 def test_signals_carry_counts_not_values(people):

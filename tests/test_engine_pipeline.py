@@ -11,7 +11,8 @@ from django.core.management import call_command
 from django.db import OperationalError
 
 from keyrotation import engine
-from keyrotation.engine import pipeline, runs, sql
+from keyrotation.engine import pipeline, runs
+from keyrotation.engine.dialects import PostgreSQL
 from keyrotation.models import ReencryptionRun
 from tests.test_engine import assert_all_on, make_people, raw, rotate_all
 
@@ -52,7 +53,7 @@ def test_two_lanes_share_the_batches_and_commit_in_order(people, commits):
     assert cursors == sorted(cursors)  # committed in key order
     assert_all_on(2, people)
     run = ReencryptionRun.objects.get()
-    assert runs.progress(run)["rows_done"] == report.rows_done == report.rows_total
+    assert runs.progress(run).rows_done == report.rows_done == report.rows_total
 
 
 def test_without_the_pipeline_one_lane_does_everything(people, commits):
@@ -81,13 +82,13 @@ def test_a_rate_capped_run_is_not_pipelined(people, monkeypatch):
 def test_a_batch_time_target_still_pipelines_and_resizes(people, monkeypatch):
     rotate_all()
     sizes = []
-    select = sql.select_batch
+    select = PostgreSQL.select_batch
 
-    def spy(plan, using, lo, hi, limit, **kw):
+    def spy(dialect, plan, lo, hi, limit, **kw):
         sizes.append(limit)
-        return select(plan, using, lo, hi, limit, **kw)
+        return select(dialect, plan, lo, hi, limit, **kw)
 
-    monkeypatch.setattr(sql, "select_batch", spy)
+    monkeypatch.setattr(PostgreSQL, "select_batch", spy)
     runs_ = []
     monkeypatch.setattr(
         pipeline.Pipeline, "run", lambda self, run=pipeline.Pipeline.run: runs_.append(1) or run(self)
@@ -99,42 +100,42 @@ def test_a_batch_time_target_still_pipelines_and_resizes(people, monkeypatch):
 
 def test_a_lost_connection_in_a_lane_is_retried_and_nothing_is_lost(people, monkeypatch):
     rotate_all()
-    write, calls = sql.write_batch, []
+    write, calls = PostgreSQL.write_batch, []
 
-    def flaky(plan, using, w):
+    def flaky(dialect, plan, w):
         calls.append(threading.current_thread().name)
         if len(calls) in (3, 6):
             raise OperationalError("server closed the connection unexpectedly")
-        return write(plan, using, w)
+        return write(dialect, plan, w)
 
-    monkeypatch.setattr(sql, "write_batch", flaky)
+    monkeypatch.setattr(PostgreSQL, "write_batch", flaky)
     report = engine.reencrypt(batch_size=25)
     assert report.ok, report.as_dict()
     assert_all_on(2, people)
     run = ReencryptionRun.objects.get()
-    assert runs.progress(run)["rows_done"] == report.rows_done == report.rows_total
+    assert runs.progress(run).rows_done == report.rows_done == report.rows_total
 
 
 def test_an_error_in_one_lane_commits_nothing_after_it(people, monkeypatch):
     """Batch 4 fails; batch 5 (the other lane, already written) rolls back; the committed
     cursor covers exactly batches 0-3, and a rerun finishes the job."""
     rotate_all()
-    write, calls = sql.write_batch, []
+    write, calls = PostgreSQL.write_batch, []
 
-    def broken(plan, using, w):
+    def broken(dialect, plan, w):
         calls.append(w.pks[0])
         if len(calls) == 5:
             raise RuntimeError("boom")
-        return write(plan, using, w)
+        return write(dialect, plan, w)
 
-    monkeypatch.setattr(sql, "write_batch", broken)
+    monkeypatch.setattr(PostgreSQL, "write_batch", broken)
     with pytest.raises(RuntimeError, match="boom"):
         engine.reencrypt(batch_size=25)
     run = ReencryptionRun.objects.get()
-    done = runs.progress(run)["rows_done"]
+    done = runs.progress(run).rows_done
     assert done == len(moved()) > 0
     (chunk,) = run.chunks.filter(rows_done__gt=0)
     assert all(pk <= int(chunk.cursor) for pk in moved())
-    monkeypatch.setattr(sql, "write_batch", write)
+    monkeypatch.setattr(PostgreSQL, "write_batch", write)
     assert engine.reencrypt().ok
     assert_all_on(2, people)

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.django_db(transaction=True)  # retries close the connec
 def _retries(caplog) -> list[str]:
     """The engine's own retry log lines: one per retried attempt."""
     return [
-        r.getMessage() for r in caplog.records if r.name == "keyrotation.engine" and "retry" in r.getMessage()
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("keyrotation.engine") and "retry" in r.getMessage()
     ]
 
 

@@ -26,8 +26,8 @@ from cryptography.fernet import Fernet
 from django.db import models
 
 from keyrotation import crypto, engine, keyring, legacy, lifecycle
+from keyrotation.engine import dialects
 from keyrotation.engine import plan as _plan
-from keyrotation.engine import sql
 from keyrotation.engine.runner import RunFailed
 from keyrotation.engine.transform import BatchTransformer, RowFailureError
 from keyrotation.exceptions import DecryptionError, KEKUnavailable
@@ -367,7 +367,7 @@ def test_a_legacy_column_read_through_the_field_shows_no_legacy_key(secrets):
 
 def _rows(model: str = "testapp.Person"):
     (plan,) = _plan.build([model])
-    return plan, sql.select_batch(plan, "default", None, None, 100, lock=False)
+    return plan, dialects.for_alias("default").select_batch(plan, None, None, 100, lock=False)
 
 
 def test_a_batch_that_meets_a_tampered_row_shows_no_plaintext_of_the_others(secrets):

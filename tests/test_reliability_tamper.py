@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from keyrotation import crypto, engine, keyring, lifecycle
 from keyrotation.engine import plan as _plan
-from keyrotation.engine import sql
+from keyrotation.engine.batch import layout
 from keyrotation.engine.transform import BatchTransformer, RowFailureError
 from keyrotation.exceptions import DecryptionError, KEKUnavailable, KeyStateError, UnknownKeyVersion
 from keyrotation.fields import Sealed
@@ -277,13 +277,13 @@ def test_fuzzed_bound_tokens_through_the_field_read_path(keys, token):
 def test_fuzzed_bound_tokens_through_the_engine_transform(keys, token, version):
     (p,) = _plan.build(["testapp.BoundPerson"])
     transformer = BatchTransformer(p)
-    values = dict.fromkeys(sql.layout(p).columns)
+    values = dict.fromkeys(layout(p).columns)
     db_pk = BoundPerson._meta.pk.get_db_prep_value(BOUND_PK, connection)  # as a raw row holds it
     if connection.vendor == "mysql" and isinstance(db_pk, uuid.UUID):
         db_pk = str(db_pk)  # MariaDB's native uuid column: mysqlclient reads it as text
     values.update({"id": db_pk, "code": "c", "ssn": token, "ssn_key_version": version})
     with pytest.raises(RowFailureError) as info:
-        transformer.transform(tuple(values[c] for c in sql.layout(p).columns))
+        transformer.transform(tuple(values[c] for c in layout(p).columns))
     assert f"testapp.BoundPerson.ssn pk={db_pk!r}" in str(info.value)
 
 

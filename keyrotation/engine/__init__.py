@@ -19,10 +19,10 @@ from django.db import connections
 from .. import conf, databases, keyring, signals
 from ..exceptions import KeyRotationError
 from ..models import ChunkStatus, QuarantinedValue, ReencryptionChunk, ReencryptionRun, RunStatus
-from ..reporting import Tally
+from . import dialects, runs
 from . import plan as _plan
-from . import runs, sql
-from .runner import Options, RunFailed, WorkResult, retrying, work
+from .overview import RunOverview
+from .runner import Options, RunFailed, WorkResult, work
 from .transform import BatchTransformer
 from .verify import verify
 
@@ -148,10 +148,11 @@ def reencrypt(
     plans = _plan.build(models)
     targets = _targets(plans, database)
     for alias, _ in targets:
-        if workers > 1 and not sql.skip_locked(alias):
+        dialect = dialects.for_alias(alias)
+        if workers > 1 and not dialect.skip_locked:
             raise KeyRotationError(
                 f"--workers {workers} needs row locks with SKIP LOCKED; "
-                f"{connections[alias].vendor} has none: run one worker"
+                f"{dialect.vendor} has none: run one worker"
             )
     report = Report(
         run_id=None,
@@ -216,7 +217,7 @@ def _targets(plans: list[_plan.ModelPlan], database: str | None) -> list[tuple[s
 def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor, chunk_span: int) -> None:
     """Open or join the run of ``plans`` on ``opts.using`` and work it; add to ``report``."""
     # Opening a run writes an audit row, which needs the KEK (the chain key): ride out an outage.
-    run, joined = retrying(
+    run, joined = opts.retrying(
         "opening the run",
         lambda: runs.open_run(
             plans,
@@ -229,7 +230,6 @@ def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor,
             workers=workers,
             batch_size=opts.batch_size,
         ),
-        opts,
     )
     if run is None:  # nothing pending and no open run: nothing is recorded
         report.idle.append(opts.using)
@@ -255,7 +255,8 @@ def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor,
         report.errors += errors
     state = opts.state
     run.refresh_from_db(using=state)  # not from a replica a router would pick for reads
-    if run.status == RunStatus.RUNNING and not runs.progress(run, using=state)["running"] and result.stopped:
+    running = runs.progress(run, using=state).chunks_running
+    if run.status == RunStatus.RUNNING and not running and result.stopped:
         runs.set_status(run.pk, RunStatus.INTERRUPTED, actor=opts.actor, using=state)
         run.refresh_from_db(using=state)
     quarantined = QuarantinedValue.objects.using(state).filter(run=run)
@@ -300,8 +301,8 @@ def _monitor_of(run: ReencryptionRun, report: Report, opts: Options, monitor) ->
     if monitor is None:
         return None
     before = report.rows_done
-    baseline = runs.progress(run, using=opts.state)["rows_done"]
-    return lambda: monitor(before + runs.progress(run, using=opts.state)["rows_done"] - baseline)
+    baseline = runs.progress(run, using=opts.state).rows_done
+    return lambda: monitor(before + runs.progress(run, using=opts.state).rows_done - baseline)
 
 
 def _public_options(opts: Options, workers: int) -> dict:
@@ -324,9 +325,10 @@ def dry_run(models: list[str] | None = None, *, sample: int = 500, database: str
     census = [c for c in _plan.census_rows(database) if _in_scope(c["label"], plans)]
     out_models, seconds_total = [], 0.0
     for alias, on in _targets(plans, database):
+        dialect = dialects.for_alias(alias)
         for p in on:
-            pending = p.pending(using=alias)
-            rows = sql.select_batch(p, alias, None, None, sample, lock=False) if pending else []
+            pending = dialect.count_pending(p)
+            rows = dialect.select_batch(p, None, None, sample, lock=False) if pending else []
             start = time.monotonic()
             failures = len(BatchTransformer(p, alias).transform_batch(rows, stop=False)[1]) if rows else 0
             per_row = (time.monotonic() - start) / len(rows) if rows else 0.0
@@ -362,7 +364,11 @@ def pending(models: list[str] | None = None, *, database: str | None = None) -> 
     """Rows of ``models`` with any column not on its active key version, on every database
     ``reencrypt`` would write on (or on ``database``)."""
     keyring.invalidate()
-    return sum(p.pending(using=alias) for alias, on in _targets(_plan.build(models), database) for p in on)
+    return sum(
+        dialects.for_alias(alias).count_pending(p)
+        for alias, on in _targets(_plan.build(models), database)
+        for p in on
+    )
 
 
 def _in_scope(label: str, plans) -> bool:
@@ -375,37 +381,8 @@ def status(database: str | None = None) -> dict:
     keyring.invalidate()
     census = _plan.census_rows(database)
     run = runs.latest_run()
-    out = {"columns": census, "run": None}
-    if run is not None:
-        prog = runs.progress(run)
-        tally = Tally(run.rows_total, prog["rows_done"])
-        elapsed = ((prog["heartbeat"] or run.started_at) - run.started_at).total_seconds()
-        rate = prog["rows_done"] / elapsed if elapsed > 0 else None
-        left = tally.left
-        out["run"] = {
-            "id": run.pk,
-            "status": run.status,
-            "scope": run.scope,
-            "database": run.database,
-            "targets": run.targets,
-            "actor": run.actor,
-            "started_at": run.started_at.isoformat(),
-            "heartbeat_at": prog["heartbeat"].isoformat() if prog["heartbeat"] else None,
-            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-            # Never below rows_done: rows that became pending while the run went on grow it.
-            "rows_total": tally.total,
-            "rows_planned": run.rows_total,
-            "rows_added": tally.added,
-            "rows_done": prog["rows_done"],
-            "rows_failed": run.rows_failed,
-            "chunks": prog["chunks"],
-            "chunks_done": prog["done"],
-            "rows_per_second": round(rate, 1) if rate else None,
-            # Only a running run has an ETA; the rate is rows done over the run's active span.
-            "eta_seconds": round(left / rate) if rate and run.status == RunStatus.RUNNING else None,
-            "error": run.error,
-        }
-    return out
+    overview = RunOverview(run, runs.progress(run)) if run is not None else None
+    return {"columns": census, "run": overview.as_dict() if overview else None}
 
 
 def _control(run_id: int | None, to: str, actor: str | None) -> ReencryptionRun:

@@ -1,4 +1,4 @@
-"""Two batches in flight on one worker (PostgreSQL, runs without a rate cap).
+"""Two batches in flight on one worker (where the dialect pipelines: PostgreSQL; no rate cap).
 
 A batch is claim → transform → write → commit, in one transaction. Run one after the other, the
 client computes while the database waits, then the database writes while the client waits. Here
@@ -6,7 +6,7 @@ two lanes (this thread and one helper thread, each with its own connection) take
 a chunk in turn: while batch *n*'s ``UPDATE`` runs in the database, batch *n + 1* is claimed and
 its crypto is done in Python.
 
-What does not change (DESIGN §6):
+What does not change:
 
 * batch *n + 1* claims only rows after batch *n*'s last key (known once *n*'s ``SELECT``
   returns), so the two lanes never hold the same row and ``SKIP LOCKED`` skips nothing of ours;
@@ -21,22 +21,69 @@ hands back to the caller, which retries one batch with backoff and starts the pi
 any other error propagates. A pause or an abort ends it the same way: each batch checks the run's
 status right before it commits, and rolls back if the run is no longer running. The deadline is
 checked before a batch starts.
+
+The pipeline drives the worker that runs it only through :class:`BatchWorker`.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from django.db import connections
-
-from ..models import RunStatus
+from ..models import ReencryptionChunk, RunStatus
 from ..tracebacks import forgets_locals
-from . import runs, sql
+from . import runs
+from .batch import PK, Row
 from .plan import ModelPlan
+from .retry import is_transient, reset_connections
+from .transform import RowFailure
+
+logger = logging.getLogger(__name__)
 
 _END = object()  # a slot's cursor when no batch may follow it (end of chunk, halt, failure)
+
+
+class BatchWorker(Protocol):
+    """What the pipeline needs from the worker that runs it (``runner.py``'s worker).
+
+    Each method is called from either lane, inside that lane's batch transaction where it says
+    so; each lane has its own connections.
+    """
+
+    @property
+    def run_id(self) -> int:
+        """The run being worked."""
+
+    @property
+    def using(self) -> str:
+        """The database holding the rows."""
+
+    @property
+    def state(self) -> str:
+        """The database holding the run, its chunks and quarantined values."""
+
+    @property
+    def aliases(self) -> Sequence[str]:
+        """Every database the worker talks to (closed after a transient error)."""
+
+    def past_deadline(self) -> bool:
+        """The maintenance window (``max_duration``) is over: start no batch."""
+
+    def claim(self, plan: ModelPlan, lo: Any, hi: Any, *, skip_locked: bool) -> list[Row]:
+        """In the batch transaction: lock and read the next batch of pending rows after ``lo``."""
+
+    def transform_and_write(self, plan: ModelPlan, rows: list[Row]) -> tuple[int, list[RowFailure]]:
+        """In the batch transaction: re-encrypt claimed rows and write them; (rows written, rows
+        that could not be opened). Raises ``RunFailed`` if a row fails and the run stops on errors."""
+
+    def quarantine(self, failures: list[RowFailure]) -> None:
+        """In the batch transaction: record values that could not be opened."""
+
+    def after_batch(self, plan: ModelPlan, seen: int, written: int, seconds: float) -> None:
+        """After a batch committed: count it, adapt the batch size, send the batch signal."""
 
 
 class _Abandoned(Exception):
@@ -56,17 +103,14 @@ class _Slot:
 
 
 class Pipeline:
-    """Process one chunk from ``cursor`` with two lanes; see the module docstring.
+    """Process one chunk from ``cursor`` with two lanes; see the module docstring."""
 
-    ``worker`` is the runner's worker (options, quarantine, per-batch bookkeeping).
-    """
-
-    def __init__(self, worker, plan: ModelPlan, chunk, cursor: Any) -> None:
+    def __init__(self, worker: BatchWorker, plan: ModelPlan, chunk: ReencryptionChunk, cursor: Any) -> None:
         self.worker = worker
         self.plan = plan
         self.chunk = chunk
-        self.using = worker.opts.using  # the rows
-        self.state = worker.opts.state  # the run and its chunks
+        self.using = worker.using  # the rows
+        self.state = worker.state  # the run and its chunks
         self.committed = cursor  # the cursor of the last committed batch
         self.outcome = "halt"
         self.error: BaseException | None = None
@@ -98,18 +142,14 @@ class Pipeline:
         finally:
             helper.join()
         if self.error is not None:
-            from .retry import is_transient
-            from .runner import logger
-
             if is_transient(self.error):
                 logger.warning(
                     "run #%s: batch of %s failed (%s); retrying one batch at a time",
-                    self.worker.run.pk,
+                    self.worker.run_id,
                     self.plan.label,
                     type(self.error).__name__,
                 )
-                for alias in self.worker.opts.aliases:  # one may be broken; each reconnects on use
-                    connections[alias].close()
+                reset_connections(self.worker.aliases)  # one may be broken
                 return "error", self.committed
             raise self.error
         return self.outcome, self.committed
@@ -127,8 +167,7 @@ class Pipeline:
             after.claimed.set()
             after.done.set()
             if lane == 1:
-                for alias in self.worker.opts.aliases:
-                    connections[alias].close()
+                reset_connections(self.worker.aliases)  # this thread's own connections
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -136,11 +175,11 @@ class Pipeline:
                 self.error = exc
 
     def _halted(self) -> bool:
-        return self.error is not None or self.worker._past_deadline()
+        return self.error is not None or self.worker.past_deadline()
 
     def _still_running(self) -> bool:
         """Checked right before each commit: after a pause or an abort, no batch commits."""
-        return runs.current_status(self.worker.run.pk, using=self.state) == RunStatus.RUNNING
+        return runs.current_status(self.worker.run_id, using=self.state) == RunStatus.RUNNING
 
     @forgets_locals  # as the runner's: ``rows`` and what transforming them opens
     def _batch(self, n: int) -> bool:
@@ -151,28 +190,26 @@ class Pipeline:
             if prev.cursor is _END or self._halted():
                 return False  # the outcome stays "halt" unless a lane found the chunk done
             start = time.monotonic()
-            worker, plan, using = self.worker, self.plan, self.using
-            with runs.batch_transaction(data=using, state=self.state):
-                rows = sql.select_batch(
-                    plan, using, prev.cursor, self.chunk.hi, worker.throttle.batch_size, lock=True, skip=True
-                )
+            worker, plan = self.worker, self.plan
+            with runs.batch_transaction(data=self.using, state=self.state):
+                rows = worker.claim(plan, prev.cursor, self.chunk.hi, skip_locked=True)
                 if not rows:
                     prev.done.wait()
                     if prev.ok:
                         self.outcome = "done"
                     return False
-                me.cursor = rows[-1][0]
+                me.cursor = rows[-1][PK]
                 me.claimed.set()
-                written, failures = worker._transform_and_write(plan, rows)
+                written, failures = worker.transform_and_write(plan, rows)
                 prev.done.wait()
                 if not prev.ok or self.error is not None or not self._still_running():
                     raise _Abandoned  # nothing commits after a failure, an interrupt or a pause
                 runs.persist_batch(self.chunk, me.cursor, written, using=self.state)
                 if failures:
-                    worker._quarantine(failures)
+                    worker.quarantine(failures)
             me.ok = True
             self.committed = me.cursor
-            worker._after(plan, len(rows), written, time.monotonic() - start)
+            worker.after_batch(plan, len(rows), written, time.monotonic() - start)
             return True
         except BaseException as exc:
             self._fail(exc)  # before the events below: the next batch must see it

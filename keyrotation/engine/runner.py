@@ -15,23 +15,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from django.db import DatabaseError, connections, transaction
 
 from .. import signals
 from ..exceptions import KeyRotationError
-from ..models import QuarantinedValue, ReencryptionRun, RunStatus
+from ..models import QuarantinedValue, ReencryptionChunk, ReencryptionRun, RunStatus
 from ..tracebacks import forgets_locals
-from . import runs, sql
+from . import dialects, runs
+from .batch import PK, Row
 from .pipeline import Pipeline
 from .plan import ModelPlan
-from .retry import TRANSIENT, is_transient
+from .retry import RetryPolicy, retrying
 from .throttle import Throttle
 from .transform import BatchTransformer, RowFailure, RowFailureError
 
-logger = logging.getLogger("keyrotation.engine")
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class RunFailed(KeyRotationError):
@@ -47,8 +51,7 @@ class Options:
     on_error: str = "stop"  # or "quarantine"
     stale_after: float = 60.0
     pipeline: bool = True  # two batches in flight when possible (engine/pipeline.py)
-    retries: int = 8
-    backoff_max: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll_seconds: float = 1.0
     actor: str | None = None
     using: str = "default"  # the database whose rows are re-encrypted
@@ -60,6 +63,10 @@ class Options:
         """The databases a worker talks to (one, or two when the rows live elsewhere)."""
         return [self.state] if self.state == self.using else [self.state, self.using]
 
+    def retrying(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn`` under this run's retry policy (:func:`keyrotation.engine.retry.retrying`)."""
+        return retrying(what, fn, self.retry, self.aliases)
+
 
 @dataclass
 class WorkResult:
@@ -68,95 +75,55 @@ class WorkResult:
     stopped: str = ""  # "", "deadline", "paused-deadline", "aborted", "superseded", "failed"
 
 
-def retrying(what: str, fn, opts: Options):
-    """Run ``fn``; on a lost connection or KEK outage, back off and try again (``opts.retries``
-    times, doubling the delay up to ``opts.backoff_max``); then let the error through. A permanent
-    error (engine/retry.py: a KEK that refused) goes through at once."""
-    delay = 0.5
-    for attempt in range(opts.retries + 1):
-        try:
-            return fn()
-        except TRANSIENT as exc:
-            if attempt == opts.retries or not is_transient(exc):
-                raise
-            logger.warning(
-                "%s failed (%s); retry %d/%d in %.1fs",
-                what,
-                type(exc).__name__,
-                attempt + 1,
-                opts.retries,
-                delay,
-            )
-            for alias in opts.aliases:
-                connections[alias].close()
-            time.sleep(delay)
-            delay = min(opts.backoff_max, delay * 2)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 class _Worker:
+    """One process's share of a run. Its public methods are the
+    :class:`~keyrotation.engine.pipeline.BatchWorker` the pipeline drives it through."""
+
     def __init__(self, run: ReencryptionRun, plans: list[ModelPlan], opts: Options):
         self.run = run
         self.plans = {p.label: p for p in plans}
         self.opts = opts
+        self.dialect = dialects.for_alias(opts.using)
         self.deadline = time.monotonic() + opts.max_duration if opts.max_duration else None
         self.throttle = Throttle(opts.batch_size, opts.rate, opts.target_batch_ms, deadline=self.deadline)
         self.result = WorkResult()
 
-    # -- helpers ---------------------------------------------------------------------------
+    # -- what the pipeline uses (pipeline.BatchWorker) -------------------------------------
 
-    def _past_deadline(self) -> bool:
+    @property
+    def run_id(self) -> int:
+        return self.run.pk
+
+    @property
+    def using(self) -> str:
+        return self.opts.using
+
+    @property
+    def state(self) -> str:
+        return self.opts.state
+
+    @property
+    def aliases(self) -> Sequence[str]:
+        return self.opts.aliases
+
+    def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def _wait_while_paused(self) -> str:
-        """Return the run status once it is not paused (or 'deadline')."""
-        while True:
-            status = self._retrying(
-                "status check", lambda: runs.current_status(self.run.pk, using=self.opts.state)
-            )
-            if status != RunStatus.PAUSED:
-                return status
-            if self._past_deadline():
-                return "deadline"
-            time.sleep(self.opts.poll_seconds)
+    def claim(self, plan: ModelPlan, lo: Any, hi: Any, *, skip_locked: bool) -> list[Row]:
+        return self.dialect.select_batch(plan, lo, hi, self.throttle.batch_size, lock=True, skip=skip_locked)
 
-    def _retrying(self, what: str, fn):
-        return retrying(f"run #{self.run.pk}: {what}", fn, self.opts)
-
-    # -- one batch -------------------------------------------------------------------------
-
-    @forgets_locals  # ``rows`` hold legacy plaintexts, and transforming them every plaintext
-    def _batch(self, plan: ModelPlan, lo, hi, *, skip_locked: bool, chunk=None) -> tuple[int, object, int]:
-        """One transaction. Returns (rows seen, last pk seen or None, rows written)."""
-        using = self.opts.using
-        with runs.batch_transaction(data=using, state=self.opts.state):
-            if not skip_locked and connections[using].vendor == "postgresql":
-                with connections[using].cursor() as cur:
-                    cur.execute("SET LOCAL lock_timeout = '10s'")
-            rows = sql.select_batch(
-                plan, using, lo, hi, self.throttle.batch_size, lock=True, skip=skip_locked
-            )
-            if not rows:
-                return 0, None, 0
-            written, failures = self._transform_and_write(plan, rows)
-            last = rows[-1][0]
-            if chunk is not None:
-                runs.persist_batch(chunk, last, written, using=self.opts.state)
-            if failures:
-                self._quarantine(failures)
-        return len(rows), last, written
-
-    def _transform_and_write(self, plan: ModelPlan, rows: list[tuple]) -> tuple[int, list[RowFailure]]:
-        """Re-encrypt claimed rows and write them (one statement); (rows written, failures)."""
+    def transform_and_write(self, plan: ModelPlan, rows: list[Row]) -> tuple[int, list[RowFailure]]:
+        """Re-encrypt claimed rows and write them (one statement where the dialect can); (rows
+        written, failures)."""
         try:
             write, failures = BatchTransformer(plan, self.opts.using).transform_batch(
                 rows, stop=self.opts.on_error != "quarantine"
             )
         except RowFailureError as exc:
             raise RunFailed(str(exc)) from None
-        return sql.write_batch(plan, self.opts.using, write), failures
+        return self.dialect.write_batch(plan, write), failures
 
-    def _quarantine(self, failures: list[RowFailure]) -> None:
+    def quarantine(self, failures: list[RowFailure]) -> None:
         QuarantinedValue.objects.using(self.opts.state).bulk_create(
             [
                 QuarantinedValue(
@@ -170,7 +137,7 @@ class _Worker:
         for f in failures:
             logger.error("run #%s: quarantined %s", self.run.pk, f)
 
-    def _after(self, plan, seen, written, seconds) -> None:
+    def after_batch(self, plan: ModelPlan, seen: int, written: int, seconds: float) -> None:
         self.result.rows_done += written
         self.throttle.after_batch(seen, seconds)
         payload = {"run_id": self.run.pk, "model": plan.label, "rows": written, "seconds": seconds}
@@ -178,14 +145,53 @@ class _Worker:
         if self.opts.on_batch:
             self.opts.on_batch(payload)
 
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _wait_while_paused(self) -> str:
+        """Return the run status once it is not paused (or 'deadline')."""
+        while True:
+            status = self._retrying(
+                "status check", lambda: runs.current_status(self.run.pk, using=self.opts.state)
+            )
+            if status != RunStatus.PAUSED:
+                return status
+            if self.past_deadline():
+                return "deadline"
+            time.sleep(self.opts.poll_seconds)
+
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        return self.opts.retrying(f"run #{self.run.pk}: {what}", fn)
+
+    # -- one batch -------------------------------------------------------------------------
+
+    @forgets_locals  # ``rows`` hold legacy plaintexts, and transforming them every plaintext
+    def _batch(
+        self, plan: ModelPlan, lo: Any, hi: Any, *, skip_locked: bool, chunk: ReencryptionChunk | None = None
+    ) -> tuple[int, Any, int]:
+        """One transaction. Returns (rows seen, last pk seen or None, rows written)."""
+        with runs.batch_transaction(data=self.opts.using, state=self.opts.state):
+            if not skip_locked:
+                self.dialect.limit_lock_wait()
+            rows = self.claim(plan, lo, hi, skip_locked=skip_locked)
+            if not rows:
+                return 0, None, 0
+            written, failures = self.transform_and_write(plan, rows)
+            last = rows[-1][PK]
+            if chunk is not None:
+                runs.persist_batch(chunk, last, written, using=self.opts.state)
+            if failures:
+                self.quarantine(failures)
+        return len(rows), last, written
+
     # -- chunks and sweep ------------------------------------------------------------------
 
     def _pipelined(self) -> bool:
-        """Two batches in flight (engine/pipeline.py): PostgreSQL, and no rate cap (a rate-capped
-        run sleeps between batches, and a batch waiting in the pipeline would hold its row locks
-        through that sleep). ``target_batch_ms`` only resizes batches: it pipelines."""
+        """Two batches in flight (engine/pipeline.py): where the dialect pipelines, and with no
+        rate cap (a rate-capped run sleeps between batches, and a batch waiting in the pipeline
+        would hold its row locks through that sleep). ``target_batch_ms`` only resizes batches:
+        it pipelines."""
         opts = self.opts
-        return opts.pipeline and connections[opts.using].vendor == "postgresql" and not opts.rate
+        return opts.pipeline and self.dialect.pipelines and not opts.rate
 
     def _process_chunk(self, chunk) -> str:
         plan = self.plans[chunk.model]
@@ -195,7 +201,7 @@ class _Worker:
             status = self._wait_while_paused()
             if status != RunStatus.RUNNING:
                 return status
-            if self._past_deadline():
+            if self.past_deadline():
                 return "deadline"
             if self._pipelined() and not serial:
                 outcome, cursor = Pipeline(self, plan, chunk, cursor).run()
@@ -215,7 +221,7 @@ class _Worker:
                 self._retrying("chunk finish", lambda: runs.finish_chunk(chunk, using=self.opts.state))
                 return "done"
             cursor = last
-            self._after(plan, seen, written, time.monotonic() - start)
+            self.after_batch(plan, seen, written, time.monotonic() - start)
 
     def _sweep(self) -> None:
         """Re-check every row, waiting for row locks this time (rows skipped while locked by
@@ -233,7 +239,7 @@ class _Worker:
                         break
                     cursor = last
                     written_total += written
-                    self._after(plan, seen, written, time.monotonic() - start)
+                    self.after_batch(plan, seen, written, time.monotonic() - start)
                 remaining, quarantined = self._retrying("sweep census", lambda plan=plan: self._left(plan))
                 if remaining <= quarantined:
                     break
@@ -243,7 +249,7 @@ class _Worker:
         quarantined = QuarantinedValue.objects.using(self.opts.state).filter(
             run=self.run, label__startswith=plan.label + "."
         )
-        return plan.pending(using=self.opts.using), quarantined.values("pk_value").distinct().count()
+        return self.dialect.count_pending(plan), quarantined.values("pk_value").distinct().count()
 
     def work(self) -> WorkResult:
         using = self.opts.state
@@ -270,7 +276,7 @@ class _Worker:
         prog = self._retrying("progress", lambda: runs.progress(self.run, using=using))
         # Sweep only once every chunk is done. "No chunk running" is not enough: another worker
         # may hold a pending chunk locked in its (not yet committed) claim, which our claim skipped.
-        if prog["done"] < prog["chunks"]:
+        if not prog.all_chunks_done:
             return self.result  # another worker still owns chunks; the last one to finish sweeps
         self._sweep()
         self._retrying("finish", self._finish)

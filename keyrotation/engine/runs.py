@@ -19,7 +19,8 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import Count, F, Max, Min, Q, Sum
@@ -99,7 +100,7 @@ def set_status(
             f"run_{to}",
             actor=actor,
             status="failed" if to == RunStatus.FAILED else "ok",
-            rows_processed=totals["rows_done"],
+            rows_processed=totals.rows_done,
             rows_failed=run.rows_failed,
             details={"run": run.pk, "scope": run.scope, "targets": run.targets, **_where(run.database)},
             using=using,
@@ -320,8 +321,23 @@ def finish_chunk(chunk: ReencryptionChunk, using=None) -> None:
     )
 
 
-def progress(run: ReencryptionRun, using=None) -> dict:
-    """Totals derived from the chunks (never stored twice, so never out of step)."""
+@dataclass(frozen=True)
+class RunProgress:
+    """A run's totals, derived from its chunks (never stored twice, so never out of step)."""
+
+    rows_done: int
+    heartbeat: datetime | None  # the latest chunk heartbeat
+    chunks: int
+    chunks_done: int
+    chunks_running: int
+
+    @property
+    def all_chunks_done(self) -> bool:
+        return self.chunks_done >= self.chunks
+
+
+def progress(run: ReencryptionRun, using=None) -> RunProgress:
+    """The run's :class:`RunProgress`, from its chunks."""
     agg = (
         ReencryptionChunk.objects.using(_db(using))
         .filter(run=run)
@@ -333,8 +349,13 @@ def progress(run: ReencryptionRun, using=None) -> dict:
             running=Count("id", filter=Q(status=ChunkStatus.RUNNING)),
         )
     )
-    agg["rows_done"] = agg["rows_done"] or 0
-    return agg
+    return RunProgress(
+        rows_done=agg["rows_done"] or 0,
+        heartbeat=agg["heartbeat"],
+        chunks=agg["chunks"],
+        chunks_done=agg["done"],
+        chunks_running=agg["running"],
+    )
 
 
 def current_status(run_id: int, using=None) -> str:

@@ -1,17 +1,16 @@
 """Turning a batch of claimed rows into its new values: no SQL, no model instances.
 
-Rows come in the layout of :func:`engine.sql.layout` (positions read from it, never recomputed):
-pk, (value, version) per encrypted column, (value, version) per index column, (value, version) per
-extra index source, the legacy value per adopting column, then the bound columns. A bound column
-(``bind_to``) is opened with its row's bound value and sealed again as format 0x02, which also binds
-a value written before ``bind_to`` was set. The result, a :class:`Write`, is column by column (what one
-``UPDATE … FROM unnest(…)`` takes) and carries only the columns that change in this batch, with
-the guards: old versions (and, for SQLite, old ciphertexts and legacy values).
+Rows come in the layout of :func:`keyrotation.engine.batch.layout`, every position read from it.
+A bound column (``bind_to``) is opened with its row's bound value and sealed again as format 0x02,
+which also binds a value written before ``bind_to`` was set. The result, a
+:class:`~keyrotation.engine.batch.Write`, is column by column (what one set-based ``UPDATE``
+takes) and carries only the columns that change in this batch, with the guards: old versions,
+old ciphertexts and legacy values.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -20,14 +19,10 @@ from django.db import connections
 from .. import crypto, keyring
 from ..exceptions import KEKUnavailable, KeyRotationError
 from ..tracebacks import forgets_locals
-from .plan import EncColumn, IdxColumn, ModelPlan
-from .sql import CLEAR, KEEP, extra_sources, layout, legacy_columns
+from .batch import CLEAR, KEEP, PK, Row, Write, extra_sources, layout, legacy_columns
+from .plan import EncColumn, ModelPlan
 
 _V2 = bytes([crypto.FORMAT_V2])  # the first byte of a bound value (a token may be empty)
-
-# KEEP (None): a new-value element meaning "leave this column and its version as they are".
-# CLEAR (b""): "set this column and its version to NULL" (never a real value: a token is at least
-# 33 bytes, a digest at least 4).
 
 
 @dataclass(frozen=True)
@@ -41,47 +36,6 @@ class RowFailure:
 
     def __str__(self) -> str:
         return f"{self.label} pk={self.pk!r} key version={self.version}: {self.reason}"
-
-
-@dataclass
-class Write:
-    """One batch's writes, column by column, rows in pk order.
-
-    ``enc`` / ``idx``: the columns written in this batch with their new values (``KEEP``,
-    ``CLEAR`` or the new bytes; the version column is set to the column's target with them).
-    Guards: ``enc_versions`` / ``enc_tokens`` (every encrypted column of the plan),
-    ``idx_versions`` (the written index columns), ``legacy`` (every adopting column).
-    """
-
-    pks: list[Any]
-    enc: list[tuple[EncColumn, list[bytes | None]]] = field(default_factory=list)
-    idx: list[tuple[IdxColumn, list[bytes | None]]] = field(default_factory=list)
-    enc_versions: list[list[int | None]] = field(default_factory=list)
-    enc_tokens: list[list[bytes | None]] = field(default_factory=list)
-    idx_versions: list[list[int | None]] = field(default_factory=list)
-    legacy: list[list[Any]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.pks)
-
-    def __repr__(self) -> str:  # no value, ever
-        return f"<Write {len(self.pks)} rows: {[c.label for c, _ in self.enc + self.idx]}>"
-
-    def keep(self, rows: list[int]) -> Write:
-        """The same write restricted to the row positions ``rows``."""
-
-        def pick(values: list) -> list:
-            return [values[k] for k in rows]
-
-        return Write(
-            pick(self.pks),
-            [(c, pick(v)) for c, v in self.enc],
-            [(c, pick(v)) for c, v in self.idx],
-            [pick(v) for v in self.enc_versions],
-            [pick(v) for v in self.enc_tokens],
-            [pick(v) for v in self.idx_versions],
-            [pick(v) for v in self.legacy],
-        )
 
 
 class Rings:
@@ -192,7 +146,7 @@ class BatchTransformer:
         self._bound_ciphers[(col.label, version)] = ring.cipher(version, col.label)
         return plaintext
 
-    def _bindings(self, rows: list[tuple], col: EncColumn) -> list[bytes | None]:
+    def _bindings(self, rows: list[Row], col: EncColumn) -> list[bytes | None]:
         """Each row's binding for ``col`` (None where the bound value is missing or unusable)."""
         at = self.layout.bound_at(col)
         connection = connections[self.using]
@@ -204,12 +158,12 @@ class BatchTransformer:
                 out.append(None)
         return out
 
-    def transform(self, row: tuple) -> Write:
+    def transform(self, row: Row) -> Write:
         """One row (tests, fuzzing); raises RowFailureError for an unopenable value."""
         return self.transform_batch([row])[0]
 
     @forgets_locals  # ``plaintexts``: every value of the batch opened so far
-    def transform_batch(self, rows: list[tuple], *, stop: bool = True) -> tuple[Write, list[RowFailure]]:
+    def transform_batch(self, rows: list[Row], *, stop: bool = True) -> tuple[Write, list[RowFailure]]:
         """The batch's :class:`Write` and the rows that failed (left out of the write).
 
         ``stop``: raise RowFailureError at the first value that cannot be opened, instead of
@@ -223,8 +177,8 @@ class BatchTransformer:
                 raise exc
             failed.setdefault(k, exc.failure)
 
-        pks = [r[0] for r in rows]
         lay = self.layout
+        pks = [r[PK] for r in rows]
         legacy_values = {
             c.label: [r[at] for r in rows] for c, at in zip(self.legacy, lay.legacy, strict=True)
         }
@@ -233,8 +187,8 @@ class BatchTransformer:
         sources: dict[str, tuple[list, list, list, list | None]] = {}
 
         for col, at in zip(plan.enc, lay.enc, strict=True):
-            tokens = [r[at] for r in rows]
-            versions = [r[at + 1] for r in rows]
+            tokens = [r[at.value] for r in rows]
+            versions = [r[at.version] for r in rows]
             write.enc_tokens.append(tokens)
             write.enc_versions.append(versions)
             plaintexts: list[bytes | None] = [None] * n
@@ -280,11 +234,12 @@ class BatchTransformer:
 
         for src, at in zip(self.extra, lay.extra, strict=True):
             bindings = self._bindings(rows, src) if src.bound_column else None
-            sources[src.label] = ([r[at] for r in rows], [r[at + 1] for r in rows], [None] * n, bindings)
+            tokens, versions = [r[at.value] for r in rows], [r[at.version] for r in rows]
+            sources[src.label] = (tokens, versions, [None] * n, bindings)
 
         for col, at in zip(plan.idx, lay.idx, strict=True):
-            digests = [r[at] for r in rows]
-            versions = [r[at + 1] for r in rows]
+            digests = [r[at.value] for r in rows]
+            versions = [r[at.version] for r in rows]
             tokens, src_versions, plaintexts, bindings = sources[col.source.label]
             key, length, target = self._idx_target[col.label], col.length, col.target
             new = [KEEP] * n

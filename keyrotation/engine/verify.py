@@ -9,7 +9,7 @@ from .. import crypto, databases, keyring
 from ..exceptions import KeyRotationError
 from ..tracebacks import forgets_locals
 from . import plan as _plan
-from . import sql
+from .batch import PK, Row, extra_sources, layout, legacy_columns
 from .transform import Rings, RowFailure, RowFailureError, open_value
 
 
@@ -50,7 +50,7 @@ def verify(
                     checked += 1
                     found = verifier.check(row)
                     failures.extend(f"[{alias}] {f}" if several else f for f in found)
-                cursor = rows[-1][0]
+                cursor = rows[-1][PK]
     return {
         "rows_checked": checked,
         "failures": failures[:limit],
@@ -59,10 +59,11 @@ def verify(
     }
 
 
-def _verify_batch(p, using, cursor, batch_size):
+def _verify_batch(p: _plan.ModelPlan, using: str, cursor, batch_size: int) -> list[Row]:
+    """Rows after ``cursor`` in pk order, pending or not, in the layout's order; no lock."""
     conn = connections[using]
     q = conn.ops.quote_name
-    cols = sql.read_columns(p)
+    cols = layout(p).columns
     where, params = "", []
     if cursor is not None:
         where, params = f"WHERE {q(p.pk_column)} > %s", [cursor]
@@ -78,8 +79,8 @@ def _verify_batch(p, using, cursor, batch_size):
 class _Verifier:
     def __init__(self, p, headers: dict[str, dict[str, int]], using: str = "default"):
         self.plan = p
-        self.extra = sql.extra_sources(p)
-        self.layout = sql.layout(p)
+        self.extra = extra_sources(p)
+        self.layout = layout(p)
         self.connection = connections[using]
         self.rings = Rings()
         self.index_rings = Rings("index")
@@ -94,16 +95,17 @@ class _Verifier:
         per_version[version] = per_version.get(version, 0) + 1
 
     def check(self, row) -> list[str]:
-        p, pk, out, lay = self.plan, row[0], [], self.layout
+        p, lay, out = self.plan, self.layout, []
+        pk = row[PK]
         values: dict[str, tuple] = {}
         for col, at in zip(p.enc, lay.enc, strict=True):
-            values[col.label] = (col, row[at], row[at + 1])
-        idx = [(col, row[at], row[at + 1]) for col, at in zip(p.idx, lay.idx, strict=True)]
+            values[col.label] = (col, row[at.value], row[at.version])
+        idx = [(col, row[at.value], row[at.version]) for col, at in zip(p.idx, lay.idx, strict=True)]
         extra_labels = set()
         for src, at in zip(self.extra, lay.extra, strict=True):
-            values[src.label] = (src, row[at], row[at + 1])
+            values[src.label] = (src, row[at.value], row[at.version])
             extra_labels.add(src.label)
-        for col, at in zip(sql.legacy_columns(p), lay.legacy, strict=True):
+        for col, at in zip(legacy_columns(p), lay.legacy, strict=True):
             if row[at] is not None:
                 out.append(f"{col.label} pk={pk!r}: legacy value not adopted yet")
         plaintexts = {}
@@ -159,4 +161,4 @@ class _Verifier:
         try:
             return col.binding(row[self.layout.bound_at(col)], self.connection)
         except (ValueError, TypeError, ValidationError):
-            raise RowFailureError(RowFailure(col.label, row[0], None, "no bound value")) from None
+            raise RowFailureError(RowFailure(col.label, row[PK], None, "no bound value")) from None
