@@ -8,9 +8,9 @@ collide in a UNIQUE index, so any number of non-active versions coexist while a 
 one is refused with an IntegrityError, as the partial index does on PostgreSQL and SQLite.
 
 The column is not a model field (the model state is unchanged): the ORM never names it, so
-INSERTs and UPDATEs of ``DataKey`` stay as they are, and the database computes it. A generated
-column with an index works on MariaDB 10.2+ and MySQL 5.7+ (functional indexes would need
-MySQL 8.0.13 and do not exist on MariaDB).
+INSERTs and UPDATEs of ``DataKey`` stay as they are, and the database computes it. Both MariaDB
+and MySQL index generated columns (the suite runs this on MariaDB); a functional index would need
+MySQL 8.0.13 and does not exist on MariaDB.
 """
 
 from django.core.management.base import CommandError
