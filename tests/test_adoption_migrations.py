@@ -9,8 +9,8 @@ itself encrypts them), then runs every step of the guide as a ``manage.py`` subp
 old column keeps every stored byte until the finishing migration, which refuses while a legacy
 value remains. The libraries are only ever imported in those subprocesses.
 
-On SQLite without ``DATABASE_URL``; on a scratch PostgreSQL database (created and dropped here)
-with it, so that ``make test`` runs both.
+On SQLite without ``DATABASE_URL``; with it, on a scratch PostgreSQL or MySQL/MariaDB database
+(created and dropped here), so that ``make test`` and the MySQL phase run them all.
 """
 
 from __future__ import annotations
@@ -93,6 +93,12 @@ FIELD_ENCRYPTION_KEY = {fek!r}
 SALT_KEY = ["adoption-e2e-salt"]
 """
 
+# On MySQL/MariaDB Django warns that keyrotation.DataKey's conditional unique constraint is not
+# created; keyrotation's migration 0006 enforces it there instead (docs/installation.md).
+MYSQL_SETTINGS = """
+SILENCED_SYSTEM_CHECKS = ["models.W036"]
+"""
+
 MODELS = """from django.db import models
 {imports}
 
@@ -130,6 +136,7 @@ class Project:
         master = base64.b64encode(os.urandom(32)).decode()
         (root / "project_settings.py").write_text(
             SETTINGS.format(secret=SECRET_KEY, database=database, master=master, fek=FIELD_ENCRYPTION_KEY)
+            + (MYSQL_SETTINGS if vendor_of(database) == "mysql" else "")
         )
         self.models = root / "shop" / "models.py"
         self.models.write_text(MODELS.format(imports=case.imports, declaration=case.declaration))
@@ -169,10 +176,24 @@ class Project:
 
     # -- the database, read directly (never through the project) ----------------------------------
 
+    @property
+    def vendor(self) -> str:
+        return vendor_of(self.database)
+
     def sql(self, query: str, params: tuple = ()) -> list[tuple]:
-        if self.database["ENGINE"].endswith("sqlite3"):
+        if self.vendor == "sqlite":
             with sqlite3.connect(self.database["NAME"]) as conn:
                 return conn.execute(query, params).fetchall()
+        if self.vendor == "mysql":
+            import MySQLdb
+
+            conn = MySQLdb.connect(**mysql_params(self.database), autocommit=True)
+            try:
+                cursor = conn.cursor()
+                cursor.execute(query.replace("?", "%s"), params)
+                return list(cursor.fetchall()) if cursor.description else []
+            finally:
+                conn.close()
         import psycopg
 
         with psycopg.connect(**pg_params(self.database), autocommit=True) as conn:
@@ -180,18 +201,37 @@ class Project:
             return cursor.fetchall() if cursor.description else []
 
     def columns(self) -> set[str]:
-        if self.database["ENGINE"].endswith("sqlite3"):
+        if self.vendor == "sqlite":
             return {r[1] for r in self.sql("PRAGMA table_info(shop_customer)")}
-        return {
-            r[0]
-            for r in self.sql(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'shop_customer'"
-            )
-        }
+        # MySQL's information_schema spans every database of the server: this one only.
+        schema = " AND table_schema = DATABASE()" if self.vendor == "mysql" else ""
+        query = "SELECT column_name FROM information_schema.columns WHERE table_name = 'shop_customer'"
+        return {r[0] for r in self.sql(query + schema)}
+
+    def column_type(self, column: str) -> str:
+        """The declared type of ``column`` on MySQL (``varchar(254)``); "" elsewhere."""
+        if self.vendor != "mysql":
+            return ""
+        query = (
+            "SELECT column_type FROM information_schema.columns "
+            "WHERE table_schema = DATABASE() AND table_name = 'shop_customer' AND column_name = ?"
+        )
+        ((kind,),) = self.sql(query, (column,))
+        return kind.decode() if isinstance(kind, bytes) else kind
 
     def raw(self, column: str) -> list:
-        rows = self.sql(f'SELECT "{column}" FROM shop_customer ORDER BY id')  # noqa: S608 - test SQL
+        rows = self.sql(f"SELECT {quote(self.vendor, column)} FROM shop_customer ORDER BY id")  # noqa: S608
         return [bytes(v) if isinstance(v, (bytes, memoryview)) else v for (v,) in rows]
+
+
+def vendor_of(db: dict) -> str:
+    """``sqlite``, ``postgresql`` or ``mysql``: the vendor of Django database settings."""
+    return {"sqlite3": "sqlite", "postgresql": "postgresql", "mysql": "mysql"}[db["ENGINE"].rsplit(".", 1)[1]]
+
+
+def quote(vendor: str, name: str) -> str:
+    """A column name quoted the way the backend's SQL (and ``sqlmigrate``) quotes it."""
+    return f"`{name}`" if vendor == "mysql" else f'"{name}"'
 
 
 def pg_params(db: dict) -> dict:
@@ -200,35 +240,66 @@ def pg_params(db: dict) -> dict:
     return {**params, "password": db["PASSWORD"]} if db["PASSWORD"] else params
 
 
+def mysql_params(db: dict, database: str | None = None) -> dict:
+    """MySQLdb (mysqlclient) connection arguments of Django database settings; ``database``
+    overrides the database name ("" for none)."""
+    name = db["NAME"] if database is None else database
+    params = {"host": db["HOST"], "port": int(db["PORT"]), "user": db["USER"], "charset": "utf8mb4"}
+    params.update({"database": name} if name else {})
+    return {**params, "password": db["PASSWORD"]} if db["PASSWORD"] else params
+
+
+def _server_sql(settings: dict, statement: str) -> None:
+    """Run one statement on the server of ``settings`` outside any database of the suite."""
+    if vendor_of(settings) == "mysql":
+        import MySQLdb
+
+        conn = MySQLdb.connect(**mysql_params(settings, database=""), autocommit=True)
+        try:
+            conn.cursor().execute(statement)
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(**pg_params(settings), autocommit=True) as conn:
+        conn.execute(statement)
+
+
 @pytest.fixture
 def database(tmp_path):
-    """Django settings of a scratch database: a SQLite file, or a PostgreSQL database created on
-    the server of ``DATABASE_URL`` and dropped afterwards."""
+    """Django settings of a scratch database: a SQLite file, or a PostgreSQL or MySQL database
+    created on the server of ``DATABASE_URL`` and dropped afterwards."""
     url = os.environ.get("DATABASE_URL")
     if not url:
         yield {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "db.sqlite3")}
         return
-    import psycopg
-
     from tests import servers
 
     settings = servers.database_settings(url)
     name = f"{os.environ.get('KEYROTATION_TEST_PG_NAME', 'test_keyrotation')}_adopt_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(**pg_params(settings), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    mysql = vendor_of(settings) == "mysql"
+    ident = f"`{name}`" if mysql else f'"{name}"'
+    _server_sql(settings, f"CREATE DATABASE {ident}" + (" CHARACTER SET utf8mb4" if mysql else ""))
+    keys = ("ENGINE", "HOST", "PORT", "USER", "PASSWORD", "OPTIONS")
     try:
-        yield {**{k: settings[k] for k in ("ENGINE", "HOST", "PORT", "USER", "PASSWORD")}, "NAME": name}
+        yield {**{k: settings[k] for k in keys if k in settings}, "NAME": name}
     finally:
-        with psycopg.connect(**pg_params(settings), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _server_sql(settings, f"DROP DATABASE IF EXISTS {ident}" + ("" if mysql else " WITH (FORCE)"))
 
 
-def assert_keeps_legacy_column(sql: str, column: str) -> None:
+def assert_keeps_legacy_column(sql: str, column: str, vendor: str, column_type: str = "") -> None:
     """The SQL of a starting migration: columns added, NOT NULL / unique / indexes dropped, and the
-    old column never renamed, retyped or dropped."""
-    q = f'"{column}"'
+    old column never renamed, retyped or dropped. On MySQL, dropping NOT NULL restates the
+    column's type (``MODIFY `email` varchar(254) NULL``): it must be ``column_type``, unchanged."""
+    q = quote(vendor, column)
     for line in sql.splitlines():
         upper = line.upper()
+        modify = re.search(rf"MODIFY {re.escape(q)} (.+) NULL;$", line)
+        if vendor == "mysql" and modify and modify.group(1).lower() != column_type.lower():
+            pytest.fail(f"retypes the legacy column ({column_type}): {line}")
+        if vendor == "mysql" and f"MODIFY {q}" in line and not modify:
+            pytest.fail(f"changes the legacy column: {line}")
         if q in line and ("ALTER COLUMN" in upper and " TYPE " in upper):
             pytest.fail(f"retypes the legacy column: {line}")
         if re.search(rf"DROP COLUMN {re.escape(q)}", line) or re.search(
@@ -271,7 +342,7 @@ def test_adoption_by_the_guide(tmp_path, database, source):
     project.paste(out["model_edit"])
     project.run("makemigrations", "--check", "--dry-run", "shop")
     start_sql = project.run("sqlmigrate", "shop", "0002").stdout
-    assert_keeps_legacy_column(start_sql, "email")
+    assert_keeps_legacy_column(start_sql, "email", project.vendor, project.column_type("email"))
     assert "email_enc" in start_sql and "email_bidx" in start_sql
     project.run("rotatekeys", "--init")  # a new keyring: migrate's checks want an active key
     project.run("migrate", "-v", "0")
@@ -288,9 +359,8 @@ def test_adoption_by_the_guide(tmp_path, database, source):
     assert out["migration"] == "0003_finish_adopting_customer_email"
     if source == "plaintext":
         # A process still on the old code writes the legacy column (a rolling deploy).
-        project.sql(
-            "UPDATE shop_customer SET email = ? WHERE id = (SELECT MIN(id) FROM shop_customer)", (stored[0],)
-        )
+        (first,) = project.sql("SELECT MIN(id) FROM shop_customer")[0]
+        project.sql("UPDATE shop_customer SET email = ? WHERE id = ?", (stored[0], first))
         refused = project.run("migrate", "-v", "0", ok=False)
         assert refused.returncode == 1
         message = refused.stderr.strip().splitlines()
@@ -301,7 +371,7 @@ def test_adoption_by_the_guide(tmp_path, database, source):
         assert "email" in project.columns()
         project.run("reencrypt", "--model", "shop.Customer")
     finish_sql = project.run("sqlmigrate", "shop", "0003").stdout
-    assert 'DROP COLUMN "email"' in finish_sql or "new__shop_customer" in finish_sql
+    assert f"DROP COLUMN {quote(project.vendor, 'email')}" in finish_sql or "new__shop_customer" in finish_sql
     project.paste(out["model_edit"])
     project.run("makemigrations", "--check", "--dry-run", "shop")
     project.run("migrate", "-v", "0")

@@ -3,6 +3,7 @@
     .venv/bin/pip install -e ".[legacy]"
     .venv/bin/python tests/legacy/make_vectors.py                       # SQLite vectors
     DATABASE_URL=postgres://user@host:port/db .venv/bin/python tests/legacy/make_vectors.py  # + PostgreSQL
+    DATABASE_URL=mysql://user:pass@host:port/db .venv/bin/python tests/legacy/make_vectors.py  # + MySQL
 
 For each library it creates a table whose columns are that library's encrypted fields, saves the
 rows below through the ORM (so the library itself encrypts), reads the raw column values back
@@ -63,7 +64,18 @@ ROWS = [
 
 def configure() -> str:
     url = os.environ.get("DATABASE_URL")
-    if url:
+    if url and urlparse(url).scheme in ("mysql", "mariadb"):
+        p = urlparse(url)
+        db = {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": p.path.lstrip("/"),
+            "USER": unquote(p.username or ""),
+            "PASSWORD": unquote(p.password or ""),
+            "HOST": p.hostname or "127.0.0.1",
+            "PORT": str(p.port or 3306),
+            "OPTIONS": {"charset": "utf8mb4"},
+        }
+    elif url:
         p = urlparse(url)
         db = {
             "ENGINE": "django.db.backends.postgresql",
