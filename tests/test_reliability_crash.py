@@ -20,7 +20,7 @@ from keyrotation.models import ReencryptionChunk, ReencryptionRun
 from tests.helpers.db import child_env
 from tests.reliability_support import LOG, TRIALS, kill_group, manage, rotate, seed, state, versions, wait_for
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 ROWS = 1200
 
 
