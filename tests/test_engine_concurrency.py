@@ -1,4 +1,4 @@
-"""The engine under real concurrency on PostgreSQL: several workers, application writers in
+"""The engine under real concurrency on PostgreSQL and MySQL/MariaDB: several workers, application writers in
 other processes, and a worker killed with SIGKILL."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from django.db import connection
 
 from keyrotation import engine, keyring, lifecycle
 from keyrotation.models import ReencryptionChunk, ReencryptionRun
-from tests.helpers.db import child_env
+from tests.helpers.db import child_env, mysql_connection
 from tests.testapp.models import Person
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
 
 def seed(n: int) -> dict[int, str]:
@@ -44,20 +44,30 @@ def versions() -> set:
 @pytest.fixture
 def write_log():
     """A trigger that logs every UPDATE of a person row: counts the engine's writes per row."""
+    mysql = connection.vendor == "mysql"
     with connection.cursor() as cur:
         cur.execute("CREATE TABLE person_writes (pk bigint NOT NULL)")
-        cur.execute(
-            "CREATE FUNCTION log_person_write() RETURNS trigger AS $$ BEGIN "
-            "INSERT INTO person_writes VALUES (NEW.id); RETURN NEW; END $$ LANGUAGE plpgsql"
-        )
-        cur.execute(
-            "CREATE TRIGGER person_write AFTER UPDATE ON testapp_person "
-            "FOR EACH ROW EXECUTE FUNCTION log_person_write()"
-        )
+        if mysql:
+            cur.execute(
+                "CREATE TRIGGER person_write AFTER UPDATE ON testapp_person "
+                "FOR EACH ROW INSERT INTO person_writes VALUES (NEW.id)"
+            )
+        else:
+            cur.execute(
+                "CREATE FUNCTION log_person_write() RETURNS trigger AS $$ BEGIN "
+                "INSERT INTO person_writes VALUES (NEW.id); RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            cur.execute(
+                "CREATE TRIGGER person_write AFTER UPDATE ON testapp_person "
+                "FOR EACH ROW EXECUTE FUNCTION log_person_write()"
+            )
     yield
     with connection.cursor() as cur:
-        cur.execute("DROP TRIGGER person_write ON testapp_person")
-        cur.execute("DROP FUNCTION log_person_write()")
+        if mysql:
+            cur.execute("DROP TRIGGER person_write")
+        else:
+            cur.execute("DROP TRIGGER person_write ON testapp_person")
+            cur.execute("DROP FUNCTION log_person_write()")
         cur.execute("DROP TABLE person_writes")
 
 
@@ -68,7 +78,7 @@ def test_two_worker_processes_never_write_a_row_twice(keys, write_log):
     assert report.ok, report.as_dict()
     with connection.cursor() as cur:
         cur.execute("SELECT pk, count(*) FROM person_writes GROUP BY pk HAVING count(*) <> 1")
-        assert cur.fetchall() == []
+        assert list(cur.fetchall()) == []
         cur.execute("SELECT count(DISTINCT pk) FROM person_writes")
         assert cur.fetchone()[0] == len(emails)
     workers = set(ReencryptionChunk.objects.values_list("worker", flat=True))
@@ -146,23 +156,36 @@ def test_sigkill_mid_run_then_rerun_finishes(keys):
     assert {p.pk: p.email for p in Person.objects.all()} == emails
 
 
-def test_lost_database_connection_is_retried(keys, caplog):
+def _terminate_my_session() -> int:
+    """End this thread's database session from another connection, as a server restart or a
+    network cut would; returns its id."""
+    if connection.vendor == "mysql":
+        pid = connection.connection.thread_id()
+        other = mysql_connection()
+        try:
+            other.cursor().execute(f"KILL CONNECTION {int(pid)}")
+        finally:
+            other.close()
+        return pid
     import psycopg
 
+    sd = connection.settings_dict
+    pid = connection.connection.info.backend_pid
+    with psycopg.connect(
+        host=sd["HOST"], port=sd["PORT"], user=sd["USER"], dbname=sd["NAME"], autocommit=True
+    ) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+    return pid
+
+
+def test_lost_database_connection_is_retried(keys, caplog):
     emails = seed(600)
     rotate()
-    sd = connection.settings_dict
     killed = []
 
     def kill_my_backend(batch):
-        if killed:
-            return
-        pid = connection.connection.info.backend_pid
-        with psycopg.connect(
-            host=sd["HOST"], port=sd["PORT"], user=sd["USER"], dbname=sd["NAME"], autocommit=True
-        ) as other:
-            other.execute("SELECT pg_terminate_backend(%s)", [pid])
-        killed.append(pid)
+        if not killed:
+            killed.append(_terminate_my_session())
 
     with caplog.at_level("WARNING", logger="keyrotation.engine"):
         report = engine.reencrypt(batch_size=100, on_batch=kill_my_backend)

@@ -17,7 +17,7 @@ from tests.testapp.models import Person
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-EXPECTED = {"postgresql": dialects.PostgreSQL, "sqlite": dialects.SQLite}
+EXPECTED = {"mysql": dialects.MySQL, "postgresql": dialects.PostgreSQL, "sqlite": dialects.SQLite}
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_for_alias_picks_the_dialect_of_the_vendor():
     assert type(dialect) is EXPECTED[connection.vendor]
     assert dialect.alias == "default" and dialect.vendor == connection.vendor
     assert type(dialects.for_connection(connection)) is type(dialect)
-    assert dialect.skip_locked is (connection.vendor == "postgresql")
+    assert dialect.skip_locked is (connection.vendor != "sqlite")
     assert dialect.pipelines is (connection.vendor == "postgresql")
 
 

@@ -14,7 +14,7 @@ from keyrotation import engine
 from tests.helpers.db import child_env
 from tests.reliability_support import LOG, finish, manage, rotate, seed, state, versions
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 WRITERS = 2
 
 

@@ -1,6 +1,6 @@
-"""Crash and resume on PostgreSQL: ``reencrypt`` killed with SIGKILL at random moments, inside a
-batch transaction (between claim and write) and during the final sweep; the rerun must finish with
-every row decrypting to its original value on the active version.
+"""Crash and resume on PostgreSQL and MySQL/MariaDB: ``reencrypt`` killed with SIGKILL at random
+moments, inside a batch transaction (between claim and write) and during the final sweep; the rerun
+must finish with every row decrypting to its original value on the active version.
 
 ``KEYROTATION_TRIALS`` (default 20) sets the number of random-kill trials.
 """
@@ -17,10 +17,10 @@ from django.db import connection
 
 from keyrotation import engine
 from keyrotation.models import ReencryptionChunk, ReencryptionRun
-from tests.helpers.db import child_env
+from tests.helpers.db import child_env, mysql_connection
 from tests.reliability_support import LOG, TRIALS, kill_group, manage, rotate, seed, state, versions, wait_for
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 ROWS = 1200
 
 
@@ -103,8 +103,15 @@ def test_sigkill_at_random_moments_then_rerun(keys):
 
 @pytest.fixture
 def slow_engine_update():
-    """A trigger that sleeps in every UPDATE made by a session named ``victim``: the engine's batch
-    transaction is held open after it claimed (locked) its rows and before its write completes."""
+    """A trigger that sleeps in the engine's UPDATE: the batch transaction is held open after it
+    claimed (locked) its rows and before its write completes. On PostgreSQL, every UPDATE made by
+    a session named ``victim`` sleeps; on MySQL (no session names, and a sleep that a dead client
+    does not cut short), the UPDATE that moves the lowest pk to a new key version sleeps once."""
+    if connection.vendor == "mysql":
+        yield "mysql"
+        with connection.cursor() as cur:
+            cur.execute("DROP TRIGGER IF EXISTS victim_sleep")
+        return
     with connection.cursor() as cur:
         cur.execute(
             "CREATE FUNCTION victim_sleep() RETURNS trigger AS $$ BEGIN "
@@ -115,10 +122,35 @@ def slow_engine_update():
             "CREATE TRIGGER victim_sleep BEFORE UPDATE ON testapp_person "
             "FOR EACH ROW EXECUTE FUNCTION victim_sleep()"
         )
-    yield
+    yield "postgresql"
     with connection.cursor() as cur:
         cur.execute("DROP TRIGGER victim_sleep ON testapp_person")
         cur.execute("DROP FUNCTION victim_sleep()")
+
+
+def _mysql_sleep_on(pk: int) -> None:
+    with connection.cursor() as cur:
+        cur.execute(
+            "CREATE TRIGGER victim_sleep BEFORE UPDATE ON testapp_person FOR EACH ROW "
+            f"IF NEW.id = {int(pk)} AND NOT (NEW.email_key_version <=> OLD.email_key_version) "
+            "THEN DO SLEEP(3); END IF"
+        )
+
+
+def _mysql_others(other) -> list[tuple]:
+    """Sessions on the test database other than this test's two: (id, state, query)."""
+    connection.ensure_connection()
+    ours = (connection.connection.thread_id(), other.thread_id())
+    cur = other.cursor()
+    cur.execute(
+        "SELECT ID, STATE, INFO FROM information_schema.PROCESSLIST WHERE DB = %s AND ID NOT IN (%s, %s)",
+        [connection.settings_dict["NAME"], *ours],
+    )
+    return list(cur.fetchall())
+
+
+def _mysql_sleeping(other) -> bool:
+    return any(state == "User sleep" for _, state, _ in _mysql_others(other))
 
 
 def _victim_backend(other, wait_event: str):
@@ -133,6 +165,16 @@ def test_sigkill_between_claim_and_write(keys, slow_engine_update):
     started = time.monotonic()
     original = seed(400)
     target = rotate()
+    if slow_engine_update == "mysql":
+        _sigkill_between_claim_and_write_mysql(min(original))
+    else:
+        _sigkill_between_claim_and_write_postgresql()
+    assert _committed() == 0
+    _finish_and_check(original, target)
+    LOG.add("crash: SIGKILL inside a batch transaction (1 and 2 workers)", 2, time.monotonic() - started)
+
+
+def _sigkill_between_claim_and_write_postgresql() -> None:
     env = child_env(PGAPPNAME="victim", PGOPTIONS="-c client_connection_check_interval=100")
     with _psycopg() as other:
         for workers in (1, 2):
@@ -147,9 +189,32 @@ def test_sigkill_between_claim_and_write(keys, slow_engine_update):
             finally:
                 kill_group(proc)
             assert _raw_rows(other) == before  # nothing of the killed batch was written
-    assert _committed() == 0
-    _finish_and_check(original, target)
-    LOG.add("crash: SIGKILL inside a batch transaction (1 and 2 workers)", 2, time.monotonic() - started)
+
+
+def _sigkill_between_claim_and_write_mysql(first_pk: int) -> None:
+    _mysql_sleep_on(first_pk)
+    other = mysql_connection()
+    try:
+        for workers in (1, 2):
+            args = ("--batch-size", "50", "--workers", str(workers), "--no-progress")
+            proc = manage("reencrypt", *args, env=child_env())
+            try:
+                assert wait_for(lambda: _mysql_sleeping(other), 30), "the engine never wrote"
+                before = _raw_rows_dbapi(other)
+                kill_group(proc)
+                # the statement ends, the server finds the client gone and rolls the batch back
+                assert wait_for(lambda: not _mysql_others(other), 20), _mysql_others(other)
+            finally:
+                kill_group(proc)
+            assert _raw_rows_dbapi(other) == before  # nothing of the killed batch was written
+    finally:
+        other.close()
+
+
+def _raw_rows_dbapi(conn) -> list[tuple]:
+    cur = conn.cursor()
+    cur.execute("SELECT id, email, email_key_version, ssn, email_bidx FROM testapp_person ORDER BY id")
+    return list(cur.fetchall())
 
 
 def _raw_rows(conn) -> list[tuple]:
@@ -165,6 +230,20 @@ def test_sigkill_during_the_final_sweep(keys):
     target = rotate()
     pks = sorted(original)
     locked = pks[::50]
+    if connection.vendor == "mysql":
+        _sigkill_while_the_sweep_waits_mysql(locked)
+    else:
+        _sigkill_while_the_sweep_waits_postgresql(locked)
+    with connection.cursor() as cur:
+        cur.execute("SELECT id FROM testapp_person WHERE email_key_version <> %s", [target])
+        assert sorted(r[0] for r in cur.fetchall()) == locked  # exactly the rows the sweep had left
+    assert ReencryptionRun.objects.get().status == "running"
+    report = _finish_and_check(original, target)
+    assert report.joined and report.rows_done == len(locked)
+    LOG.add("crash: SIGKILL during the final sweep", 1, time.monotonic() - started)
+
+
+def _sigkill_while_the_sweep_waits_postgresql(locked: list[int]) -> None:
     with _psycopg() as app:
         app.autocommit = False
         app.execute("SELECT id FROM testapp_person WHERE id = ANY(%s) FOR UPDATE", [locked])
@@ -183,10 +262,35 @@ def test_sigkill_during_the_final_sweep(keys):
         finally:
             kill_group(proc)
         app.rollback()
-    with connection.cursor() as cur:
-        cur.execute("SELECT id FROM testapp_person WHERE email_key_version <> %s", [target])
-        assert sorted(r[0] for r in cur.fetchall()) == locked  # exactly the rows the sweep had left
-    assert ReencryptionRun.objects.get().status == "running"
-    report = _finish_and_check(original, target)
-    assert report.joined and report.rows_done == len(locked)
-    LOG.add("crash: SIGKILL during the final sweep", 1, time.monotonic() - started)
+
+
+def _sigkill_while_the_sweep_waits_mysql(locked: list[int]) -> None:
+    app = mysql_connection()
+    try:
+        app.autocommit(False)
+        marks = ", ".join(["%s"] * len(locked))
+        app.cursor().execute(f"SELECT id FROM testapp_person WHERE id IN ({marks}) FOR UPDATE", locked)
+        proc = manage("reencrypt", "--batch-size", "40", "--no-progress", env=child_env())
+        try:
+            other = mysql_connection()
+            try:
+                # the chunk pass is over and the sweep waits on the application's row lock: a
+                # claim without SKIP LOCKED that has run for a second or more
+                def waiting():
+                    cur = other.cursor()
+                    cur.execute(
+                        "SELECT 1 FROM information_schema.PROCESSLIST "
+                        "WHERE INFO LIKE %s AND TIME >= 1 AND ID <> %s",
+                        ["SELECT%FOR UPDATE", app.thread_id()],
+                    )
+                    return cur.fetchone()
+
+                assert wait_for(waiting, 30), kill_group(proc)
+                assert ReencryptionChunk.objects.exclude(status="done").count() == 0
+            finally:
+                other.close()
+        finally:
+            kill_group(proc)
+        app.rollback()
+    finally:
+        app.close()

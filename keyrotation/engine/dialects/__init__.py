@@ -6,6 +6,8 @@ sweep's wait for row locks. The dialect is picked by ``connection.vendor``:
 
 * ``postgresql.py``: ``FOR UPDATE SKIP LOCKED`` claims, one ``UPDATE … FROM unnest(…)`` per
   batch with binary parameters, two batches in flight per worker;
+* ``mysql.py``: MySQL 8.0+ and MariaDB 10.6+: ``FOR UPDATE SKIP LOCKED`` claims, one
+  ``UPDATE … JOIN (SELECT … UNION ALL …)`` per batch;
 * ``sqlite.py``: no row locks (one worker), one ``UPDATE … FROM (VALUES …)`` per batch guarded by
   the old ciphertexts too;
 * ``generic.py``: any other vendor; correct (the same guards) but one ``UPDATE`` per row, slow.
@@ -27,6 +29,7 @@ from ..batch import Row, Write
 from ..plan import ModelPlan
 from .base import BaseDialect
 from .generic import Generic
+from .mysql import MySQL
 from .postgresql import PostgreSQL
 from .sqlite import SQLite
 
@@ -35,6 +38,7 @@ __all__ = [
     "BaseDialect",
     "Dialect",
     "Generic",
+    "MySQL",
     "PostgreSQL",
     "SQLite",
     "for_alias",
@@ -84,7 +88,7 @@ class Dialect(Protocol):
 
 #: ``connection.vendor`` -> its dialect; any other vendor gets :class:`Generic`.
 BY_VENDOR: dict[str, type[BaseDialect]] = {
-    vendor: cls for cls in (PostgreSQL, SQLite) for vendor in cls.vendors
+    vendor: cls for cls in (MySQL, PostgreSQL, SQLite) for vendor in cls.vendors
 }
 
 
