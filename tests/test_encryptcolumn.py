@@ -304,7 +304,7 @@ def apply(op, state: ProjectState, backwards: bool = False) -> ProjectState:
 def sql(query: str, params: tuple = ()) -> list[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(query, params)
-        return cursor.fetchall() if cursor.description else []
+        return list(cursor.fetchall()) if cursor.description else []
 
 
 def table_columns() -> set[str]:

@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+from django.db import OperationalError
 
 from keyrotation import engine, keyring, lifecycle
 from keyrotation.exceptions import KEKRefused
@@ -113,3 +114,19 @@ def test_stopped_openbao_is_still_waited_for(openbao_server, settings, caplog):
     assert report.status == "finished", report
     retries = _retries(caplog)
     assert retries and all("KEKUnreachable" in line for line in retries), retries
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (OperationalError(2006, "MySQL server has gone away"), True),
+        (OperationalError(2013, "Lost connection to server during query"), True),
+        (OperationalError("server closed the connection unexpectedly"), True),  # psycopg
+        (OperationalError(1366, "Incorrect string value"), False),
+        (OperationalError(1054, "Unknown column"), False),
+    ],
+)
+def test_a_mysql_error_about_the_statement_is_not_retried(error, transient):
+    from keyrotation.engine.retry import is_transient
+
+    assert is_transient(error) is transient

@@ -32,8 +32,15 @@ TRANSIENT = (OperationalError, InterfaceError, KEKUnavailable)
 T = TypeVar("T")
 
 
+#: MySQL/MariaDB report some errors about the statement or its data as ``OperationalError``
+#: (unknown column or table, syntax, a value the column refuses): waiting mends none of them.
+PERMANENT_MYSQL_ERRORS = frozenset({1054, 1064, 1146, 1264, 1292, 1366, 1406})
+
+
 def is_transient(exc: BaseException) -> bool:
     """True if ``exc`` may go away by itself, so the operation is worth retrying."""
+    if isinstance(exc, OperationalError) and exc.args and exc.args[0] in PERMANENT_MYSQL_ERRORS:
+        return False
     return isinstance(exc, TRANSIENT) and not isinstance(exc, KEKRefused)
 
 

@@ -67,7 +67,9 @@ class MySQL(BaseDialect):
                 for k, row in enumerate(part):
                     cells = []
                     for value, is_binary, name in zip(row, binary, names, strict=True):
-                        cell = "NULL" if value is None else ("_binary %s" if is_binary else "%s")
+                        # A legacy column's bytes too: any bytes value is never read as text.
+                        binary_value = is_binary or isinstance(value, (bytes, bytearray, memoryview))
+                        cell = "NULL" if value is None else ("_binary %s" if binary_value else "%s")
                         if value is not None:
                             params.append(value)
                         cells.append(f"{cell} AS {name}" if k == 0 else cell)
