@@ -16,7 +16,8 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0"
 
-_API = (
+#: The functions of :mod:`keyrotation.api` that this package re-exports.
+API_NAMES = (
     "abort",
     "destroy",
     "init",
@@ -33,14 +34,14 @@ _API = (
     "verify",
 )
 
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", *API_NAMES]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _API:
+    if name in API_NAMES:
         return getattr(import_module("keyrotation.api"), name)
     raise AttributeError(f"module 'keyrotation' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_API})
+    return sorted({*globals(), *API_NAMES})

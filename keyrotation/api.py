@@ -18,28 +18,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import crypto, engine, lifecycle
+from . import API_NAMES, crypto, engine, lifecycle
 
 if TYPE_CHECKING:
     from .engine import Report
     from .models import DataKey, ReencryptionRun
 
-__all__ = [
-    "abort",
-    "destroy",
-    "init",
-    "keys",
-    "pause",
-    "reencrypt",
-    "restore",
-    "resume",
-    "retire",
-    "rewrap",
-    "rollback",
-    "rotate",
-    "status",
-    "verify",
-]
+__all__ = list(API_NAMES)
 
 
 def _purposes(purpose: str | None) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
@@ -22,6 +23,12 @@ def test_importing_keyrotation_needs_no_configured_django():
 def test_every_exported_name_is_documented_and_callable():
     from keyrotation import api
 
+    defined = {
+        name
+        for name, value in vars(api).items()
+        if inspect.isfunction(value) and value.__module__ == api.__name__ and not name.startswith("_")
+    }
+    assert defined == set(api.__all__) == set(keyrotation.API_NAMES)
     assert set(keyrotation.__all__) == {"__version__", *api.__all__}
     for name in api.__all__:
         assert callable(getattr(keyrotation, name)) and getattr(keyrotation, name).__doc__
