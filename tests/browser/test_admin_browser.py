@@ -90,7 +90,7 @@ def test_login_and_status_page_shows_the_census(live_server, admin_login, keys):
     screenshot(browser, "rotation-status.png")
 
 
-@pytest.mark.postgres
+@pytest.mark.server
 def test_live_rotation_advances_pauses_and_resumes(live_server, admin_login, keys):
     people(240)
     rotate_all()
