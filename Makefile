@@ -1,7 +1,7 @@
 # Development entry points. Only Python is needed: everything else goes into .venv.
 #   make demo                     run the example project (SQLite, local master key)
-#   make test [ARGS="-k crypto"]  SQLite + PostgreSQL + OpenBao + docs build (scripts/runtests.py)
-#   make test-mysql [ARGS=...]    the suite on a throwaway MariaDB (opt-in; installs mysqlclient)
+#   make test [ARGS="-k crypto"]  SQLite + PostgreSQL + MariaDB + OpenBao + docs build (scripts/runtests.py)
+#   make test-mysql [ARGS=...]    only the MariaDB phase (installs mysqlclient)
 #   make bench [ROWS=100000]      re-encryption and read benchmarks (bench/run.py); results in bench/results/
 #   make lint | docs | clean
 # PYTHON picks the interpreter that creates .venv (default python3): make test PYTHON=python3.12

@@ -1,11 +1,10 @@
 #!/usr/bin/env python3
-"""Run the whole suite the way CI does: SQLite, then PostgreSQL, then the docs build.
+"""Run the whole suite the way CI does: SQLite, then PostgreSQL, then MariaDB, then the docs build.
 
-    python scripts/runtests.py [--skip PHASE]... [--only PHASE]... [--with mysql] [-- PYTEST_ARGS...]
+    python scripts/runtests.py [--skip PHASE]... [--only PHASE]... [-- PYTEST_ARGS...]
 
-Phases: ``sqlite``, ``postgres``, ``mysql``, ``docs``. The default is every phase but ``mysql``,
-which is opt-in (``--only mysql``, ``--with mysql``, ``make test-mysql``) until the engine writes
-batches set-based on MySQL.
+Phases: ``sqlite``, ``postgres``, ``mysql``, ``docs``; all run by default (``--only mysql`` or
+``make test-mysql`` runs the MariaDB phase alone, ``--skip mysql`` leaves it out).
 
 Starts a throwaway PostgreSQL cluster, MariaDB server and OpenBao server on loopback
 (``tests/servers.py``) as the phases need them, unless the environment already names yours:
@@ -43,8 +42,6 @@ from scripts import mysql_driver  # noqa: E402
 from tests import servers  # noqa: E402
 
 PHASES = ("sqlite", "postgres", "mysql", "docs")
-# Opt-in phases: run only when named by --only or --with.
-OPT_IN = ("mysql",)
 TEST_PHASES = ("sqlite", "postgres", "mysql")  # the phases that run pytest
 REQUIRE_MYSQL_ENV = "KEYROTATION_REQUIRE_MYSQL"
 VAULT_ADDR_ENV, VAULT_TOKEN_ENV = servers.VAULT_ADDR_ENV, servers.VAULT_TOKEN_ENV
@@ -94,11 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", action="append", choices=PHASES, default=[],
                         help="skip a phase (repeatable)")
     parser.add_argument("--only", action="append", choices=PHASES, default=[],
-                        help="run only this phase (repeatable); opt-in phases included")
-    parser.add_argument("--with", dest="extra", action="append", choices=OPT_IN, default=[],
-                        help="add an opt-in phase to the default ones (repeatable)")
+                        help="run only this phase (repeatable)")
     args = parser.parse_args(argv)
-    phases = select_phases(args.only, args.extra, args.skip)
+    phases = select_phases(args.only, args.skip)
 
     signal.signal(signal.SIGTERM, _terminate)
     # Ctrl-C stops the servers even when started from a shell that ignores SIGINT (`cmd &`).
@@ -182,13 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def select_phases(only: list[str], extra: list[str], skip: list[str]) -> list[str]:
-    """The phases to run, in order: ``only`` if given, else the default ones plus ``extra``;
-    minus ``skip``."""
-    if only:
-        chosen = set(only)
-    else:
-        chosen = {p for p in PHASES if p not in OPT_IN} | set(extra)
+def select_phases(only: list[str], skip: list[str]) -> list[str]:
+    """The phases to run, in order: ``only`` if given, else all of them; minus ``skip``."""
+    chosen = set(only) if only else set(PHASES)
     return [p for p in PHASES if p in chosen and p not in skip]
 
 
