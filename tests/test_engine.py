@@ -296,7 +296,7 @@ def test_scope_by_model_and_field(people):
 
 def test_workers_need_row_locks(people):
     if connection.vendor != "sqlite":
-        pytest.skip("SQLite only: PostgreSQL has SKIP LOCKED")
+        pytest.skip("SQLite only: PostgreSQL and MySQL/MariaDB have SKIP LOCKED")
     with pytest.raises(KeyRotationError, match="needs row locks with SKIP LOCKED"):
         engine.reencrypt(workers=2)
 
