@@ -297,7 +297,7 @@ def test_plaintext_decoder_and_restricted_unpickler():
     assert legacy.restricted_loads(pickle.dumps(value)) == value
 
 
-@pytest.mark.postgres
+@pytest.mark.server
 def test_plaintext_encrypted_in_place_under_a_concurrent_writer(keys):
     C = lm.PlainContact
     rows = C.objects.bulk_create(C(email_legacy=f"user{i}@example.com") for i in range(4000))

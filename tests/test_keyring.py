@@ -1,18 +1,17 @@
 """Keyrings: caching, lazy unwrapping, reload on an unknown version, state checks."""
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from keyrotation import crypto, keyring, lifecycle
 from keyrotation.exceptions import DecryptionError, KeyStateError, NoActiveKey, UnknownKeyVersion
 from keyrotation.kek import context_for
 from keyrotation.models import DataKey
+from tests.helpers.db import child_env
 
 pytestmark = pytest.mark.django_db
 LABEL = "app.Model.field"
@@ -109,18 +108,13 @@ def test_repr_never_shows_keys(keys):
     assert subkey.hex() not in repr(ring) and repr(ring) == "<Keyring default/encrypt: v1=active>"
 
 
-@pytest.mark.postgres
+@pytest.mark.server
 @pytest.mark.django_db(transaction=True)
 def test_second_process_sees_new_version(settings):
     """A real second process: learns a new active version within CACHE_SECONDS, and decrypts a
     value under a version it has never seen at once (reload on unknown version)."""
     lifecycle.init("default")
-    env = {**os.environ, "KEYROTATION_TEST_CACHE_SECONDS": "2"}
-    if connection.vendor == "postgresql":
-        sd = connection.settings_dict
-        env["DATABASE_URL"] = (
-            f"postgres://{sd['USER']}:{sd['PASSWORD']}@{sd['HOST']}:{sd['PORT']}/{sd['NAME']}"
-        )
+    env = child_env(KEYROTATION_TEST_CACHE_SECONDS="2")
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.helpers.keyring_child"],
         cwd=Path(__file__).parent.parent,

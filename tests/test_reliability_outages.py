@@ -128,7 +128,7 @@ def _vault_outage(openbao_server, kek, break_it, mend_it):
     return {"first exit": first_exit}
 
 
-@pytest.mark.postgres
+@pytest.mark.server
 @pytest.mark.django_db(transaction=True)
 def test_openbao_stopped_mid_run(openbao_server, bao_kek):
     started = time.monotonic()
@@ -136,7 +136,7 @@ def test_openbao_stopped_mid_run(openbao_server, bao_kek):
     LOG.add("outage: OpenBao stopped then started", 1, time.monotonic() - started, outcome)
 
 
-@pytest.mark.postgres
+@pytest.mark.server
 @pytest.mark.django_db(transaction=True)
 def test_openbao_sealed_mid_run(openbao_server, bao_kek):
     started = time.monotonic()
