@@ -8,8 +8,8 @@ Two ways in, both explicit (importing this module registers nothing and queries 
 
       urlpatterns += [path("metrics/keyrotation", metrics_view, name="keyrotation-metrics")]
 
-* an exporter already serving prometheus_client's global registry (django-prometheus,
-  ``start_http_server``): add the collector to it once, in your ``AppConfig.ready()``::
+* an exporter already serving prometheus_client's global registry inside Django (such as
+  django-prometheus's ``/metrics``): add the collector to it once, in your ``AppConfig.ready()``::
 
       from keyrotation.contrib import prometheus
 

@@ -21,6 +21,7 @@ the two calls it is (an unwrap by the previous KEK, a wrap by the current one).
 from __future__ import annotations
 
 import enum
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ..exceptions import KEKRefused
@@ -127,7 +128,7 @@ class KEKSwitch:
             f"({self.previous.describe()}): set PREVIOUS to the settings of the KEK that wrapped it"
         )
 
-    def _counting(self, role: Wrapper, operation: str):
+    def _counting(self, role: Wrapper, operation: str) -> AbstractContextManager[None]:
         return COUNTS.counting(Call(self._names[role], role.value, operation))
 
     # -- the KEK backend interface ---------------------------------------------------------
