@@ -46,6 +46,8 @@ def check_settings(app_configs=None, **kwargs):
         conf.default_keyring()
         conf.batch_size()
         conf.audit_anchor()
+        conf.metrics_bearer_token()
+        conf.metrics_census_cache_seconds()
         from .kek import load_backend, load_kek
 
         if conf.kek()["BACKEND"] == "local":

@@ -36,6 +36,8 @@ KNOWN_KEYS = frozenset(
         "ADMIN_INTEGRATION",
         "REDACT_PATTERNS",
         "AUDIT_ANCHOR",
+        "METRICS_BEARER_TOKEN",
+        "METRICS_CENSUS_CACHE_SECONDS",
     }
 )
 
@@ -242,6 +244,40 @@ def audit_anchor() -> Any:
             f'KEYROTATION["AUDIT_ANCHOR"]: {value!r} is neither an absolute file path nor a dotted path'
         )
     return value
+
+
+def metrics_bearer_token() -> str | None:
+    """``KEYROTATION["METRICS_BEARER_TOKEN"]`` (default ``None``): the token that
+    :func:`keyrotation.contrib.prometheus.metrics_view` requires as ``Authorization: Bearer
+    <token>``; ``None`` serves the metrics to anyone who can reach the URL.
+
+    Read it from the environment or a secrets manager, not from the repository, and give Prometheus
+    the same value (``authorization: {credentials_file: ...}`` in the scrape config).
+    """
+    value = _get("METRICS_BEARER_TOKEN", None)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or value != value.strip():
+        # The message never repeats the value: it is a secret, however malformed.
+        raise ConfigurationError(
+            'KEYROTATION["METRICS_BEARER_TOKEN"] must be None or a non-empty string without '
+            "surrounding white space"
+        )
+    return value
+
+
+def metrics_census_cache_seconds() -> float:
+    """``KEYROTATION["METRICS_CENSUS_CACHE_SECONDS"]`` (default 300): how long the metrics exporter
+    reuses its census (rows per column and key version) before counting again.
+
+    Counting reads every row of every encrypted table (unless ``INDEX_VERSION_COLUMNS``), on
+    every database that holds it; a scrape every 15 seconds must not do that each time. The
+    cache is per process; ``0`` counts at every scrape.
+    """
+    value = _get("METRICS_CENSUS_CACHE_SECONDS", 300)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ConfigurationError('KEYROTATION["METRICS_CENSUS_CACHE_SECONDS"] must be a number >= 0')
+    return float(value)
 
 
 def unknown_keys() -> set[str]:

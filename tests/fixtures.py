@@ -4,6 +4,7 @@ import base64
 import os
 
 import pytest
+from django.db import connections
 
 from keyrotation import keyring, lifecycle
 
@@ -25,3 +26,16 @@ def keys(db):
 @pytest.fixture
 def master_key():
     return base64.b64encode(os.urandom(32)).decode()
+
+
+@pytest.fixture
+def person_table_on_other():
+    """``testapp_person`` on the ``other`` database of a server run (the suite's router keeps it
+    empty); for tests that put rows on two databases."""
+    from tests.testapp.models import Person
+
+    with connections["other"].schema_editor() as editor:
+        editor.create_model(Person)
+    yield
+    with connections["other"].schema_editor() as editor:
+        editor.delete_model(Person)

@@ -41,6 +41,26 @@ def test_malformed_settings(settings, value, fragment):
     assert ids(messages) == ["keyrotation.E001"] and fragment in messages[0].msg
 
 
+_KEK = {"BACKEND": "local", "KEYS": ["ERERERERERERERERERERERERERERERERERERERERERE="]}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("METRICS_BEARER_TOKEN", ""),
+        ("METRICS_BEARER_TOKEN", 12345),
+        ("METRICS_BEARER_TOKEN", " s3cret-metrics-token "),
+        ("METRICS_CENSUS_CACHE_SECONDS", -1),
+        ("METRICS_CENSUS_CACHE_SECONDS", "300"),
+    ],
+)
+def test_malformed_metrics_settings_never_repeat_the_token(settings, key, value):
+    settings.KEYROTATION = {"KEK": _KEK, key: value}
+    messages = check_settings()
+    assert ids(messages) == ["keyrotation.E001"] and key in messages[0].msg
+    assert "s3cret" not in messages[0].msg
+
+
 def test_unknown_keys_warn(settings):
     settings.KEYROTATION = {**settings.KEYROTATION, "CACHE_SECOND": 5}
     messages = check_settings()

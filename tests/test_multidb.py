@@ -37,16 +37,6 @@ def no_waits(settings):
     settings.KEYROTATION = {**settings.KEYROTATION, "CACHE_SECONDS": 0, "DESTROY_GRACE_SECONDS": 0}
 
 
-@pytest.fixture
-def person_table_on_other():
-    """``testapp_person`` on the ``other`` database (the suite's router keeps it empty)."""
-    with connections["other"].schema_editor() as editor:
-        editor.create_model(Person)
-    yield
-    with connections["other"].schema_editor() as editor:
-        editor.delete_model(Person)
-
-
 def versions_on(alias: str) -> list[int | None]:
     with connections[alias].cursor() as cur:
         cur.execute("SELECT email_key_version FROM testapp_person ORDER BY id")

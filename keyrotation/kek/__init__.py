@@ -98,12 +98,13 @@ def load_backend(options: dict[str, Any] | None = None) -> KEKBackend:
 def load_kek() -> KEKSwitch:
     """The configured KEK and, if ``KEYROTATION["KEK"]["PREVIOUS"]`` is set, the previous one."""
     current = load_backend()
+    current_name = conf.current_kek()["BACKEND"]
     options = conf.previous_kek()
     if options is None:
-        return KEKSwitch(current)
+        return KEKSwitch(current, names=(current_name, None))
     problem = None
     try:
-        return KEKSwitch(current, load_backend(options))
+        return KEKSwitch(current, load_backend(options), names=(current_name, options["BACKEND"]))
     except ConfigurationError as exc:
         problem = str(exc)
     # Raised outside the handler: the backend's error is not chained (its frames held the options).

@@ -12,15 +12,21 @@ Routing: each data key goes to the KEK whose :class:`~keyrotation.kek.identity.C
 ``NO`` is refused at once, with its kek id and the fix, without any KEK call. Trying is the
 fallback only: ids written by this version always tell local keys apart (fingerprint in the
 bytes) and Vault keys apart (address, mount and key name).
+
+Every call that reaches a backend (wrap, unwrap, rewrap) is counted in
+:data:`keyrotation.kek.calls.COUNTS`, with its failures: a rewrap from the previous KEK counts as
+the two calls it is (an unwrap by the previous KEK, a wrap by the current one).
 """
 
 from __future__ import annotations
 
 import enum
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ..exceptions import KEKRefused
 from ..tracebacks import forgets_locals
+from .calls import COUNTS, Call
 from .identity import Claim, claim_of
 
 
@@ -42,6 +48,12 @@ def key_name(context: bytes) -> str:
     return repr(text)
 
 
+def backend_name(backend: Any) -> str:
+    """The dotted path of a backend's class: its name in the counts when the settings give none."""
+    cls = type(backend)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 class KEKSwitch:
     """The current KEK and the optional previous one, behind the KEK backend interface.
 
@@ -49,15 +61,24 @@ class KEKSwitch:
     backend's. Neither backend's options are kept here.
     """
 
-    def __init__(self, current: Any, previous: Any | None = None) -> None:
+    def __init__(
+        self, current: Any, previous: Any | None = None, *, names: tuple[str, str | None] | None = None
+    ) -> None:
         self.current = current
         self.previous = previous
+        # How the counts name each backend: its KEYROTATION["KEK"]["BACKEND"] ("local", "vault",
+        # a dotted path), never its options (addresses, key ids).
+        current_name, previous_name = names or (None, None)
+        self._names = {
+            Wrapper.CURRENT: current_name or backend_name(current),
+            Wrapper.PREVIOUS: previous_name or (backend_name(previous) if previous is not None else ""),
+        }
 
     def __repr__(self) -> str:
         return f"<KEKSwitch {self.describe()}>"
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("current", "previous"):  # not set yet (unpickling, copying)
+        if name in ("current", "previous", "_names"):  # not set yet (unpickling, copying)
             raise AttributeError(name)
         return getattr(self.current, name)
 
@@ -107,11 +128,15 @@ class KEKSwitch:
             f"({self.previous.describe()}): set PREVIOUS to the settings of the KEK that wrapped it"
         )
 
+    def _counting(self, role: Wrapper, operation: str) -> AbstractContextManager[None]:
+        return COUNTS.counting(Call(self._names[role], role.value, operation))
+
     # -- the KEK backend interface ---------------------------------------------------------
 
     @forgets_locals  # ``dek`` is a parameter
     def wrap(self, dek: bytes, context: bytes) -> tuple[bytes, str]:
-        return self.current.wrap(dek, context)
+        with self._counting(Wrapper.CURRENT, "wrap"):
+            return self.current.wrap(dek, context)
 
     @forgets_locals  # a custom backend's frames may hold the data key
     def unwrap(self, wrapped: bytes, context: bytes, kek_id: str = "") -> bytes:
@@ -120,16 +145,20 @@ class KEKSwitch:
         reasons = []
         for role, backend in tried_first:
             try:
-                return backend.unwrap(wrapped, context)
+                return self._unwrap_by(role, backend, wrapped, context)
             except KEKRefused as exc:  # KEKUnreachable is not a "no": it propagates
                 reasons.append(f"{role.value} KEK: {exc}")
         if not reasons:
-            return last.unwrap(wrapped, context)  # its own error, as is
+            return self._unwrap_by(last_role, last, wrapped, context)  # its own error, as is
         try:
-            return last.unwrap(wrapped, context)
+            return self._unwrap_by(last_role, last, wrapped, context)
         except KEKRefused as exc:
             reasons.append(f"{last_role.value} KEK: {exc}")
         raise KEKRefused(f"data key {key_name(context)} did not unwrap: {'; '.join(reasons)}")
+
+    def _unwrap_by(self, role: Wrapper, backend: Any, wrapped: bytes, context: bytes) -> bytes:
+        with self._counting(role, "unwrap"):
+            return backend.unwrap(wrapped, context)
 
     def rewrap(self, wrapped: bytes, context: bytes, kek_id: str = "") -> tuple[bytes, str]:
         """Wrap the key under the current KEK: in place if the current KEK wrapped it, else
@@ -151,12 +180,13 @@ class KEKSwitch:
 
     def _rewrap_from(self, role: Wrapper, source: Any, wrapped: bytes, context: bytes) -> tuple[bytes, str]:
         if role is Wrapper.CURRENT:
-            return self.current.rewrap(wrapped, context)
-        return self._move(source, wrapped, context)
+            with self._counting(Wrapper.CURRENT, "rewrap"):
+                return self.current.rewrap(wrapped, context)
+        return self._move(role, source, wrapped, context)
 
     @forgets_locals  # the data key passes through this frame (never bound to a name)
-    def _move(self, source: Any, wrapped: bytes, context: bytes) -> tuple[bytes, str]:
-        return self.current.wrap(source.unwrap(wrapped, context), context)
+    def _move(self, role: Wrapper, source: Any, wrapped: bytes, context: bytes) -> tuple[bytes, str]:
+        return self.wrap(self._unwrap_by(role, source, wrapped, context), context)
 
     def rotate(self) -> str:
         return self.current.rotate()
