@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from keyrotation import keyring, lifecycle
+from keyrotation import engine, keyring, lifecycle
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +25,21 @@ def keys(db):
 @pytest.fixture
 def master_key():
     return base64.b64encode(os.urandom(32)).decode()
+
+
+@pytest.fixture
+def caught(monkeypatch) -> list[BaseException]:
+    """What escapes ``engine.work`` during the test (``engine.reencrypt`` catches a failed run
+    into its report): the exception an error report would show."""
+    errors: list[BaseException] = []
+    real_work = engine.work
+
+    def spy(*args, **kwargs):
+        try:
+            return real_work(*args, **kwargs)
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    monkeypatch.setattr(engine, "work", spy)
+    return errors
