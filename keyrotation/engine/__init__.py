@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from django.db import connections
 
 from .. import conf, databases, keyring, signals
-from ..exceptions import EngineDatabaseError, KeyRotationError, RunFailed
+from ..exceptions import KeyRotationError, RunFailed
 from ..models import ChunkStatus, QuarantinedValue, ReencryptionChunk, ReencryptionRun, RunStatus
 from . import dialects, runs
 from . import plan as _plan
@@ -27,7 +27,6 @@ from .transform import BatchTransformer
 from .verify import verify
 
 __all__ = [
-    "EngineDatabaseError",
     "Report",
     "RunFailed",
     "abort",
