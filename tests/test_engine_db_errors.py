@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import pytest
 from django.db import connection, connections
+from django.urls import reverse
 
 from keyrotation import engine, lifecycle
 from keyrotation.engine.retry import RetryPolicy
@@ -194,6 +195,27 @@ def test_an_error_that_outlasts_the_retries_is_reported_the_same_way(db):
     assert str(info.value).startswith("run #3: database error in progress on database 'default': ")
     assert "kr_no_such_table" not in str(info.value)
     assert len(calls) == (3 if connection.vendor == "sqlite" else 1)
+
+
+@pytest.mark.urls("tests.admin_urls")
+def test_the_admin_shows_the_safe_text_only(keys, admin_client):
+    emails = plain_contacts()
+    with refusing_updates(TABLE, "email_legacy") as texts:
+        with assert_no_leak(emails + texts) as leak, without_sql_log():
+            engine.reencrypt([CONTACTS])
+            run = run_row()
+            for url in (
+                reverse("admin:keyrotation_status"),
+                reverse("admin:keyrotation_status_json"),
+                reverse("admin:keyrotation_reencryptionrun_changelist"),
+                reverse("admin:keyrotation_reencryptionrun_change", args=[run.pk]),
+                reverse("admin:keyrotation_keyrotationaudit_changelist"),
+            ):
+                response = admin_client.get(url)
+                assert response.status_code == 200, url
+                leak.check_text(response.content.decode(), f"admin page {url}")
+    status_page = admin_client.get(reverse("admin:keyrotation_status")).content.decode()
+    assert f"database error in batch of {CONTACTS}" in status_page
 
 
 # -- the final sweep ----------------------------------------------------------------------------
