@@ -110,8 +110,13 @@ def reencrypt(
     ``"app.Model.field"``) to the active key versions; joins a run left open by a crash or by
     another host. Returns the run's :class:`~keyrotation.engine.Report`. ``reencrypt``.
 
+    A run that fails (a value that cannot be opened and ``on_error="stop"``, a database error)
+    is marked failed and its message is in the report's ``errors``.
+
     Raises:
-        RunFailed: a value could not be opened and ``on_error="stop"``.
+        EngineDatabaseError: the database refused to count the pending rows or to record the
+            run; like every database error of the engine, it names where and the driver's code,
+            never the database's message.
         KeyRotationError: an unknown model, field or database.
     """
     return engine.reencrypt(

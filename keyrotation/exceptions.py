@@ -101,5 +101,61 @@ class LegacyDecodeError(KeyRotationError):
     """
 
 
+class RunFailed(KeyRotationError):
+    """A re-encryption run stopped on a value it cannot open (``on_error="stop"``) or on a
+    database error (:class:`EngineDatabaseError`, also once the retries of a transient one ran
+    out). The run is marked ``failed`` with this message."""
+
+
+class EngineDatabaseError(RunFailed):
+    """The database refused the re-encryption engine's work, or kept failing after the retries.
+
+    Names what the engine was doing (``step``: a batch, the final sweep, a census, a chunk
+    claim...), where (run, model, fields, the primary-key range, the key versions it was moving
+    rows to, the database aliases), the exception class and the driver's error code (SQLSTATE on
+    PostgreSQL, the error number on MySQL/MariaDB, the result-code name on SQLite). Never the
+    database's message: servers quote values in it (MySQL's ``Incorrect string value:
+    '\\xF0\\x9F…'``, PostgreSQL's ``Failing row contains (…)`` or a trigger's own text), and
+    the values of a batch are plaintexts when a legacy column is being adopted. The original
+    exception is not chained to this one.
+    """
+
+    def __init__(
+        self,
+        *,
+        step: str,
+        databases: tuple[str, ...],
+        error_class: str,
+        code: str | None = None,
+        run: int | None = None,
+        model: str | None = None,
+        fields: tuple[str, ...] = (),
+        pks: str | None = None,
+        versions: tuple[str, ...] = (),
+    ) -> None:
+        self.step = step
+        self.databases = databases
+        self.error_class = error_class
+        self.code = code
+        self.run = run
+        self.model = model
+        self.fields = fields
+        self.pks = pks
+        self.versions = versions
+        where = [f"fields {', '.join(fields)}"] if fields else []
+        where += [pks] if pks else []
+        where += [f"to {', '.join(versions)}"] if versions else []
+        on = ", ".join(repr(alias) for alias in databases)
+        super().__init__(
+            (f"run #{run}: " if run is not None else "")
+            + f"database error in {step}"
+            + (f" of {model}" if model else "")
+            + (f" ({'; '.join(where)})" if where else "")
+            + f" on database{'s' if len(databases) > 1 else ''} {on}: {error_class}"
+            + (f" ({code})" if code else "")
+            + "; the database's message is withheld, as it may quote values"
+        )
+
+
 class RunNotFound(KeyRotationError):
     """No re-encryption run has the id given (to ``pause``, ``resume`` or ``abort``)."""

@@ -6,7 +6,7 @@ import os
 import pytest
 from django.db import connections
 
-from keyrotation import keyring, lifecycle
+from keyrotation import engine, keyring, lifecycle
 
 
 @pytest.fixture(autouse=True)
@@ -39,3 +39,21 @@ def person_table_on_other():
     yield
     with connections["other"].schema_editor() as editor:
         editor.delete_model(Person)
+
+
+@pytest.fixture
+def caught(monkeypatch) -> list[BaseException]:
+    """What escapes ``engine.work`` during the test (``engine.reencrypt`` catches a failed run
+    into its report): the exception an error report would show."""
+    errors: list[BaseException] = []
+    real_work = engine.work
+
+    def spy(*args, **kwargs):
+        try:
+            return real_work(*args, **kwargs)
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    monkeypatch.setattr(engine, "work", spy)
+    return errors

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.command_line import REFUSAL
+
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("rotatekeys", "reencrypt", "rotation_status", "audit_verify", "audit_export", "encryptcolumn")
 
@@ -61,6 +63,9 @@ EXIT_CODES = [
         code=3,
         says="run `manage.py reencrypt` again",
     ),
+    {"setup": "refuse"},  # a trigger makes the database refuse every batch
+    step("reencrypt", "--no-progress", code=1, says="on database 'default': IntegrityError"),
+    {"setup": "allow"},
     {"setup": "tamper"},  # one stored email no longer authenticates
     step("reencrypt", "--no-progress", code=1, says="authentication failed"),
     step("reencrypt", "--verify", code=1, says="1 failure(s)"),
@@ -234,6 +239,15 @@ def test_setup_steps_succeed(results):
 @pytest.mark.parametrize("s", [s for s in EXIT_CODES if isinstance(s, Step)], ids=lambda s: s.id)
 def test_exit_codes(results, s):
     _check(_result(results, s, _occurrence(EXIT_CODES, s)), s)
+
+
+def test_a_database_error_is_one_line_without_the_database_message(results):
+    """The run's database error is reported by where and the driver's code; the database's own
+    text, which may quote values, is printed nowhere."""
+    (result,) = [r for r in results["reencrypt --no-progress"] if "database error" in r["stdout"]]
+    errors = [line for line in result["stdout"].splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "database error in batch of testapp.Person" in errors[0], errors
+    assert REFUSAL not in result["stdout"] + result["stderr"]
 
 
 @pytest.mark.parametrize("s", BAD_INPUT, ids=lambda s: s.id)

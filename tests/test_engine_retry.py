@@ -124,6 +124,7 @@ def test_stopped_openbao_is_still_waited_for(openbao_server, settings, caplog):
         (OperationalError("server closed the connection unexpectedly"), True),  # psycopg
         (OperationalError(1366, "Incorrect string value"), False),
         (OperationalError(1054, "Unknown column"), False),
+        (OperationalError(1644, "a trigger's SIGNAL"), False),
     ],
 )
 def test_a_mysql_error_about_the_statement_is_not_retried(error, transient):

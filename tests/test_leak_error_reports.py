@@ -28,9 +28,8 @@ from django.db import models
 from keyrotation import crypto, engine, keyring, legacy, lifecycle
 from keyrotation.engine import dialects
 from keyrotation.engine import plan as _plan
-from keyrotation.engine.runner import RunFailed
 from keyrotation.engine.transform import BatchTransformer, RowFailureError
-from keyrotation.exceptions import DecryptionError, KEKUnavailable
+from keyrotation.exceptions import DecryptionError, KEKUnavailable, RunFailed
 from keyrotation.kek import context_for
 from keyrotation.models import DataKey
 from keyrotation.testing import assert_no_leak
@@ -381,23 +380,6 @@ def test_a_batch_that_meets_a_tampered_row_shows_no_plaintext_of_the_others(secr
         with leak.raises(RowFailureError, error_reports=True):
             BatchTransformer(plan).transform_batch(rows)
     assert f"pk={people[3].pk}" in str(leak.exceptions[0])
-
-
-@pytest.fixture
-def caught(monkeypatch) -> list[BaseException]:
-    """What escapes ``engine.work`` during the test (the engine catches it into its report)."""
-    errors: list[BaseException] = []
-    real_work = engine.work
-
-    def spy(*args, **kwargs):
-        try:
-            return real_work(*args, **kwargs)
-        except BaseException as exc:
-            errors.append(exc)
-            raise
-
-    monkeypatch.setattr(engine, "work", spy)
-    return errors
 
 
 def test_a_failed_reencrypt_run_shows_no_plaintext(secrets, caught):

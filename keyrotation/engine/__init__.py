@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from django.db import connections
 
 from .. import conf, databases, keyring, signals
-from ..exceptions import KeyRotationError
+from ..exceptions import KeyRotationError, RunFailed
 from ..models import ChunkStatus, QuarantinedValue, ReencryptionChunk, ReencryptionRun, RunStatus
 from . import dialects, runs
 from . import plan as _plan
 from .overview import RunOverview
-from .runner import Options, RunFailed, WorkResult, work
+from .runner import Options, WorkResult, work
 from .transform import BatchTransformer
 from .verify import verify
 
@@ -134,8 +134,14 @@ def reencrypt(
         monitor: with ``workers > 1``, called about twice a second with the rows this call has
             re-encrypted so far (every worker, every database, from the chunks' progress).
 
+    A run that fails (a value that cannot be opened, a database error in its work) is marked
+    ``failed`` and its message is in the report's ``errors``; a database error names where and
+    the driver's error code, never the database's message
+    (:class:`~keyrotation.exceptions.EngineDatabaseError`).
+
     Raises:
-        RunFailed: ``on_error="stop"`` and a value could not be opened.
+        EngineDatabaseError: the database refused to count the pending rows or to record the run
+            (nothing was recorded).
         KeyRotationError: a scope entry names no registered column; ``database`` is unknown,
             read-only or holds none of the models.
     """
@@ -218,7 +224,7 @@ def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor,
     """Open or join the run of ``plans`` on ``opts.using`` and work it; add to ``report``."""
     # Opening a run writes an audit row, which needs the KEK (the chain key): ride out an outage.
     run, joined = opts.retrying(
-        "opening the run",
+        opts.step("opening the run"),
         lambda: runs.open_run(
             plans,
             models,

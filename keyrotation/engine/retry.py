@@ -33,8 +33,9 @@ T = TypeVar("T")
 
 
 #: MySQL/MariaDB report some errors about the statement or its data as ``OperationalError``
-#: (unknown column or table, syntax, a value the column refuses): waiting mends none of them.
-PERMANENT_MYSQL_ERRORS = frozenset({1054, 1064, 1146, 1264, 1292, 1366, 1406})
+#: (unknown column or table, syntax, a value the column refuses, a trigger's ``SIGNAL``):
+#: waiting mends none of them.
+PERMANENT_MYSQL_ERRORS = frozenset({1054, 1064, 1146, 1264, 1292, 1366, 1406, 1644})
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -19,14 +19,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, Error, connections, transaction
 
 from .. import signals
-from ..exceptions import KeyRotationError
+from ..exceptions import KeyRotationError, RunFailed
 from ..models import QuarantinedValue, ReencryptionChunk, ReencryptionRun, RunStatus
 from ..tracebacks import forgets_locals
 from . import dialects, runs
 from .batch import PK, Row
+from .db_errors import Step, safely
 from .pipeline import Pipeline
 from .plan import ModelPlan
 from .retry import RetryPolicy, retrying
@@ -36,10 +37,6 @@ from .transform import BatchTransformer, RowFailure, RowFailureError
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class RunFailed(KeyRotationError):
-    """The run stopped on a value it cannot open (``on_error="stop"``) or ran out of retries."""
 
 
 @dataclass
@@ -63,9 +60,16 @@ class Options:
         """The databases a worker talks to (one, or two when the rows live elsewhere)."""
         return [self.state] if self.state == self.using else [self.state, self.using]
 
-    def retrying(self, what: str, fn: Callable[[], T]) -> T:
-        """``fn`` under this run's retry policy (:func:`keyrotation.engine.retry.retrying`)."""
-        return retrying(what, fn, self.retry, self.aliases)
+    def step(self, action: str, run: int | None = None, **where: Any) -> Step:
+        """A :class:`~keyrotation.engine.db_errors.Step` on this run's databases."""
+        return Step(action, tuple(self.aliases), run=run, **where)
+
+    def retrying(self, step: Step, fn: Callable[[], T]) -> T:
+        """``fn`` under this run's retry policy (:func:`keyrotation.engine.retry.retrying`); a
+        database error that is not retried, or still fails after the retries, is raised as an
+        :class:`~keyrotation.exceptions.EngineDatabaseError` naming ``step``, never quoting the
+        database (:func:`keyrotation.engine.db_errors.safely`)."""
+        return safely(step, lambda: retrying(str(step), fn, self.retry, self.aliases))
 
 
 @dataclass
@@ -150,8 +154,8 @@ class _Worker:
     def _wait_while_paused(self) -> str:
         """Return the run status once it is not paused (or 'deadline')."""
         while True:
-            status = self._retrying(
-                "status check", lambda: runs.current_status(self.run.pk, using=self.opts.state)
+            status = self.opts.retrying(
+                self._step("status check"), lambda: runs.current_status(self.run.pk, using=self.opts.state)
             )
             if status != RunStatus.PAUSED:
                 return status
@@ -159,8 +163,8 @@ class _Worker:
                 return "deadline"
             time.sleep(self.opts.poll_seconds)
 
-    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
-        return self.opts.retrying(f"run #{self.run.pk}: {what}", fn)
+    def _step(self, action: str, **where: Any) -> Step:
+        return self.opts.step(action, run=self.run.pk, **where)
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -203,22 +207,27 @@ class _Worker:
                 return status
             if self.past_deadline():
                 return "deadline"
+            batch = self._step("batch", plan=plan, after=cursor, upto=chunk.hi)
             if self._pipelined() and not serial:
-                outcome, cursor = Pipeline(self, plan, chunk, cursor).run()
+                outcome, cursor = safely(batch, Pipeline(self, plan, chunk, cursor).run)
                 if outcome == "done":
-                    self._retrying("chunk finish", lambda: runs.finish_chunk(chunk, using=self.opts.state))
+                    self.opts.retrying(
+                        self._step("chunk finish"), lambda: runs.finish_chunk(chunk, using=self.opts.state)
+                    )
                     return "done"
                 if outcome == "error":
                     serial = 1  # the next batch retries with backoff; then the pipeline again
                 continue
             serial = max(0, serial - 1)
             start = time.monotonic()
-            seen, last, written = self._retrying(
-                f"batch of {plan.label}",
+            seen, last, written = self.opts.retrying(
+                batch,
                 lambda cursor=cursor: self._batch(plan, cursor, chunk.hi, skip_locked=True, chunk=chunk),
             )
             if not seen:
-                self._retrying("chunk finish", lambda: runs.finish_chunk(chunk, using=self.opts.state))
+                self.opts.retrying(
+                    self._step("chunk finish"), lambda: runs.finish_chunk(chunk, using=self.opts.state)
+                )
                 return "done"
             cursor = last
             self.after_batch(plan, seen, written, time.monotonic() - start)
@@ -231,8 +240,8 @@ class _Worker:
                 cursor, written_total = None, 0
                 while True:
                     start = time.monotonic()
-                    seen, last, written = self._retrying(
-                        f"sweep of {plan.label}",
+                    seen, last, written = self.opts.retrying(
+                        self._step("sweep", plan=plan, after=cursor),
                         lambda cursor=cursor, plan=plan: self._batch(plan, cursor, None, skip_locked=False),
                     )
                     if not seen:
@@ -240,7 +249,9 @@ class _Worker:
                     cursor = last
                     written_total += written
                     self.after_batch(plan, seen, written, time.monotonic() - start)
-                remaining, quarantined = self._retrying("sweep census", lambda plan=plan: self._left(plan))
+                remaining, quarantined = self.opts.retrying(
+                    self._step("sweep census", plan=plan), lambda plan=plan: self._left(plan)
+                )
                 if remaining <= quarantined:
                     break
 
@@ -258,8 +269,9 @@ class _Worker:
             if status != RunStatus.RUNNING:
                 self.result.stopped = status
                 return self.result
-            chunk = self._retrying(
-                "claim", lambda: runs.claim_chunk(self.run.pk, stale_after=self.opts.stale_after, using=using)
+            chunk = self.opts.retrying(
+                self._step("chunk claim"),
+                lambda: runs.claim_chunk(self.run.pk, stale_after=self.opts.stale_after, using=using),
             )
             if chunk is None:
                 break
@@ -270,16 +282,18 @@ class _Worker:
                     runs.release_chunk(chunk, using=using)
                 raise
             if outcome != "done":
-                self._retrying("chunk release", lambda chunk=chunk: runs.release_chunk(chunk, using=using))
+                self.opts.retrying(
+                    self._step("chunk release"), lambda chunk=chunk: runs.release_chunk(chunk, using=using)
+                )
                 self.result.stopped = outcome
                 return self.result
-        prog = self._retrying("progress", lambda: runs.progress(self.run, using=using))
+        prog = self.opts.retrying(self._step("progress"), lambda: runs.progress(self.run, using=using))
         # Sweep only once every chunk is done. "No chunk running" is not enough: another worker
         # may hold a pending chunk locked in its (not yet committed) claim, which our claim skipped.
         if not prog.all_chunks_done:
             return self.result  # another worker still owns chunks; the last one to finish sweeps
         self._sweep()
-        self._retrying("finish", self._finish)
+        self.opts.retrying(self._step("finish"), self._finish)
         return self.result
 
     def _finish(self) -> None:
@@ -309,5 +323,12 @@ def work(run: ReencryptionRun, plans: list[ModelPlan], opts: Options) -> WorkRes
     try:
         return worker.work()
     except RunFailed as exc:
-        runs.set_status(run.pk, RunStatus.FAILED, actor=opts.actor, error=str(exc), using=opts.state)
+        try:
+            runs.set_status(run.pk, RunStatus.FAILED, actor=opts.actor, error=str(exc), using=opts.state)
+        except Error as lost:  # the database that failed the run is out of reach too
+            logger.warning(
+                "run #%s could not be marked failed (%s); it stays open and a rerun joins it",
+                run.pk,
+                type(lost).__name__,
+            )
         raise

@@ -8,27 +8,41 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable
 
 from django.db import connections
 
-from .runner import Options, RunFailed, WorkResult, work
+from ..exceptions import KeyRotationError, RunFailed
+from .db_errors import safely
+from .runner import Options, WorkResult, work
 
 
 def _child(run_id: int, plans, opts: Options, queue) -> None:
+    """One worker. What it reports to the parent is safe to print: a keyrotation error's message
+    (it names where, never a value), else only the exception's class: the report is printed,
+    in ``--json`` too. A database error met reading the run row is reported like the run's own
+    (:mod:`keyrotation.engine.db_errors`). Any other exception (a bug) is raised again once its
+    class is reported, and its traceback goes to this process's stderr."""
     from ..models import ReencryptionRun
 
     connections.close_all()
     opts.on_batch = None
     try:
-        run = ReencryptionRun.objects.using(opts.state).get(pk=run_id)
+        run = safely(
+            opts.step("worker start", run=run_id),
+            lambda: ReencryptionRun.objects.using(opts.state).get(pk=run_id),
+        )
         result = work(run, plans, opts)
         queue.put(("ok", result.rows_done, result.rows_failed, result.stopped))
     except RunFailed as exc:
         queue.put(("failed", 0, 0, str(exc)))
-    except BaseException as exc:  # report and exit non-zero; the parent decides
+    except KeyRotationError as exc:
         queue.put(("error", 0, 0, f"{type(exc).__name__}: {exc}"))
+        sys.exit(1)  # no traceback: the message says it all
+    except BaseException as exc:  # report and exit non-zero; the parent decides
+        queue.put(("error", 0, 0, f"{type(exc).__name__} in a worker (its traceback is on stderr)"))
         raise
     finally:
         connections.close_all()

@@ -41,7 +41,29 @@ def tamper_one_email() -> object:
     return pk
 
 
-SETUPS = {"seed": _seed, "tamper": tamper_one_email}
+#: The message of the trigger below: the database's text, which no command prints.
+REFUSAL = "refused by the trigger kr_refuse"
+
+
+def refuse_updates() -> None:
+    """A trigger that makes every update of a person fail (a database error in the engine's batch)."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute(
+            "CREATE TRIGGER kr_refuse BEFORE UPDATE ON testapp_person "
+            f"BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END"
+        )
+
+
+def allow_updates() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("DROP TRIGGER kr_refuse")
+
+
+SETUPS = {"seed": _seed, "tamper": tamper_one_email, "refuse": refuse_updates, "allow": allow_updates}
 
 
 def run(argv: list[str]) -> dict:
