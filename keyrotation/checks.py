@@ -46,6 +46,7 @@ def check_settings(app_configs=None, **kwargs):
         conf.default_keyring()
         conf.batch_size()
         conf.audit_anchor()
+        conf.rotation_period()
         from .kek import load_backend, load_kek
 
         if conf.kek()["BACKEND"] == "local":
