@@ -35,7 +35,9 @@ def make_older(keyring: str, purpose: str, days: float) -> None:
 
 def versions(keyring: str = "default", purpose: str = "encrypt") -> dict[int, str]:
     return dict(
-        DataKey.objects.filter(keyring=keyring, purpose=purpose).order_by("version").values_list("version", "state")
+        DataKey.objects.filter(keyring=keyring, purpose=purpose)
+        .order_by("version")
+        .values_list("version", "state")
     )
 
 
@@ -144,7 +146,11 @@ def test_status_lists_each_active_data_key_and_never_the_audit_chain_key(keys, s
     lifecycle.rotate("default", "encrypt")
     lifecycle.init("billing", purposes=("encrypt",))
     assert DataKey.objects.filter(keyring=audit_chain.AUDIT_KEYRING).exists()
-    assert [a.name for a in policy.status()] == ["billing/encrypt v1", "default/encrypt v2", "default/index v1"]
+    assert [a.name for a in policy.status()] == [
+        "billing/encrypt v1",
+        "default/encrypt v2",
+        "default/index v1",
+    ]
     assert [a.name for a in policy.status(keyring="default", purpose="index")] == ["default/index v1"]
     later = timezone.now() + 31 * DAY
     assert len(policy.due(now=later)) == 3
