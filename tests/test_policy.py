@@ -19,18 +19,9 @@ from keyrotation.checks import check_settings
 from keyrotation.exceptions import ConfigurationError, KeyStateError
 from keyrotation.models import DataKey, KeyRotationAudit
 from keyrotation.policy import PeriodState
+from tests.helpers.key_age import make_older, set_policy
 
 DAY = timedelta(days=1)
-
-
-def set_policy(settings, value):
-    settings.KEYROTATION = {**settings.KEYROTATION, "ROTATION_PERIOD": value}
-
-
-def make_older(keyring: str, purpose: str, days: float) -> None:
-    """Move the activation of the active version of (keyring, purpose) ``days`` into the past."""
-    key = DataKey.objects.get(keyring=keyring, purpose=purpose, state="active")
-    DataKey.objects.filter(pk=key.pk).update(activated_at=key.activated_at - days * DAY)
 
 
 def versions(keyring: str = "default", purpose: str = "encrypt") -> dict[int, str]:
