@@ -9,7 +9,11 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from .policy import KeyAge
 
 
 @dataclass(frozen=True)
@@ -173,3 +177,31 @@ def residue_lines(tables: list) -> list[str]:
 
 def _when(value) -> str:
     return value.isoformat(timespec="seconds") if value else "never"
+
+
+def days(delta: timedelta) -> str:
+    """``1 day``, ``400 days`` (whole days, rounded down)."""
+    return f"{delta.days} day{'' if delta.days == 1 else 's'}"
+
+
+def age_text(age: KeyAge) -> str:
+    """``default/encrypt v1 (active 400 days, period 365 days, due 2025-06-01)``."""
+    if age.period is None or age.due_at is None:
+        return f"{age.name} (active {days(age.age)}, no rotation period)"
+    return f"{age.name} (active {days(age.age)}, period {days(age.period)}, due {age.due_at:%Y-%m-%d})"
+
+
+def age_table(ages: list[KeyAge]) -> list[str]:
+    """One line per active key of ``rotation_status``: age, period, due date, state."""
+    if not ages:
+        return ["no active data key"]
+    width = max(len(a.name) for a in ages)
+    lines = []
+    for a in ages:
+        period = days(a.period) if a.period is not None else "-"
+        due = f"{a.due_at:%Y-%m-%d}" if a.due_at is not None else "-"
+        lines.append(
+            f"{a.name:<{width}}  active {days(a.age):>10}  period {period:>10}  due {due:<10}  "
+            f"{a.state.value.replace('_', ' ')}"
+        )
+    return lines
