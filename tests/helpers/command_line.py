@@ -41,7 +41,19 @@ def tamper_one_email() -> object:
     return pk
 
 
-SETUPS = {"seed": _seed, "tamper": tamper_one_email}
+def _policy() -> None:
+    """A 30-day period for encrypt keys (none for index), and an encrypt key 31 days old."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    from tests.helpers.key_age import make_older
+
+    period = {"default": {"encrypt": 30, "index": None}}
+    override_settings(KEYROTATION={**settings.KEYROTATION, "ROTATION_PERIOD": period}).enable()
+    make_older("default", "encrypt", 31)
+
+
+SETUPS = {"seed": _seed, "tamper": tamper_one_email, "policy": _policy}
 
 
 def run(argv: list[str]) -> dict:
