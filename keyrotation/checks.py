@@ -301,8 +301,8 @@ def check_rotation_periods(app_configs=None, databases=None, **kwargs):
         return []
     return [
         Warning(
-            f"data key {age.name} is past its rotation period: active {reporting.days(age.age)}, "
-            f"period {reporting.days(age.period)}, due since {age.due_at:%Y-%m-%d}",
+            f"data key {age.name} is past its rotation period: active {reporting.duration(age.age)}, "
+            f"period {reporting.duration(age.period)}, due since {reporting.moment(age.due_at)}",
             hint="Run `manage.py rotatekeys --if-due`, then `manage.py reencrypt`.",
             id="keyrotation.W004",
         )

@@ -296,16 +296,17 @@ def test_status_shows_rows_done_beyond_the_plan_as_a_grown_total(rotated):
 def test_status_shows_each_active_keys_age_and_fails_if_due(keys, settings):
     code, out, _ = run("rotation_status", "--fail-if-due")
     assert code == 0 and "active keys (age, rotation period):" in out
-    assert re.search(r"default/encrypt v1 +active +0 days +period +- +due - +no policy", out)
+    assert re.search(r"default/encrypt v1 +active +\d+ seconds? +period +- +due - +no policy", out)
     set_policy(settings, {"default": {"encrypt": "30d", "index": "365d"}})
     make_older("default", "encrypt", 31)
     make_older("default", "index", 360)
     code, out, _ = run("rotation_status", "--fail-if-due")
     assert code == 2
     assert re.search(
-        r"default/encrypt v1 +active +31 days +period +30 days +due \d{4}-\d\d-\d\d +overdue", out
+        r"default/encrypt v1 +active +31 days +period +30 days +due \d{4}-\d\d-\d\d \d\d:\d\d UTC +overdue",
+        out,
     )
-    assert re.search(r"default/index v1 +active +360 days +period +365 days +due \S+ +due soon", out)
+    assert re.search(r"default/index v1 +active +360 days +period +365 days +due \S+ \S+ UTC +due soon", out)
     assert run("rotation_status", "--fail-if-due", "--purpose", "index")[0] == 0
     assert run("rotation_status", "--fail-if-due", "--purpose", "encrypt")[0] == 2
     assert run("rotation_status")[0] == 0  # only --fail-if-due turns a due key into exit 2

@@ -148,7 +148,9 @@ def test_if_due_rotates_only_what_is_due_and_exits_3(settings):
     run("--init")
     set_policy(settings, {"default": {"encrypt": "30d", "index": None}})
     code, out = run_code("--if-due")
-    assert code == 0 and re.fullmatch(r"nothing due; next: default/encrypt v1 on \d{4}-\d\d-\d\d\n", out)
+    assert code == 0 and re.fullmatch(
+        r"nothing due; next: default/encrypt v1 on \d{4}-\d\d-\d\d \d\d:\d\d UTC\n", out
+    )
     make_older("default", "encrypt", 31)
     make_older("default", "index", 400)  # no period for index: never due
     code, out = run_code("--if-due", "--dry-run")

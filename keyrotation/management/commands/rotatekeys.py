@@ -240,7 +240,7 @@ def _nothing_due(ages: list[policy.KeyAge]) -> str:
     if not dated:
         return "nothing due: no active key has a rotation period"
     first = dated[0]
-    return f"nothing due; next: {first.name} on {first.due_at:%Y-%m-%d}"
+    return f"nothing due; next: {first.name} on {reporting.moment(first.due_at)}"
 
 
 def _key_dict(key):
