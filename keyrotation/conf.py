@@ -254,8 +254,9 @@ _DAYS = re.compile(r"\s*(\d+)\s*d\s*")
 
 def rotation_period() -> dict[tuple[str, str], timedelta | None]:
     """``KEYROTATION["ROTATION_PERIOD"]`` (default ``None``: no policy): how long a data key version
-    may stay active (its cryptoperiod) before ``rotatekeys --if-due`` makes a new one, per keyring
-    and purpose.
+    may stay active (its cryptoperiod) before it is due for rotation, per keyring and purpose.
+
+    ``manage.py rotatekeys --if-due`` rotates the versions past it (see :mod:`keyrotation.policy`).
 
     A period is a ``datetime.timedelta``, a whole number of days (``365``) or a string of days
     (``"90d"``); ``None`` means never due. Give one period for every keyring and purpose
