@@ -209,3 +209,14 @@ def test_if_due_scope_and_refusals(settings):
     set_policy(settings, {"default": {"encrypt": "1y"}})
     with pytest.raises(CommandError, match=r'ROTATION_PERIOD"\]\["default"\]\["encrypt"\]: \'1y\' is not'):
         run("--if-due")
+
+
+def test_if_due_output_never_holds_key_bytes(settings):
+    run("--init")
+    set_policy(settings, 30)
+    make_older("default", "encrypt", 31)
+    out = run_code("--if-due", "--dry-run")[1] + run_code("--if-due", "--json")[1]
+    out += run_code("--if-due")[1]
+    assert "default/encrypt v1" in out
+    for wrapped in DataKey.objects.exclude(wrapped_key=None).values_list("wrapped_key", flat=True):
+        assert bytes(wrapped).hex() not in out and str(bytes(wrapped)) not in out
