@@ -258,14 +258,17 @@ def test_a_refused_rotation_raises_and_leaves_the_pair_due(keys, settings):
 
 
 def _wait_until_blocked(count: int) -> None:
-    """Wait (polling, up to 30 s) until ``count`` other sessions wait for a row lock."""
+    """Wait (polling, up to 30 s) until ``count`` other sessions wait for the keyring's row locks."""
     if connection.vendor == "postgresql":
         sql = (
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
             "AND wait_event_type = 'Lock'"
         )
-    else:
-        sql = "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'"
+    else:  # MariaDB lists only this session in INNODB_TRX here: look for the statements instead
+        sql = (
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+            "AND INFO LIKE '%FROM `keyrotation_datakey`%FOR UPDATE%'"
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with connection.cursor() as cursor:
