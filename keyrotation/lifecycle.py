@@ -200,10 +200,11 @@ def rotate_if_active_since(
     """
     with transaction.atomic():
         _locked(keyring_name, purpose)
-        # Read again now that the rows are ours. On PostgreSQL a statement that waited for
-        # another transaction's row locks returns the rows it waited for as that transaction left
-        # them, but not the rows it inserted (its snapshot is older): a concurrent rotation's new
-        # version would be missing, and this one would take it for no active version at all.
+        # Read again now that the rows are ours, and judge on that. On PostgreSQL a statement
+        # that waited for another transaction's row locks returns the rows it waited for as that
+        # transaction left them, but not the rows it inserted (its snapshot is older): after a
+        # concurrent rotation it would show no active version at all, and `rotate` then fails
+        # on the unique version number.
         keys = _locked(keyring_name, purpose)
         current = next((k for k in keys if k.state == ACTIVE), None)
         if current is None or active_since(current) > cutoff:
