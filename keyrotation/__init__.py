@@ -20,6 +20,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 API_NAMES = (
     "abort",
     "destroy",
+    "due_keys",
     "init",
     "keys",
     "pause",
@@ -30,6 +31,7 @@ API_NAMES = (
     "rewrap",
     "rollback",
     "rotate",
+    "rotate_if_due",
     "status",
     "verify",
 )

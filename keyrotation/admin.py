@@ -12,14 +12,24 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import path, register_converter, reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
+from django.utils.timesince import timesince
 
-from . import admin_views, audit_chain, census, conf, registry
+from . import admin_views, audit_chain, census, conf, lifecycle, policy, registry
 from .engine import runs
 from .engine.overview import RunOverview
-from .models import DataKey, KeyRotationAudit, QuarantinedValue, ReencryptionRun
+from .exceptions import ConfigurationError
+from .models import DataKey, KeyRotationAudit, KeyState, QuarantinedValue, ReencryptionRun
 
 MASK = "••••••••"
+_PERIOD_NOTES = {
+    policy.PeriodState.OK: "",
+    policy.PeriodState.DUE_SOON: " (due soon)",
+    policy.PeriodState.OVERDUE: " (overdue)",
+    policy.PeriodState.NO_POLICY: "",
+}
 
 
 class _RunAction:
@@ -62,6 +72,8 @@ class DataKeyAdmin(ReadOnlyAdmin):
         "state",
         "kek_id",
         "rows_referencing",
+        "active_for",
+        "rotation_due",
         "created_at",
         "activated_at",
         "deactivated_at",
@@ -78,6 +90,8 @@ class DataKeyAdmin(ReadOnlyAdmin):
         "census",
         "created_at",
         "activated_at",
+        "active_for",
+        "rotation_due",
         "deactivated_at",
         "retired_at",
         "destroyed_at",
@@ -99,6 +113,28 @@ class DataKeyAdmin(ReadOnlyAdmin):
     @admin.display(description="rows referencing")
     def rows_referencing(self, obj):
         return sum(self._references(obj).values())
+
+    @staticmethod
+    def _is_policed(obj) -> bool:
+        """An active data key: the versions a rotation period applies to (not the audit chain key)."""
+        return obj.state == KeyState.ACTIVE and obj.keyring != audit_chain.AUDIT_KEYRING
+
+    @admin.display(description="active for")
+    def active_for(self, obj):
+        return timesince(lifecycle.active_since(obj)) if self._is_policed(obj) else "-"
+
+    @admin.display(description="rotation due")
+    def rotation_due(self, obj):
+        if not self._is_policed(obj):
+            return "-"
+        try:
+            age = policy.key_age(obj)
+        except ConfigurationError:
+            return 'invalid KEYROTATION["ROTATION_PERIOD"] (see `manage.py check`)'
+        if age.due_at is None:
+            return "no rotation period"
+        due_at = timezone.localtime(age.due_at) if timezone.is_aware(age.due_at) else age.due_at
+        return f"{date_format(due_at, 'DATE_FORMAT')}{_PERIOD_NOTES[age.state]}"
 
     @admin.display(description="census")
     def census(self, obj):

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import API_NAMES, crypto, engine, lifecycle
+from . import API_NAMES, crypto, engine, lifecycle, policy
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from .engine import Report
     from .models import DataKey, ReencryptionRun
+    from .policy import KeyAge, RotationReport
 
 __all__ = list(API_NAMES)
 
@@ -52,6 +55,42 @@ def rotate(
         NoActiveKey: the keyring has no keys (call :func:`init` first).
     """
     return [lifecycle.rotate(keyring, p, actor=actor) for p in _purposes(purpose)]
+
+
+def due_keys(
+    keyring: str | None = None, purpose: str | None = None, *, now: datetime | None = None
+) -> list[KeyAge]:
+    """The active key versions past their rotation period (``KEYROTATION["ROTATION_PERIOD"]``),
+    of every keyring (or of ``keyring``, ``purpose``), each a
+    :class:`~keyrotation.policy.KeyAge`; empty with no policy. ``rotation_status --fail-if-due``.
+
+    Raises:
+        ConfigurationError: ``ROTATION_PERIOD`` is malformed.
+    """
+    if purpose is not None:
+        _purposes(purpose)
+    return policy.due(now, keyring=keyring, purpose=purpose)
+
+
+def rotate_if_due(
+    keyring: str | None = None,
+    purpose: str | None = None,
+    *,
+    actor: str | None = None,
+    now: datetime | None = None,
+) -> RotationReport:
+    """Rotate exactly the key versions :func:`due_keys` returns, each once even when several
+    processes call this at the same moment; every rotation is audited with its period and age.
+    Returns a :class:`~keyrotation.policy.RotationReport`. ``rotatekeys --if-due``; then
+    :func:`reencrypt` moves the rows.
+
+    Raises:
+        ConfigurationError: ``ROTATION_PERIOD`` is malformed.
+        KeyRotationError: a rotation was refused; those before it are done.
+    """
+    if purpose is not None:
+        _purposes(purpose)
+    return policy.rotate_due(now, keyring=keyring, purpose=purpose, actor=actor)
 
 
 def rollback(keyring: str | None = None, purpose: str = "encrypt", *, actor: str | None = None) -> DataKey:

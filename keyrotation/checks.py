@@ -15,6 +15,8 @@
   run ``rotatekeys --rewrap``. ``keyrotation.E006`` (database): a data key is wrapped by a KEK that
   is neither ``KEYROTATION["KEK"]`` nor its ``PREVIOUS``; it cannot be unwrapped. Both read the kek
   ids and the configuration only, no KEK call (see :mod:`keyrotation.wrapping`).
+* ``keyrotation.W004`` (database): an active data key is past its ``KEYROTATION["ROTATION_PERIOD"]``;
+  run ``rotatekeys --if-due``. Quiet without a policy (see :mod:`keyrotation.policy`).
 * ``keyrotation.E111`` to ``E115`` (tag ``admin``): a ``ModelAdmin`` names encrypted fields in
   ``search_fields`` (entries that cannot be searched), ``list_filter``, ``ordering``,
   ``date_hierarchy`` or ``sortable_by``; see :func:`keyrotation.admin_integration.model_admin_errors`.
@@ -30,7 +32,7 @@ from django.apps import apps
 from django.core.checks import Error, Tags, Warning, register
 from django.db import DatabaseError
 
-from . import conf, registry
+from . import conf, registry, reporting
 from .exceptions import ConfigurationError, KEKRefused, KEKUnavailable
 
 
@@ -48,6 +50,7 @@ def check_settings(app_configs=None, **kwargs):
         conf.audit_anchor()
         conf.metrics_bearer_token()
         conf.metrics_census_cache_seconds()
+        conf.rotation_period()
         from .kek import load_backend, load_kek
 
         if conf.kek()["BACKEND"] == "local":
@@ -279,6 +282,34 @@ def check_kek_of_stored_keys(app_configs=None, databases=None, **kwargs):
             for kek_id, names in sorted(unknown.items())
         ]
     return messages
+
+
+@register(Tags.database)
+def check_rotation_periods(app_configs=None, databases=None, **kwargs):
+    """W004: a data key is past its rotation period. Looks only when the keys database is among
+    the checked ones (``check --database default``, ``migrate``)."""
+    from . import policy
+    from .databases import keys_database
+
+    if not databases or keys_database() not in databases:
+        return []
+    try:
+        if not policy.configured():
+            return []
+        due = policy.due()
+    except DatabaseError:  # tables not migrated yet
+        return []
+    except ConfigurationError:  # reported by E001
+        return []
+    return [
+        Warning(
+            f"data key {age.name} is past its rotation period: active {reporting.duration(age.age)}, "
+            f"period {reporting.duration(age.period)}, due since {reporting.moment(age.due_at)}",
+            hint="Run `manage.py rotatekeys --if-due`, then `manage.py reencrypt`.",
+            id="keyrotation.W004",
+        )
+        for age in due
+    ]
 
 
 def _previous_warning(alias, keys, switch) -> list[Warning]:

@@ -16,11 +16,13 @@ Example::
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.signals import setting_changed
 
+from .crypto import PURPOSES
 from .exceptions import ConfigurationError
 
 KNOWN_KEYS = frozenset(
@@ -38,6 +40,7 @@ KNOWN_KEYS = frozenset(
         "AUDIT_ANCHOR",
         "METRICS_BEARER_TOKEN",
         "METRICS_CENSUS_CACHE_SECONDS",
+        "ROTATION_PERIOD",
     }
 )
 
@@ -278,6 +281,75 @@ def metrics_census_cache_seconds() -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise ConfigurationError('KEYROTATION["METRICS_CENSUS_CACHE_SECONDS"] must be a number >= 0')
     return float(value)
+
+
+ANY_KEYRING = "*"
+MAX_ROTATION_PERIOD = timedelta(days=36500)
+_DAYS = re.compile(r"\s*(\d+)\s*d\s*")
+
+
+def rotation_period() -> dict[tuple[str, str], timedelta | None]:
+    """``KEYROTATION["ROTATION_PERIOD"]`` (default ``None``: no policy): how long a data key version
+    may stay active (its cryptoperiod) before it is due for rotation, per keyring and purpose.
+
+    ``manage.py rotatekeys --if-due`` rotates the versions past it (see :mod:`keyrotation.policy`).
+
+    A period is a ``datetime.timedelta``, a whole number of days (``365``) or a string of days
+    (``"90d"``); ``None`` means never due. Give one period for every keyring and purpose
+    (``"ROTATION_PERIOD": "365d"``), or a dict from keyring name (``"*"``: every other keyring) to
+    a period or to a dict from purpose (``"encrypt"``, ``"index"``) to a period::
+
+        "ROTATION_PERIOD": {"default": {"encrypt": "365d", "index": None}, "*": "90d"}
+
+    A purpose left out of a keyring's dict falls back to ``"*"``. Returns
+    ``{(keyring or "*", purpose): period or None}``, one entry per pair the setting names.
+
+    Raises:
+        ConfigurationError: a malformed value, naming where it is in the setting.
+    """
+    value = _get("ROTATION_PERIOD", None)
+    where = 'KEYROTATION["ROTATION_PERIOD"]'
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        period = _period(value, where)
+        return {(ANY_KEYRING, purpose): period for purpose in PURPOSES}
+    table: dict[tuple[str, str], timedelta | None] = {}
+    for name, entry in value.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f'{where}: keys must be keyring names or "*", got {name!r}')
+        here = f'{where}["{name}"]'
+        if not isinstance(entry, dict):
+            period = _period(entry, here)
+            table.update({(name, purpose): period for purpose in PURPOSES})
+            continue
+        for purpose, item in entry.items():
+            if purpose not in PURPOSES:
+                raise ConfigurationError(
+                    f"{here}: {purpose!r} is not a purpose (use {' or '.join(map(repr, PURPOSES))})"
+                )
+            table[(name, purpose)] = _period(item, f'{here}["{purpose}"]')
+    return table
+
+
+def _period(value: Any, where: str) -> timedelta | None:
+    """A rotation period from a timedelta, a number of days or ``"<days>d"``; None stays None."""
+    if value is None:
+        return None
+    period = timedelta(0)  # refused below
+    if isinstance(value, timedelta):
+        period = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        period = timedelta(days=min(value, MAX_ROTATION_PERIOD.days + 1))
+    elif isinstance(value, str) and _DAYS.fullmatch(value):
+        period = timedelta(days=min(int(_DAYS.fullmatch(value).group(1)), MAX_ROTATION_PERIOD.days + 1))
+    if not timedelta(0) < period <= MAX_ROTATION_PERIOD:
+        raise ConfigurationError(
+            f"{where}: {value!r} is not a rotation period; give a datetime.timedelta, a whole number "
+            f'of days or a string like "90d", more than zero and at most {MAX_ROTATION_PERIOD.days} '
+            "days, or None for never"
+        )
+    return period
 
 
 def unknown_keys() -> set[str]:

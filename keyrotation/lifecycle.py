@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
@@ -176,19 +177,59 @@ def rotate(keyring_name: str | None = None, purpose: str = "encrypt", *, actor: 
             raise NoActiveKey(
                 "keyring has no keys; run `rotatekeys --init` first", keyring=keyring_name, purpose=purpose
             )
-        current = next((k for k in keys if k.state == ACTIVE), None)
-        if current is not None:
-            _set_state(current, DECRYPT_ONLY)
-        key = _new_key(keyring_name, purpose, keys[-1].version + 1)
-        _record_state_change(
-            "key_rotated",
-            keyring_name,
-            purpose,
-            actor=actor,
-            from_version=current.version if current else None,
-            to_version=key.version,
-        )
+        key = _rotate_locked(keys, keyring_name, purpose, actor)
         _after_commit()
+    return key
+
+
+def active_since(key: DataKey) -> datetime:
+    """When ``key`` last became the active version (``activated_at``; ``created_at`` for a row
+    written without it, e.g. by SQL). A rollback sets it again for the version it re-activates."""
+    return key.activated_at or key.created_at
+
+
+def rotate_if_active_since(
+    keyring_name: str, purpose: str, cutoff: datetime, *, actor: str | None = None, details=None
+) -> DataKey | None:
+    """Rotate like :func:`rotate` only if the active version has been active since ``cutoff`` or
+    earlier, judged with the keyring's rows locked; otherwise change nothing and return None.
+
+    Two processes that both found the version too old (two cron hosts) rotate it once: the second
+    waits for the first's lock, then finds a version activated after ``cutoff``. ``details`` go
+    into the ``key_rotated`` audit row (why it was rotated; JSON scalars only).
+    """
+    with transaction.atomic():
+        _locked(keyring_name, purpose)
+        # Read again now that the rows are ours, and judge on that. On PostgreSQL a statement
+        # that waited for another transaction's row locks returns the rows it waited for as that
+        # transaction left them, but not the rows it inserted (its snapshot is older): after a
+        # concurrent rotation it would show no active version at all, and `rotate` then fails
+        # on the unique version number.
+        keys = _locked(keyring_name, purpose)
+        current = next((k for k in keys if k.state == ACTIVE), None)
+        if current is None or active_since(current) > cutoff:
+            return None
+        key = _rotate_locked(keys, keyring_name, purpose, actor, details)
+        _after_commit()
+    return key
+
+
+def _rotate_locked(
+    keys: list[DataKey], keyring_name: str, purpose: str, actor: str | None, details=None
+) -> DataKey:
+    current = next((k for k in keys if k.state == ACTIVE), None)
+    if current is not None:
+        _set_state(current, DECRYPT_ONLY)
+    key = _new_key(keyring_name, purpose, keys[-1].version + 1)
+    _record_state_change(
+        "key_rotated",
+        keyring_name,
+        purpose,
+        actor=actor,
+        from_version=current.version if current else None,
+        to_version=key.version,
+        details=details,
+    )
     return key
 
 

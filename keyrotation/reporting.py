@@ -9,7 +9,11 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from .policy import KeyAge
 
 
 @dataclass(frozen=True)
@@ -173,3 +177,43 @@ def residue_lines(tables: list) -> list[str]:
 
 def _when(value) -> str:
     return value.isoformat(timespec="seconds") if value else "never"
+
+
+def duration(delta: timedelta) -> str:
+    """``400 days``, ``1 day``; under a day ``12 hours``, ``5 minutes``, ``2 seconds`` (rounded down)."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} second{'' if seconds == 1 else 's'}"
+
+
+def moment(value: datetime) -> str:
+    """``2026-06-01 14:03 UTC`` (a naive datetime, with ``USE_TZ = False``, is shown as it is)."""
+    if value.tzinfo is None:
+        return f"{value:%Y-%m-%d %H:%M}"
+    return f"{value.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
+def age_text(age: KeyAge) -> str:
+    """``default/encrypt v1 (active 400 days, period 365 days, due 2025-06-01 14:03 UTC)``."""
+    if age.period is None or age.due_at is None:
+        return f"{age.name} (active {duration(age.age)}, no rotation period)"
+    return f"{age.name} (active {duration(age.age)}, period {duration(age.period)}, due {moment(age.due_at)})"
+
+
+def age_table(ages: list[KeyAge]) -> list[str]:
+    """One line per active key of ``rotation_status``: age, period, due date, state."""
+    if not ages:
+        return ["no active data key"]
+    width = max(len(a.name) for a in ages)
+    lines = []
+    for a in ages:
+        period = duration(a.period) if a.period is not None else "-"
+        due = moment(a.due_at) if a.due_at is not None else "-"
+        lines.append(
+            f"{a.name:<{width}}  active {duration(a.age):>11}  period {period:>11}  due {due:<20}  "
+            f"{a.state.value.replace('_', ' ')}"
+        )
+    return lines

@@ -1,6 +1,9 @@
 """Admin pages through Django's test client: permissions, content, controls, masking, no leaks."""
 
 import base64
+import re
+from datetime import timedelta
+from html import unescape
 
 import pytest
 from django.contrib.admin.models import LogEntry
@@ -8,8 +11,10 @@ from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 
-from keyrotation import audit
+from keyrotation import audit, lifecycle
 from keyrotation.models import DataKey, KeyRotationAudit, QuarantinedValue, ReencryptionRun
 from tests.testapp.models import Person
 
@@ -267,3 +272,45 @@ def test_change_form_uses_base_widget_and_log_entry_holds_no_plaintext(keys):
     for plaintext in ("alice@example.com", "alice.new@example.com", "123-45-6789", "987-65-4321"):
         assert plaintext not in message
     assert "Email" in entry.get_change_message() and "Ssn" in entry.get_change_message()
+
+
+def cells(body: str, column: str) -> list[str]:
+    """The text of every ``column`` cell of a change list, top to bottom."""
+    return [unescape(c) for c in re.findall(rf'<td class="field-{column}">(.*?)</td>', body)]
+
+
+def test_datakey_changelist_shows_age_and_rotation_due_date(root, keys, settings):
+    from tests.helpers.key_age import make_older, set_policy
+
+    url = reverse("admin:keyrotation_datakey_changelist")
+    page = root.get(url + "?keyring=default").content.decode()
+    assert cells(page, "active_for") == ["0\xa0minutes", "0\xa0minutes"]  # encrypt v1, index v1
+    assert cells(page, "rotation_due") == ["no rotation period"] * 2
+    set_policy(settings, {"default": {"encrypt": 30, "index": 365}})
+    make_older("default", "encrypt", 45)
+    make_older("default", "index", 360)
+    lifecycle.rotate("default", "encrypt")
+    lifecycle.rollback("default", "encrypt")  # v1 active again (its clock restarts), v2 decrypt-only
+    make_older("default", "encrypt", 31)
+    page = root.get(url + "?keyring=default").content.decode()
+    rows = [
+        (k.purpose, k.version, k.state)
+        for k in DataKey.objects.filter(keyring="default").order_by("purpose", "-version")
+    ]
+    assert rows == [("encrypt", 2, "decrypt_only"), ("encrypt", 1, "active"), ("index", 1, "active")]
+    v1 = DataKey.objects.get(keyring="default", purpose="encrypt", version=1)
+    index = DataKey.objects.get(keyring="default", purpose="index", version=1)
+
+    def due(key, days):
+        return date_format(timezone.localtime(key.activated_at + timedelta(days=days)), "DATE_FORMAT")
+
+    assert cells(page, "rotation_due") == ["-", f"{due(v1, 30)} (overdue)", f"{due(index, 365)} (due soon)"]
+    ages = cells(page, "active_for")
+    assert ages[0] == "-" and ages[1] == "1\xa0month" and ages[2].startswith("11\xa0months")
+    chain = root.get(url + "?keyring=_audit_chain").content.decode()
+    assert cells(chain, "rotation_due") == ["-"] and cells(chain, "active_for") == ["-"]
+    detail = root.get(reverse("admin:keyrotation_datakey_change", args=[v1.pk])).content.decode()
+    assert f"{due(v1, 30)} (overdue)" in unescape(detail)
+    set_policy(settings, {"default": "1y"})
+    page = root.get(url + "?keyring=default").content.decode()
+    assert cells(page, "rotation_due")[1] == 'invalid KEYROTATION["ROTATION_PERIOD"] (see `manage.py check`)'

@@ -5,8 +5,10 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 import keyrotation
 from keyrotation.exceptions import NoActiveKey
@@ -75,3 +77,19 @@ def test_rotate_one_purpose_and_the_errors():
     with pytest.raises(ValueError, match="purpose must be one of encrypt, index"):
         keyrotation.rotate(purpose="indx")
     assert keyrotation.init() == []  # the keyring exists: nothing created
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rotating_what_the_policy_says_is_due(settings):
+    keyrotation.init()
+    settings.KEYROTATION = {**settings.KEYROTATION, "ROTATION_PERIOD": {"default": {"encrypt": 90}}}
+    assert keyrotation.due_keys() == []
+    later = timezone.now() + timedelta(days=91)
+    assert [a.name for a in keyrotation.due_keys(now=later)] == ["default/encrypt v1"]
+    assert keyrotation.rotate_if_due(purpose="index", now=later).rotated == ()
+    report = keyrotation.rotate_if_due(actor="cron", now=later)
+    assert [(r.was.name, r.new_version) for r in report.rotated] == [("default/encrypt v1", 2)]
+    with pytest.raises(ValueError, match="purpose must be one of encrypt, index"):
+        keyrotation.due_keys(purpose="indx")
+    with pytest.raises(ValueError, match="purpose must be one of encrypt, index"):
+        keyrotation.rotate_if_due(purpose="indx")

@@ -2,13 +2,17 @@
 
 import pytest
 from django.core import checks
+from django.core.management import call_command
 
+from keyrotation import policy
 from keyrotation.checks import (
     check_kek_reachable,
     check_keys_initialised,
     check_keys_initialised_for_deploy,
+    check_rotation_periods,
     check_settings,
 )
+from tests.helpers.key_age import make_older, set_policy
 
 
 def ids(messages):
@@ -179,3 +183,26 @@ def test_missing_keys_are_a_warning_for_migrate_and_an_error_for_deploy():
     lifecycle.init("default")
     assert check_keys_initialised(databases=["default"]) == []
     assert check_keys_initialised_for_deploy(databases=["default"]) == []
+
+
+@pytest.mark.django_db
+def test_a_key_past_its_rotation_period_is_a_database_warning(keys, settings):
+    make_older("default", "encrypt", 400)
+    assert check_rotation_periods(databases=["default"]) == []  # no policy: quiet
+    set_policy(settings, {"default": {"encrypt": "365d", "index": None}})
+    assert check_rotation_periods() == []  # not a database check run: quiet
+    assert check_rotation_periods(databases=["other"]) == []  # the keys are on default
+    [warning] = check_rotation_periods(databases=["default"])
+    assert warning.id == "keyrotation.W004" and warning.level == checks.WARNING
+    assert warning.msg.startswith(
+        "data key default/encrypt v1 is past its rotation period: "
+        "active 400 days, period 365 days, due since "
+    )
+    assert warning.hint == "Run `manage.py rotatekeys --if-due`, then `manage.py reencrypt`."
+    assert check_rotation_periods in checks.registry.registry.get_checks()
+    call_command("check", "--database", "default")  # a warning does not stop `check` (or `migrate`)
+    set_policy(settings, {"default": "soon"})
+    assert check_rotation_periods(databases=["default"]) == []  # malformed: E001 says so
+    set_policy(settings, 365)
+    policy.rotate_due()
+    assert check_rotation_periods(databases=["default"]) == []  # the new version is young

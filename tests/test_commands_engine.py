@@ -11,6 +11,7 @@ from django.core.management import CommandError, call_command
 
 from keyrotation import keyring, lifecycle
 from tests.helpers.command_line import tamper_one_email
+from tests.helpers.key_age import make_older, set_policy
 from tests.testapp.models import Person
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -290,3 +291,34 @@ def test_status_shows_rows_done_beyond_the_plan_as_a_grown_total(rotated):
         5,
     )
     assert "125/125 rows (+5 written during the run)" in run("rotation_status")[1]
+
+
+def test_status_shows_each_active_keys_age_and_fails_if_due(keys, settings):
+    code, out, _ = run("rotation_status", "--fail-if-due")
+    assert code == 0 and "active keys (age, rotation period):" in out
+    assert re.search(r"default/encrypt v1 +active +\d+ seconds? +period +- +due - +no policy", out)
+    set_policy(settings, {"default": {"encrypt": "30d", "index": "365d"}})
+    make_older("default", "encrypt", 31)
+    make_older("default", "index", 360)
+    code, out, _ = run("rotation_status", "--fail-if-due")
+    assert code == 2
+    assert re.search(
+        r"default/encrypt v1 +active +31 days +period +30 days +due \d{4}-\d\d-\d\d \d\d:\d\d UTC +overdue",
+        out,
+    )
+    assert re.search(r"default/index v1 +active +360 days +period +365 days +due \S+ \S+ UTC +due soon", out)
+    assert run("rotation_status", "--fail-if-due", "--purpose", "index")[0] == 0
+    assert run("rotation_status", "--fail-if-due", "--purpose", "encrypt")[0] == 2
+    assert run("rotation_status")[0] == 0  # only --fail-if-due turns a due key into exit 2
+    data = json.loads(run("rotation_status", "--json")[1])
+    assert data["due"] == ["default/encrypt v1"]
+    assert [(a["purpose"], a["state"], a["period_seconds"]) for a in data["key_ages"]] == [
+        ("encrypt", "overdue", 30 * 86400),
+        ("index", "due_soon", 365 * 86400),
+    ]
+
+
+def test_status_with_a_malformed_rotation_period_is_one_line(keys, settings):
+    set_policy(settings, {"default": 0})
+    with pytest.raises(CommandError, match=r'ROTATION_PERIOD"\]\["default"\]: 0 is not a rotation period'):
+        run("rotation_status")

@@ -85,6 +85,13 @@ EXIT_CODES = [
         says="StartAdoption(",
     ),
     step("encryptcolumn", "migrapp.Item.name", "--finish", code=1, says="no adoption in progress"),
+    step("rotatekeys", "--if-due", code=1, says="CommandError: no rotation period is configured"),
+    {"setup": "policy"},  # encrypt keys rotate every 30 days; default/encrypt v2 is 31 days old
+    step("rotation_status", "--fail-if-due", code=2, says="overdue"),
+    step("rotatekeys", "--if-due", "--dry-run", code=0, says="would rotate default/encrypt v2"),
+    step("rotatekeys", "--if-due", code=3, says="rotated default/encrypt v2"),
+    step("rotatekeys", "--if-due", code=0, says="nothing due; next: default/encrypt v3"),
+    step("rotation_status", "--fail-if-due", code=0, says="default/encrypt v3"),
 ]
 
 # A typo or an invalid value: one line saying what is wrong, exit 2 when the command line itself
@@ -123,6 +130,10 @@ BAD_INPUT = [
         says="create it with `manage.py rotatekeys --init --keyring billing`",
     ),
     step("rotatekeys", "--rotate-kek", code=1, says="--rotate-kek goes with --rewrap"),
+    step("rotatekeys", "--dry-run", code=1, says="--dry-run goes with --if-due"),
+    step(
+        "rotatekeys", "--if-due", "--list", code=2, says="argument --list: not allowed with argument --if-due"
+    ),
     step("reencrypt", "--model", "nope", code=1, says="no encrypted or indexed column matches nope"),
     step(
         "reencrypt",

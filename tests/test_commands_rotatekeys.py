@@ -1,12 +1,14 @@
 """``manage.py rotatekeys``: every action, JSON output, refusals with non-zero exit."""
 
 import json
+import re
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from keyrotation.models import DataKey, KeyRotationAudit
+from tests.helpers.key_age import make_older, set_policy
 
 pytestmark = pytest.mark.django_db
 
@@ -130,3 +132,91 @@ def test_retiring_the_active_version_says_to_rotate_first():
         CommandError, match=r"rotate first \(`manage.py rotatekeys --keyring default --purpose encrypt`\)"
     ):
         run("--retire", "1", "--purpose", "encrypt")
+
+
+def run_code(*args):
+    """(exit code, stdout) of rotatekeys; 0 when it returned normally."""
+    out = StringIO()
+    try:
+        call_command("rotatekeys", *args, stdout=out)
+    except SystemExit as exc:
+        return exc.code, out.getvalue()
+    return 0, out.getvalue()
+
+
+def test_if_due_rotates_only_what_is_due_and_exits_3(settings):
+    run("--init")
+    set_policy(settings, {"default": {"encrypt": "30d", "index": None}})
+    code, out = run_code("--if-due")
+    assert code == 0 and re.fullmatch(
+        r"nothing due; next: default/encrypt v1 on \d{4}-\d\d-\d\d \d\d:\d\d UTC\n", out
+    )
+    make_older("default", "encrypt", 31)
+    make_older("default", "index", 400)  # no period for index: never due
+    code, out = run_code("--if-due", "--dry-run")
+    assert code == 0
+    assert re.search(r"would rotate default/encrypt v1 \(active 31 days, period 30 days, due \d{4}-", out)
+    assert DataKey.objects.filter(keyring="default", purpose="encrypt").count() == 1
+    code, out = run_code("--if-due", "--actor", "cron@host1")
+    assert code == 3
+    assert "rotated default/encrypt v1 (active 31 days, period 30 days, due " in out
+    assert ": v2 is active" in out and "run `manage.py reencrypt`" in out
+    entry = KeyRotationAudit.objects.get(action="key_rotated")
+    assert (entry.actor, entry.to_version, entry.details["reason"]) == ("cron@host1", 2, "rotation_period")
+    assert run_code("--if-due")[0] == 0  # the new version is not due
+
+
+def test_if_due_json(settings):
+    run("--init")
+    set_policy(settings, 30)
+    make_older("default", "index", 31)
+    code, out = run_code("--if-due", "--dry-run", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["dry_run"] is True and data["rotated"] == [] and data["skipped"] == []
+    assert [(d["keyring"], d["purpose"], d["version"], d["state"]) for d in data["due"]] == [
+        ("default", "index", 1, "overdue")
+    ]
+    code, out = run_code("--if-due", "--json")
+    data = json.loads(out)
+    assert code == 3 and data["dry_run"] is False
+    [rotated] = data["rotated"]
+    assert (rotated["keyring"], rotated["purpose"], rotated["from_version"], rotated["to_version"]) == (
+        "default",
+        "index",
+        1,
+        2,
+    )
+    assert rotated["was"]["period_seconds"] == 30 * 86400 and rotated["was"]["is_due"] is True
+
+
+def test_if_due_scope_and_refusals(settings):
+    run("--init")
+    with pytest.raises(
+        CommandError, match=r'no rotation period is configured \(KEYROTATION\["ROTATION_PERIOD"\]\)'
+    ):
+        run("--if-due")
+    set_policy(settings, 30)
+    make_older("default", "encrypt", 31)
+    make_older("default", "index", 31)
+    assert run_code("--if-due", "--purpose", "index")[0] == 3
+    assert DataKey.objects.filter(keyring="default", purpose="encrypt").count() == 1
+    with pytest.raises(CommandError, match="no keyring 'defualt'"):
+        run("--if-due", "--keyring", "defualt")
+    with pytest.raises(CommandError, match="--dry-run goes with --if-due"):
+        run("--dry-run")
+    with pytest.raises(CommandError, match="not allowed with argument"):
+        run("--if-due", "--retire", "1")
+    set_policy(settings, {"default": {"encrypt": "1y"}})
+    with pytest.raises(CommandError, match=r'ROTATION_PERIOD"\]\["default"\]\["encrypt"\]: \'1y\' is not'):
+        run("--if-due")
+
+
+def test_if_due_output_never_holds_key_bytes(settings):
+    run("--init")
+    set_policy(settings, 30)
+    make_older("default", "encrypt", 31)
+    out = run_code("--if-due", "--dry-run")[1] + run_code("--if-due", "--json")[1]
+    out += run_code("--if-due")[1]
+    assert "default/encrypt v1" in out
+    for wrapped in DataKey.objects.exclude(wrapped_key=None).values_list("wrapped_key", flat=True):
+        assert bytes(wrapped).hex() not in out and str(bytes(wrapped)) not in out

@@ -34,7 +34,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example_project"
-PAGES = ["runbook-routine.md", "runbook-emergency.md", "operations.md"]
+PAGES = ["runbook-routine.md", "runbook-emergency.md", "operations.md", "policy.md"]
 FENCE = re.compile(r"^```console\n(.*?)^```", re.S | re.M)
 
 

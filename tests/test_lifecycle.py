@@ -1,5 +1,7 @@
 """Key lifecycle: the transition table, each operation and its audit row."""
 
+from datetime import timedelta
+
 import pytest
 from django.db import IntegrityError, transaction
 from django.test import override_settings
@@ -191,3 +193,36 @@ def test_key_state_changed_is_sent_after_commit():
         ("encrypt", 1, "active", "decrypt_only"),
         ("encrypt", 2, None, "active"),
     ]
+
+
+def test_rotate_if_active_since_rotates_only_a_version_active_since_the_cutoff(keys):
+    current = DataKey.objects.get(keyring="default", purpose="encrypt", state="active")
+    before = KeyRotationAudit.objects.count()
+    too_early = current.activated_at - timedelta(seconds=1)
+    assert lifecycle.rotate_if_active_since("default", "encrypt", too_early) is None
+    assert states() == {1: "active"} and KeyRotationAudit.objects.count() == before
+    key = lifecycle.rotate_if_active_since(
+        "default", "encrypt", current.activated_at, actor="cron", details={"reason": "test"}
+    )
+    assert key.version == 2 and states() == {1: "decrypt_only", 2: "active"}
+    entry = KeyRotationAudit.objects.get(action="key_rotated")
+    assert (entry.actor, entry.from_version, entry.to_version, entry.details) == (
+        "cron",
+        1,
+        2,
+        {"reason": "test"},
+    )
+    # The new version became active after the cutoff: a second call with it changes nothing.
+    assert lifecycle.rotate_if_active_since("default", "encrypt", current.activated_at) is None
+    assert lifecycle.rotate_if_active_since("nokeys", "encrypt", current.activated_at) is None
+
+
+def test_every_activation_sets_activated_at_a_rollback_too(keys):
+    v1 = DataKey.objects.get(keyring="default", purpose="encrypt", version=1)
+    assert v1.activated_at is not None and lifecycle.active_since(v1) == v1.activated_at
+    v2 = lifecycle.rotate("default", "encrypt")
+    assert v2.activated_at >= v1.activated_at
+    back = lifecycle.rollback("default", "encrypt")
+    assert back.version == 1 and back.activated_at >= v2.activated_at
+    DataKey.objects.filter(pk=v1.pk).update(activated_at=None)
+    assert lifecycle.active_since(DataKey.objects.get(pk=v1.pk)) == v1.created_at

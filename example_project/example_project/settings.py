@@ -7,6 +7,7 @@ keys wrapped before a master-key rotation, go in ``KEYROTATION_PREVIOUS_MASTER_K
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -96,4 +97,12 @@ KEYROTATION = {
     # How long a retired key waits before it may be destroyed (default one day); the emergency
     # runbook's rehearsal sets it to 0 so as not to wait.
     "DESTROY_GRACE_SECONDS": float(os.environ.get("KEYROTATION_DESTROY_GRACE_SECONDS", "86400")),
+    # The cryptoperiod of data keys: `rotatekeys --if-due` (run daily) makes a new encrypt key
+    # every 365 days; index keys rotate only by hand (docs/policy.md). The rehearsal in
+    # docs/policy.md sets KEYROTATION_ROTATION_PERIOD_SECONDS so as not to wait a year.
+    "ROTATION_PERIOD": (
+        timedelta(seconds=float(os.environ["KEYROTATION_ROTATION_PERIOD_SECONDS"]))
+        if os.environ.get("KEYROTATION_ROTATION_PERIOD_SECONDS")
+        else {"default": {"encrypt": "365d", "index": None}}
+    ),
 }

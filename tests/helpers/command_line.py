@@ -63,7 +63,25 @@ def allow_updates() -> None:
         cur.execute("DROP TRIGGER kr_refuse")
 
 
-SETUPS = {"seed": _seed, "tamper": tamper_one_email, "refuse": refuse_updates, "allow": allow_updates}
+def _policy() -> None:
+    """A 30-day period for encrypt keys (none for index), and an encrypt key 31 days old."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    from tests.helpers.key_age import make_older
+
+    period = {"default": {"encrypt": 30, "index": None}}
+    override_settings(KEYROTATION={**settings.KEYROTATION, "ROTATION_PERIOD": period}).enable()
+    make_older("default", "encrypt", 31)
+
+
+SETUPS = {
+    "seed": _seed,
+    "tamper": tamper_one_email,
+    "refuse": refuse_updates,
+    "allow": allow_updates,
+    "policy": _policy,
+}
 
 
 def run(argv: list[str]) -> dict:

@@ -1,19 +1,23 @@
 """``manage.py rotatekeys``: create, rotate, roll back, retire, destroy and re-wrap data keys.
 
-A thin shell over :mod:`keyrotation.lifecycle`. Every refusal is a clear message and exit code 1.
+A thin shell over :mod:`keyrotation.lifecycle` (and :mod:`keyrotation.policy` for ``--if-due``).
+Every refusal is a clear message and exit code 1; ``--if-due`` exits 3 when it rotated something.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import crypto, lifecycle, wrapping
+from ... import crypto, lifecycle, policy, reporting, wrapping
 from ...exceptions import KeyRotationError
 from ...keyring import kek_backend
 from ..options import positive_int
+
+ROTATED_EXIT = 3  # --if-due rotated something: new versions to re-encrypt to
 
 
 class Command(BaseCommand):
@@ -59,6 +63,13 @@ class Command(BaseCommand):
             "No user data is touched; all keys or none change.",
         )
         action.add_argument(
+            "--if-due",
+            action="store_true",
+            help='Rotate only the keys past their KEYROTATION["ROTATION_PERIOD"] (every keyring and '
+            "purpose, or --keyring/--purpose); safe from several hosts at once. Exit 0: nothing due; "
+            "3: rotated (run `reencrypt` next).",
+        )
+        action.add_argument(
             "--list",
             action="store_true",
             help="List key versions, states, KEK ids and which configured KEK wraps each (current, "
@@ -76,19 +87,26 @@ class Command(BaseCommand):
             help="With --rewrap on Vault/OpenBao: rotate the Transit key first, then re-wrap.",
         )
         parser.add_argument(
-            "--keyring", default=None, help="Keyring name (default: the DEFAULT_KEYRING setting)."
+            "--keyring",
+            default=None,
+            help="Keyring name (default: the DEFAULT_KEYRING setting; with --if-due: every keyring).",
         )
         parser.add_argument(
             "--purpose",
             choices=crypto.PURPOSES,
             default=None,
             help=(
-                "encrypt or index (default: both for --init and rotation; "
+                "encrypt or index (default: both for --init, rotation and --if-due; "
                 "required for --retire, --destroy, --restore, --rollback and --accept-state)."
             ),
         )
         parser.add_argument(
             "--actor", default=None, help="Who is acting, for the audit trail (default: the OS user)."
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="With --if-due: print what is due and would rotate, change nothing (exit 0).",
         )
         parser.add_argument("--json", action="store_true", help="Print a JSON document instead of text.")
 
@@ -102,6 +120,8 @@ class Command(BaseCommand):
         else:
             for line in result.get("lines", []):
                 self.stdout.write(line)
+        if result.get("rotated") and opts["if_due"]:
+            sys.exit(ROTATED_EXIT)
 
     def _purposes(self, opts):
         return (opts["purpose"],) if opts["purpose"] else crypto.PURPOSES
@@ -125,6 +145,8 @@ class Command(BaseCommand):
 
     def _dispatch(self, opts):
         ring, actor = opts["keyring"], opts["actor"]
+        if opts["dry_run"] and not opts["if_due"]:
+            raise CommandError("--dry-run goes with --if-due")
         if opts["list"]:
             keys = lifecycle.keys(ring, opts["purpose"])
             if ring and not keys:
@@ -183,12 +205,42 @@ class Command(BaseCommand):
             }
         if opts["rotate_kek"]:
             raise CommandError("--rotate-kek goes with --rewrap")
+        if opts["if_due"]:
+            return self._if_due(opts)
         rotated = [lifecycle.rotate(ring, p, actor=actor) for p in self._purposes(opts)]
         return {
             "rotated": [_key_dict(k) for k in rotated],
             "lines": [f"new active key {k}" for k in rotated]
             + ["run `manage.py reencrypt` to move existing rows to the new version"],
         }
+
+    def _if_due(self, opts):
+        if not policy.configured():
+            raise CommandError(
+                'no rotation period is configured (KEYROTATION["ROTATION_PERIOD"]), so nothing is ever '
+                "due; set one (see docs/policy.md) or rotate with `rotatekeys`"
+            )
+        scope = {"keyring": opts["keyring"], "purpose": opts["purpose"]}
+        ages = policy.status(**scope)
+        due = [a for a in ages if a.is_due]
+        result = {"dry_run": opts["dry_run"], "due": [a.as_dict() for a in due], "rotated": [], "skipped": []}
+        if opts["dry_run"] or not due:
+            lines = [f"would rotate {reporting.age_text(a)}" for a in due] or [_nothing_due(ages)]
+            return {**result, "lines": lines}
+        report = policy.rotate_due(**scope, actor=opts["actor"])
+        lines = [f"rotated {reporting.age_text(r.was)}: v{r.new_version} is active" for r in report.rotated]
+        lines += [f"skipped {a.name}: another process rotated it first" for a in report.skipped]
+        if report.rotated:
+            lines.append("run `manage.py reencrypt` to move existing rows to the new version")
+        return {**result, **report.as_dict(), "lines": lines}
+
+
+def _nothing_due(ages: list[policy.KeyAge]) -> str:
+    dated = sorted((a for a in ages if a.due_at is not None), key=lambda a: a.due_at)
+    if not dated:
+        return "nothing due: no active key has a rotation period"
+    first = dated[0]
+    return f"nothing due; next: {first.name} on {reporting.moment(first.due_at)}"
 
 
 def _key_dict(key):

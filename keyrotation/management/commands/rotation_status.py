@@ -6,7 +6,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import engine, reporting, wrapping
+from ... import engine, policy, reporting, wrapping
 from ...exceptions import KeyRotationError
 from ..options import positive_int
 
@@ -15,8 +15,9 @@ class Command(BaseCommand):
     help = (
         "Show, for every encrypted field and blind index, how many rows each key version holds and "
         "the percent on the active version, plus the latest re-encryption run (state, heartbeat, "
-        "rate, ETA), and which KEK wraps each data key (current, previous, unknown). Exit codes for "
-        "cron and alerting: see --fail-if-incomplete / --fail-if-version."
+        "rate, ETA), which KEK wraps each data key (current, previous, unknown), and each active key's "
+        'age against its KEYROTATION["ROTATION_PERIOD"]. Exit codes for cron and alerting: see '
+        "--fail-if-incomplete / --fail-if-version / --fail-if-due."
     )
 
     def add_arguments(self, parser):
@@ -33,7 +34,15 @@ class Command(BaseCommand):
             help="Exit 2 if any row of any column (or of --purpose) still uses key version N.",
         )
         parser.add_argument(
-            "--purpose", choices=["encrypt", "index"], help="Limit --fail-if-version to this purpose."
+            "--fail-if-due",
+            action="store_true",
+            help='Exit 2 if any active key (of --purpose) is past its KEYROTATION["ROTATION_PERIOD"] '
+            "(rotate it with `rotatekeys --if-due`).",
+        )
+        parser.add_argument(
+            "--purpose",
+            choices=["encrypt", "index"],
+            help="Limit --fail-if-version and --fail-if-due to this purpose.",
         )
         parser.add_argument(
             "--database",
@@ -47,6 +56,7 @@ class Command(BaseCommand):
         try:
             data = engine.status(database=o["database"])
             data["keys"] = [k.as_dict() for k in wrapping.stored_keys()]
+            ages = policy.status()
         except KeyRotationError as exc:
             raise CommandError(str(exc)) from None
         cols = data["columns"]
@@ -59,6 +69,9 @@ class Command(BaseCommand):
             and (o["purpose"] is None or c["purpose"] == o["purpose"])
         ]
         data["incomplete"] = incomplete
+        data["key_ages"] = [a.as_dict() for a in ages]
+        due = [a.name for a in ages if a.is_due and o["purpose"] in (None, a.purpose)]
+        data["due"] = due
         if o["json"]:
             self.stdout.write(reporting.dumps(data))
         else:
@@ -84,5 +97,8 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"  {name:<28} {key['state']:<13} {key['wrapped_by'] or '-':<19} {key['kek_id']}"
                 )
-        if (o["fail_if_incomplete"] and incomplete) or stale:
+            self.stdout.write("\nactive keys (age, rotation period):")
+            for line in reporting.age_table(ages):
+                self.stdout.write(f"  {line}")
+        if (o["fail_if_incomplete"] and incomplete) or stale or (o["fail_if_due"] and due):
             sys.exit(2)
