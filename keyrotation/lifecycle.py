@@ -60,10 +60,18 @@ def check_transition(key: DataKey | None, to: str, keyring_name: str, purpose: s
 
 
 def _locked(keyring_name: str, purpose: str, *, authenticated: bool = True) -> list[DataKey]:
-    """The keyring's rows, locked; with ``authenticated``, refused unless every state is authentic."""
-    keys = list(
-        DataKey.objects.select_for_update().filter(keyring=keyring_name, purpose=purpose).order_by("version")
-    )
+    """The keyring's rows, locked; with ``authenticated``, refused unless every state is authentic.
+
+    The rows are read twice: the first statement takes the locks (waiting for a concurrent
+    transition to commit), the second reads what is there once they are ours. On PostgreSQL a
+    statement that waited for another transaction's row locks returns the rows it waited for as
+    that transaction left them, but not the rows it inserted (its snapshot is older): after a
+    concurrent rotation it would show no active version, and the next version number would
+    collide.
+    """
+    rows = DataKey.objects.select_for_update().filter(keyring=keyring_name, purpose=purpose)
+    list(rows.values_list("pk", flat=True))
+    keys = list(rows.order_by("version"))
     if authenticated and keys:
         _refuse_unauthenticated(keys, keyring_name, purpose)
     return keys
@@ -199,13 +207,7 @@ def rotate_if_active_since(
     into the ``key_rotated`` audit row (why it was rotated; JSON scalars only).
     """
     with transaction.atomic():
-        _locked(keyring_name, purpose)
-        # Read again now that the rows are ours, and judge on that. On PostgreSQL a statement
-        # that waited for another transaction's row locks returns the rows it waited for as that
-        # transaction left them, but not the rows it inserted (its snapshot is older): after a
-        # concurrent rotation it would show no active version at all, and `rotate` then fails
-        # on the unique version number.
-        keys = _locked(keyring_name, purpose)
+        keys = _locked(keyring_name, purpose)  # judged on what is there once the rows are ours
         current = next((k for k in keys if k.state == ACTIVE), None)
         if current is None or active_since(current) > cutoff:
             return None

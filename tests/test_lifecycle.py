@@ -1,14 +1,16 @@
 """Key lifecycle: the transition table, each operation and its audit row."""
 
+import threading
 from datetime import timedelta
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.test import override_settings
 
 from keyrotation import audit_chain, keyring, lifecycle
 from keyrotation.exceptions import KeyStateError, NoActiveKey, UnknownKeyVersion
 from keyrotation.models import DataKey, KeyRotationAudit
+from tests.helpers.db import wait_until_blocked_on_keys
 
 pytestmark = pytest.mark.django_db
 
@@ -226,3 +228,33 @@ def test_every_activation_sets_activated_at_a_rollback_too(keys):
     assert back.version == 1 and back.activated_at >= v2.activated_at
     DataKey.objects.filter(pk=v1.pk).update(activated_at=None)
     assert lifecycle.active_since(DataKey.objects.get(pk=v1.pk)) == v1.created_at
+
+
+@pytest.mark.server
+@pytest.mark.django_db(transaction=True)
+def test_two_rotations_at_once_run_one_after_the_other():
+    """Two `rotatekeys` at the same instant: both wait for the keyring's lock (held here until
+    both wait), then rotate in turn: v3 active, v1 and v2 decrypt-only, two audit rows."""
+    lifecycle.init("default")
+    errors = []
+
+    def rotate(name):
+        try:
+            lifecycle.rotate("default", "encrypt", actor=name)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(repr(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=rotate, args=(f"ops@host{i}",)) for i in (1, 2)]
+    with transaction.atomic():
+        list(DataKey.objects.select_for_update().filter(keyring="default", purpose="encrypt"))
+        for thread in threads:
+            thread.start()
+        wait_until_blocked_on_keys(2)
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert states() == {1: "decrypt_only", 2: "decrypt_only", 3: "active"}
+    assert KeyRotationAudit.objects.filter(action="key_rotated").count() == 2
+    assert audit_chain.verify().ok

@@ -7,7 +7,6 @@ The clock is moved by hand: functions take ``now``, and keys are made older by m
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -19,6 +18,7 @@ from keyrotation.checks import check_settings
 from keyrotation.exceptions import ConfigurationError, KeyStateError
 from keyrotation.models import DataKey, KeyRotationAudit
 from keyrotation.policy import PeriodState
+from tests.helpers.db import wait_until_blocked_on_keys
 from tests.helpers.key_age import make_older, set_policy
 
 DAY = timedelta(days=1)
@@ -257,28 +257,6 @@ def test_a_refused_rotation_raises_and_leaves_the_pair_due(keys, settings):
 # -- two processes at once -----------------------------------------------------------------------
 
 
-def _wait_until_blocked(count: int) -> None:
-    """Wait (polling, up to 30 s) until ``count`` other sessions wait for the keyring's row locks."""
-    if connection.vendor == "postgresql":
-        sql = (
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock'"
-        )
-    else:  # MariaDB lists only this session in INNODB_TRX here: look for the statements instead
-        sql = (
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
-            "AND INFO LIKE '%FROM `keyrotation_datakey`%FOR UPDATE%'"
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-            if cursor.fetchone()[0] >= count:
-                return
-        time.sleep(0.02)
-    raise AssertionError(f"{count} sessions never waited for the keyring's lock")
-
-
 @pytest.mark.server
 @pytest.mark.django_db(transaction=True)
 def test_two_processes_rotating_what_is_due_at_once_make_one_new_version(settings):
@@ -306,7 +284,7 @@ def test_two_processes_rotating_what_is_due_at_once_make_one_new_version(setting
         for thread in threads:
             thread.start()
         read.wait()
-        _wait_until_blocked(2)
+        wait_until_blocked_on_keys(2)
     for thread in threads:
         thread.join(60)
     assert errors == []

@@ -1,6 +1,7 @@
 """Helpers for tests that start other processes against the test database."""
 
 import os
+import time
 
 from django.db import connection
 
@@ -34,3 +35,29 @@ def mysql_connection():
         database=sd["NAME"],
         autocommit=True,
     )
+
+
+def wait_until_blocked_on_keys(count: int) -> None:
+    """Wait (polling, up to 30 s) until ``count`` other sessions wait for row locks on the keys
+    (``keyrotation_datakey``; PostgreSQL or MySQL/MariaDB)."""
+    if connection.vendor == "postgresql":
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        )
+    else:  # MariaDB lists only this session in INNODB_TRX here: look for the statements instead
+        sql = (
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+            "AND INFO LIKE '%FROM `keyrotation_datakey`%FOR UPDATE%'"
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                # Inside a transaction PostgreSQL shows the activity as of its first look.
+                cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(sql)
+            if cursor.fetchone()[0] >= count:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"{count} sessions never waited for the keyring's lock")
