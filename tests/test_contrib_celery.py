@@ -24,9 +24,14 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.db.models import Sum
 
+from keyrotation import keyring
+from keyrotation.models import ReencryptionChunk, ReencryptionRun
 from tests import servers
-from tests.helpers.db import child_env
+from tests.helpers.db import child_env, person_write_log
+from tests.reliability_support import LOG, rotate, versions
+from tests.testapp.models import Person
 
 try:
     import celery  # noqa: F401
@@ -316,3 +321,89 @@ def test_a_bad_scope_or_a_value_that_cannot_be_opened_fails_the_task_at_once(
     [run] = shared_db.helper("runs")
     assert run["status"] == "failed"
     assert "@example.com" not in worker.text()  # the failure names the row, never its value
+
+
+# -- 100,000 rows, three workers, one killed -------------------------------------------------------
+
+BIG = 100_000
+
+
+def copy_people(n: int) -> None:
+    """COPY ``n`` people (``user<i>@example.com``, SSN ``<i>`` on nine digits), each value sealed
+    by its field under the active keys: as the ORM would store them, in seconds."""
+    email, ssn, bidx = (Person._meta.get_field(name) for name in ("email", "ssn", "email_bidx"))
+    rows = []  # sealed before the COPY starts: loading a keyring queries the connection the COPY holds
+    for i in range(1, n + 1):
+        address = f"user{i}@example.com"
+        sealed_email, sealed_ssn = email.seal_value(address), ssn.seal_value(f"{i:09d}")
+        digest, digest_version = bidx.index_value(address)
+        rows.append(
+            (
+                *(i, f"p{i}", sealed_email.token, sealed_email.version),
+                *(digest, digest_version, sealed_ssn.token, sealed_ssn.version),
+            )
+        )
+    columns = "id, name, email, email_key_version, email_bidx, email_bidx_key_version, ssn, ssn_key_version"
+    with connection.cursor() as cur:
+        with cur.cursor.copy(f"COPY testapp_person ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute("SELECT setval(pg_get_serial_sequence('testapp_person', 'id'), %s)", [n])
+
+
+def rows_done() -> int:
+    return ReencryptionChunk.objects.aggregate(n=Sum("rows_done"))["n"] or 0
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_three_workers_finish_100k_rows_when_one_is_killed_mid_run(
+    keys, shared_db, celery_app, start_workers
+):
+    copy_people(BIG)
+    rotate()
+    started = time.monotonic()
+    with person_write_log():
+        workers = start_workers(3)
+        ids = start_reencryption(3, batch_size=500, rate=2500)  # about 15 s for three workers
+        tasks = [celery_app.AsyncResult(task_id) for task_id in ids]
+        assert wait_for(lambda: all(t.state == "STARTED" for t in tasks), 60)
+        assert wait_for(lambda: rows_done() >= BIG // 4, 120)
+
+        victim_task = tasks[0]
+        victim = next(w for w in workers if w.name == victim_task.info["hostname"])
+        victim_pid = victim_task.info["pid"]
+        running = ReencryptionChunk.objects.filter(status="running")
+        held = {int(c.worker.rpartition(":")[2]): c.pk for c in running}
+        assert victim.owns(victim_pid) and victim_pid in held, (victim_pid, held)
+        victim.kill()
+        progress_at_kill = rows_done()
+        assert 0.2 * BIG <= progress_at_kill <= 0.7 * BIG, progress_at_kill
+        victim_committed = ReencryptionChunk.objects.get(pk=held[victim_pid]).rows_done
+
+        survivors = results(celery_app, ids[1:], timeout=300)
+        assert victim_task.state == "STARTED"  # its message is never acknowledged
+        with connection.cursor() as cur:
+            cur.execute("SELECT pk, count(*) FROM person_writes GROUP BY pk HAVING count(*) <> 1")
+            twice = cur.fetchall()
+            cur.execute("SELECT count(DISTINCT pk) FROM person_writes")
+            written = cur.fetchone()[0]
+
+    run = ReencryptionRun.objects.get()
+    assert {r["status"] for r in survivors} == {"finished"} and {r["run_id"] for r in survivors} == {run.pk}
+    assert run.status == "finished"
+    assert twice == [] and written == BIG  # every row written once: none lost, none twice
+    assert rows_done() == BIG  # the run's progress is the rows moved
+    assert sum(r["rows_done"] for r in survivors) == BIG - victim_committed
+    taken_over = ReencryptionChunk.objects.get(pk=held[victim_pid])
+    assert taken_over.status == "done" and not taken_over.worker.endswith(f":{victim_pid}")
+    assert versions() == {(2, 2, 2)}
+    keyring.clear_cache()
+    expected = {i: (f"user{i}@example.com", f"{i:09d}") for i in range(1, BIG + 1)}
+    assert {p.pk: (p.email, p.ssn) for p in Person.objects.iterator(chunk_size=5000)} == expected
+    LOG.add(
+        "celery: 100,000 rows, 3 workers, one SIGKILLed",
+        1,
+        time.monotonic() - started,
+        {"progress at kill": f"{progress_at_kill / BIG:.0%}", "its chunk taken over at": victim_committed},
+    )
