@@ -514,8 +514,8 @@ REDIS_HINT = (
 
 
 def redis_binary() -> str | None:
-    """``redis-server`` on PATH or in /usr/bin; None when it is not installed."""
-    return shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/local/bin")
+    """``redis-server`` on PATH; None when it is not installed."""
+    return shutil.which("redis-server")
 
 
 class RedisServer(_Server):
