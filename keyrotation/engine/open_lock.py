@@ -33,8 +33,10 @@ from ..models import ReencryptionRun
 _NAME = "keyrotation.engine.open_run"
 # Any fixed 64-bit key; the same in every process (derived from the name).
 _PG_LOCK_KEY = int.from_bytes(hashlib.sha256(_NAME.encode()).digest()[:8], "big", signed=True)
-#: Seconds a MySQL/MariaDB session waits for the lock before giving up (a transient error).
-MYSQL_WAIT_SECONDS = 60
+#: Seconds a MySQL/MariaDB session waits for the lock before giving up (a transient error,
+#: retried). Long, as on PostgreSQL, which waits without limit: the holder may be counting the
+#: pending rows of a large table, and a holder that dies releases it with its session.
+MYSQL_WAIT_SECONDS = 3600
 
 
 @contextmanager

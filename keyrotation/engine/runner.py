@@ -152,7 +152,8 @@ class _Worker:
     # -- helpers ---------------------------------------------------------------------------
 
     def _wait_while_paused(self) -> str:
-        """Return the run status once it is not paused (or 'deadline')."""
+        """Return the run status once it is not paused (or 'deadline'); a fleet worker does not
+        wait: it returns 'paused' at once, so that its job ends and frees its worker."""
         while True:
             status = self._retrying(
                 "status check", lambda: runs.current_status(self.run.pk, using=self.opts.state)
