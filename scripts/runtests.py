@@ -12,7 +12,10 @@ Starts a throwaway PostgreSQL cluster, MariaDB server and OpenBao server on loop
 * ``DATABASE_URL`` (``postgres://...``): used for the PostgreSQL run instead of a new cluster;
 * ``KEYROTATION_TEST_MYSQL_URL`` (``mysql://user:pass@host:port/name``): used for the MySQL run
   instead of a new MariaDB (the user must be allowed to create databases);
-* ``KEYROTATION_TEST_VAULT_ADDR`` + ``KEYROTATION_TEST_VAULT_TOKEN``: used instead of a new OpenBao.
+* ``KEYROTATION_TEST_VAULT_ADDR`` + ``KEYROTATION_TEST_VAULT_TOKEN``: used instead of a new OpenBao;
+* ``KEYROTATION_TEST_REDIS_URL`` (``redis://host:port/0``): the Celery tests' broker, instead of a
+  new Redis. Without it and without ``redis-server`` (installed here with apt-get when run as root)
+  the Celery tests skip, unless ``KEYROTATION_REQUIRE_REDIS=1`` (CI) turns that into a failure.
 
 The MySQL phase first installs the driver (``scripts/mysql_driver.py``: the MariaDB client headers
 with apt-get, then mysqlclient). Without the driver or the MariaDB binaries it is reported as
@@ -66,10 +69,24 @@ def ensure_chromium() -> None:
     if shutil.which("chromium") and shutil.which("chromedriver"):
         return
     header("installing chromium and chromium-driver (browser tests)")
-    if not shutil.which("apt-get") or os.geteuid() != 0:
-        print("cannot install them here (needs root and apt-get); the browser tests will skip", flush=True)
+    apt_install(["chromium", "chromium-driver"], "the browser tests will skip")
+
+
+def ensure_redis() -> None:
+    """Install Debian's redis-server for the Celery tests when it is missing (as for chromium).
+    Without it they skip, unless ``KEYROTATION_REQUIRE_REDIS=1`` (CI) makes that a failure."""
+    if servers.redis_binary() is not None:
         return
-    install = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
+    header("installing redis-server (Celery tests: the broker)")
+    apt_install(["redis-server"], "the Celery tests will skip, or fail with KEYROTATION_REQUIRE_REDIS=1")
+
+
+def apt_install(packages: list[str], otherwise: str) -> None:
+    """``apt-get install -y PACKAGES``, with one ``apt-get update`` and a retry if that fails."""
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        print(f"cannot install {' '.join(packages)} here (needs root and apt-get); {otherwise}", flush=True)
+        return
+    install = ["apt-get", "install", "-y", "-q", *packages]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     if run(install, env) != 0 and run(["apt-get", "update", "-q"], env) == 0:
         run(install, env)
@@ -103,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if set(TEST_PHASES) & set(phases):
         ensure_chromium()
+        if not base_env.get(servers.REDIS_URL_ENV):
+            ensure_redis()
 
     with ExitStack() as stack:
         needs_servers = set(TEST_PHASES) & set(phases)
@@ -118,6 +137,18 @@ def main(argv: list[str] | None = None) -> int:
             results.append(("start OpenBao", "ok", time.monotonic() - started))
         elif needs_servers:
             print(f"using the Vault/OpenBao at {base_env[VAULT_ADDR_ENV]} ({VAULT_ADDR_ENV})")
+
+        if needs_servers and not base_env.get(servers.REDIS_URL_ENV) and servers.redis_binary():
+            header("starting Redis")
+            started = time.monotonic()
+            redis = servers.RedisServer()
+            stack.callback(_stopping, redis)
+            redis.start()
+            base_env[servers.REDIS_URL_ENV] = redis.url
+            print(f"Redis at {redis.url} [{time.monotonic() - started:.1f}s]")
+            results.append(("start Redis", "ok", time.monotonic() - started))
+        elif needs_servers and base_env.get(servers.REDIS_URL_ENV):
+            print(f"using the Redis at {base_env[servers.REDIS_URL_ENV]} ({servers.REDIS_URL_ENV})")
 
         database_url = base_env.pop("DATABASE_URL", None)
         if "postgres" in phases and not database_url:
@@ -206,7 +237,9 @@ def start_mysql(stack: ExitStack, env: dict[str, str], results: list) -> tuple[s
     return server.url, None
 
 
-def _stopping(server: servers.PostgresCluster | servers.OpenBaoServer | servers.MariaDBServer) -> None:
+def _stopping(
+    server: servers.PostgresCluster | servers.OpenBaoServer | servers.MariaDBServer | servers.RedisServer,
+) -> None:
     print(f"stopping {server.name}", flush=True)
     server.cleanup()
 

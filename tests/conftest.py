@@ -7,6 +7,9 @@ Servers (see ``tests/servers.py``):
 * ``vault`` is the OpenBao/Vault named by ``KEYROTATION_TEST_VAULT_ADDR`` and
   ``KEYROTATION_TEST_VAULT_TOKEN``, or else an OpenBao server started for this session, so a bare
   ``pytest`` works too;
+* ``redis_url`` is the Redis (broker of the Celery tests) named by ``KEYROTATION_TEST_REDIS_URL``,
+  or else a Redis server started for this session; without ``redis-server`` the tests that use
+  it skip, saying how to install it, unless ``KEYROTATION_REQUIRE_REDIS=1`` makes that a failure;
 * ``openbao_server`` / ``postgres_server`` are private servers that a test may stop, start and
   restart (reliability tests); they start only when a test asks for them.
 """
@@ -35,7 +38,8 @@ def pytest_report_header(config):
     database = settings.DATABASES["default"]
     where = "in memory" if _engine() == "sqlite3" else f"{database['HOST']}:{database['PORT']}"
     vault = os.environ.get(VAULT_ADDR_ENV) or "an OpenBao server started by the vault fixture"
-    return [f"database: {_engine()} ({where}); vault: {vault}"]
+    redis = os.environ.get(servers.REDIS_URL_ENV) or "a Redis server started by the redis_url fixture"
+    return [f"database: {_engine()} ({where}); vault: {vault}; redis: {redis}"]
 
 
 # marker -> (the engines it runs on, why a run elsewhere skips it)
@@ -96,6 +100,26 @@ def vault():
         client.adapter.close()
         if server is not None:
             server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A Redis URL: ``KEYROTATION_TEST_REDIS_URL``, or a server started for this session. Put in
+    the environment, so that processes the tests start inherit it."""
+    url = os.environ.get(servers.REDIS_URL_ENV)
+    if url:
+        yield url
+        return
+    if servers.redis_binary() is None:
+        if os.environ.get(servers.REQUIRE_REDIS_ENV) == "1":
+            pytest.fail(f"{servers.REQUIRE_REDIS_ENV}=1 and {servers.REDIS_HINT}")
+        pytest.skip(servers.REDIS_HINT)
+    with servers.redis_server() as server:
+        os.environ[servers.REDIS_URL_ENV] = server.url
+        try:
+            yield server.url
+        finally:
+            del os.environ[servers.REDIS_URL_ENV]
 
 
 @pytest.fixture(scope="session")

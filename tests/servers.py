@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL, MariaDB and OpenBao servers on loopback, for the test suite and
+"""Throwaway PostgreSQL, MariaDB, OpenBao and Redis servers on loopback, for the test suite and
 ``runtests.py``.
 
 Every server keeps its data directory and ports for its whole life, so a reliability test can
@@ -503,6 +503,103 @@ class MariaDBServer(_Server):
         self.start()
 
 
+# The environment variables that point the Celery tests at an existing Redis, and that turn a
+# missing redis-server into a failure (CI) instead of a skip.
+REDIS_URL_ENV = "KEYROTATION_TEST_REDIS_URL"
+REQUIRE_REDIS_ENV = "KEYROTATION_REQUIRE_REDIS"
+REDIS_HINT = (
+    "redis-server not found: sudo apt-get install -y --no-install-recommends redis-server "
+    f"(Debian), or point the suite at a Redis with {REDIS_URL_ENV}=redis://host:port/0"
+)
+
+
+def redis_binary() -> str | None:
+    """``redis-server`` on PATH; None when it is not installed."""
+    return shutil.which("redis-server")
+
+
+class RedisServer(_Server):
+    """A Redis server on 127.0.0.1:``port`` that keeps nothing on disk (``--save ""``,
+    ``--appendonly no``): a broker and result store for the Celery tests."""
+
+    name = "Redis"
+
+    def __init__(self, port: int | None = None) -> None:
+        binary = redis_binary()
+        if binary is None:
+            raise ServerError(REDIS_HINT)
+        super().__init__("keyrotation-redis-")
+        self.binary = binary
+        self.port = port or free_port()
+        self.log = self.root / "redis.log"
+        self.pidfile = self.root / "redis.pid"
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://`` URL of database 0."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _pidfiles(self) -> list[Path]:
+        return [self.pidfile]
+
+    def _pong(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(7).startswith(b"+PONG")
+
+    def start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        if self._watchdog is None:
+            self._arm_watchdog()
+        with self.log.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [
+                    self.binary,
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--dir",
+                    str(self.root),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pidfile.write_text(f"{self._proc.pid}\n")
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self._proc.poll() is not None:
+                code, self._proc = self._proc.returncode, None
+                raise ServerError(f"redis-server exited {code}\n{_log_tail(self.log)}")
+            with contextlib.suppress(OSError):
+                if self._pong():
+                    return
+            if time.monotonic() > deadline:
+                raise ServerError(f"Redis not answering after {START_TIMEOUT}s\n{_log_tail(self.log)}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+
 # Raft is the only persistent storage OpenBao ships; performance_multiplier = 1 makes the
 # single-node election take about a second instead of several. The static seal unseals the server
 # by itself on every start (a test-only key in the server's private directory).
@@ -686,6 +783,17 @@ def mariadb_server(port: int | None = None) -> Iterator[MariaDBServer]:
 def openbao_dev_server(port: int | None = None, token: str = DEFAULT_VAULT_TOKEN) -> Iterator[OpenBaoServer]:
     """Start a throwaway OpenBao server with Transit; stop it and delete its files on exit."""
     server = OpenBaoServer(port=port, token=token)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@contextlib.contextmanager
+def redis_server(port: int | None = None) -> Iterator[RedisServer]:
+    """Start a throwaway Redis server; stop it and delete its directory on exit."""
+    server = RedisServer(port=port)
     try:
         server.start()
         yield server

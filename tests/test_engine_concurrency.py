@@ -14,7 +14,7 @@ from django.db import connection
 
 from keyrotation import engine, keyring, lifecycle
 from keyrotation.models import ReencryptionChunk, ReencryptionRun
-from tests.helpers.db import child_env, mysql_connection
+from tests.helpers.db import child_env, mysql_connection, person_write_log
 from tests.testapp.models import Person
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
@@ -43,32 +43,8 @@ def versions() -> set:
 
 @pytest.fixture
 def write_log():
-    """A trigger that logs every UPDATE of a person row: counts the engine's writes per row."""
-    mysql = connection.vendor == "mysql"
-    with connection.cursor() as cur:
-        cur.execute("CREATE TABLE person_writes (pk bigint NOT NULL)")
-        if mysql:
-            cur.execute(
-                "CREATE TRIGGER person_write AFTER UPDATE ON testapp_person "
-                "FOR EACH ROW INSERT INTO person_writes VALUES (NEW.id)"
-            )
-        else:
-            cur.execute(
-                "CREATE FUNCTION log_person_write() RETURNS trigger AS $$ BEGIN "
-                "INSERT INTO person_writes VALUES (NEW.id); RETURN NEW; END $$ LANGUAGE plpgsql"
-            )
-            cur.execute(
-                "CREATE TRIGGER person_write AFTER UPDATE ON testapp_person "
-                "FOR EACH ROW EXECUTE FUNCTION log_person_write()"
-            )
-    yield
-    with connection.cursor() as cur:
-        if mysql:
-            cur.execute("DROP TRIGGER person_write")
-        else:
-            cur.execute("DROP TRIGGER person_write ON testapp_person")
-            cur.execute("DROP FUNCTION log_person_write()")
-        cur.execute("DROP TABLE person_writes")
+    with person_write_log():
+        yield
 
 
 def test_two_worker_processes_never_write_a_row_twice(keys, write_log):

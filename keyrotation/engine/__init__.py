@@ -22,6 +22,7 @@ from ..models import ChunkStatus, QuarantinedValue, ReencryptionChunk, Reencrypt
 from . import dialects, runs
 from . import plan as _plan
 from .overview import RunOverview
+from .retry import RetryPolicy
 from .runner import Options, WorkResult, work
 from .transform import BatchTransformer
 from .verify import verify
@@ -108,6 +109,8 @@ def reencrypt(
     chunk_span: int = runs.CHUNK_PK_SPAN,
     stale_after: float = 60.0,
     pipeline: bool = True,
+    fleet: int | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Report:
     """Move every row of the registered columns in ``models`` to the active key versions.
 
@@ -133,6 +136,13 @@ def reencrypt(
             ``{"run_id", "model", "rows", "seconds"}``.
         monitor: with ``workers > 1``, called about twice a second with the rows this call has
             re-encrypted so far (every worker, every database, from the chunks' progress).
+        fleet: this call is one of ``fleet`` processes started together as queued jobs
+            (:mod:`keyrotation.jobs`), each calling with ``workers=1``: a new run is cut into
+            chunks for ``fleet`` workers; a pause ends the call (status ``"paused"``) instead of
+            holding it; and the call returns only once the run is done, paused, aborted or
+            past ``max_duration``, taking over the chunk of a worker that died meanwhile.
+        retry: how often and how long to wait out a transient error (a lost connection, a KEK
+            outage) before letting it through (default :class:`~keyrotation.engine.retry.RetryPolicy`).
 
     A run that fails (a value that cannot be opened, a database error in its work) is marked
     ``failed`` and its message is in the report's ``errors``; a database error names where and
@@ -149,16 +159,19 @@ def reencrypt(
         raise ValueError(f"on_error must be 'stop' or 'quarantine', got {on_error!r}")
     if workers < 1:
         raise ValueError("workers must be >= 1")
+    if fleet is not None and (fleet < 1 or workers != 1):
+        raise ValueError("fleet must be >= 1, and each process of a fleet runs with workers=1")
     started = time.monotonic()
     keyring.invalidate()  # plan against the key versions active right now
     plans = _plan.build(models)
     targets = _targets(plans, database)
+    planned = fleet or workers  # the workers a new run's chunks are cut for
     for alias, _ in targets:
         dialect = dialects.for_alias(alias)
-        if workers > 1 and not dialect.skip_locked:
+        if planned > 1 and not dialect.skip_locked:
+            what = f"a fleet of {fleet} jobs" if fleet else f"--workers {workers}"
             raise KeyRotationError(
-                f"--workers {workers} needs row locks with SKIP LOCKED; "
-                f"{dialect.vendor} has none: run one worker"
+                f"{what} needs row locks with SKIP LOCKED; {dialect.vendor} has none: run one worker"
             )
     report = Report(
         run_id=None,
@@ -179,10 +192,12 @@ def reencrypt(
             on_batch=on_batch,
             stale_after=stale_after,
             pipeline=pipeline,
+            retry=retry or RetryPolicy(),
+            fleet=fleet is not None,
         )
         if max_duration is not None:  # one maintenance window for all the databases
             opts.max_duration = max(0.001, max_duration - (time.monotonic() - started))
-        _run_on(report, on, models, opts, workers, monitor, chunk_span)
+        _run_on(report, on, models, opts, workers, monitor, chunk_span, planned)
         if report.status != RunStatus.FINISHED or report.errors:
             break
     report.seconds = time.monotonic() - started
@@ -220,8 +235,11 @@ def _targets(plans: list[_plan.ModelPlan], database: str | None) -> list[tuple[s
     return out or [(database or databases.engine_database(), [])]
 
 
-def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor, chunk_span: int) -> None:
-    """Open or join the run of ``plans`` on ``opts.using`` and work it; add to ``report``."""
+def _run_on(
+    report: Report, plans, models, opts: Options, workers: int, monitor, chunk_span: int, planned: int
+) -> None:
+    """Open or join the run of ``plans`` on ``opts.using`` (a new run cut into chunks for
+    ``planned`` workers) and work it with ``workers`` processes; add to ``report``."""
     # Opening a run writes an audit row, which needs the KEK (the chain key): ride out an outage.
     run, joined = opts.retrying(
         opts.step("opening the run"),
@@ -230,10 +248,10 @@ def _run_on(report: Report, plans, models, opts: Options, workers: int, monitor,
             models,
             database=opts.using,
             actor=opts.actor,
-            options=_public_options(opts, workers),
+            options=_public_options(opts, planned),
             chunk_span=chunk_span,
             using=opts.state,
-            workers=workers,
+            workers=planned,
             batch_size=opts.batch_size,
         ),
     )

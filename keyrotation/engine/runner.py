@@ -54,6 +54,10 @@ class Options:
     using: str = "default"  # the database whose rows are re-encrypted
     state: str = "default"  # the database of the run, its chunks and quarantined values
     on_batch: Callable[[dict], None] | None = field(default=None, repr=False)
+    # One of a fleet of queued jobs (keyrotation.jobs), with no parent process to rerun it: a
+    # pause ends the call instead of holding it, and a call with no chunk left to claim stays
+    # while other workers hold chunks, so that it takes over the chunk of one that dies.
+    fleet: bool = False
 
     @property
     def aliases(self) -> list[str]:
@@ -76,7 +80,7 @@ class Options:
 class WorkResult:
     rows_done: int = 0
     rows_failed: int = 0
-    stopped: str = ""  # "", "deadline", "paused-deadline", "aborted", "superseded", "failed"
+    stopped: str = ""  # "", "deadline", "paused" (a fleet worker), "aborted", "superseded", "failed"
 
 
 class _Worker:
@@ -152,12 +156,13 @@ class _Worker:
     # -- helpers ---------------------------------------------------------------------------
 
     def _wait_while_paused(self) -> str:
-        """Return the run status once it is not paused (or 'deadline')."""
+        """Return the run status once it is not paused (or 'deadline'); a fleet worker does not
+        wait: it returns 'paused' at once, so that its job ends and frees its worker."""
         while True:
             status = self.opts.retrying(
                 self._step("status check"), lambda: runs.current_status(self.run.pk, using=self.opts.state)
             )
-            if status != RunStatus.PAUSED:
+            if status != RunStatus.PAUSED or self.opts.fleet:
                 return status
             if self.past_deadline():
                 return "deadline"
@@ -274,7 +279,21 @@ class _Worker:
                 lambda: runs.claim_chunk(self.run.pk, stale_after=self.opts.stale_after, using=using),
             )
             if chunk is None:
-                break
+                # Sweep only once every chunk is done. "No chunk running" is not enough: another
+                # worker may hold a pending chunk locked in its (not yet committed) claim, which
+                # our claim skipped.
+                progress = self.opts.retrying(self._step("progress"), lambda: runs.progress(self.run, using=using))
+                if progress.all_chunks_done:
+                    break
+                # Another worker still owns chunks, and the last one to finish sweeps. A fleet
+                # worker stays, to take over the chunk of a worker that dies (claim_chunk).
+                if not self.opts.fleet:
+                    return self.result
+                if self.past_deadline():
+                    self.result.stopped = "deadline"
+                    return self.result
+                time.sleep(self.opts.poll_seconds)
+                continue
             try:
                 outcome = self._process_chunk(chunk)
             except BaseException:
@@ -287,11 +306,6 @@ class _Worker:
                 )
                 self.result.stopped = outcome
                 return self.result
-        prog = self.opts.retrying(self._step("progress"), lambda: runs.progress(self.run, using=using))
-        # Sweep only once every chunk is done. "No chunk running" is not enough: another worker
-        # may hold a pending chunk locked in its (not yet committed) claim, which our claim skipped.
-        if not prog.all_chunks_done:
-            return self.result  # another worker still owns chunks; the last one to finish sweeps
         self._sweep()
         self.opts.retrying(self._step("finish"), self._finish)
         return self.result

@@ -29,6 +29,7 @@ from django.utils import timezone
 from .. import audit, databases
 from ..exceptions import KeyRotationError, RunNotFound
 from ..models import ChunkStatus, ReencryptionChunk, ReencryptionRun, RunStatus
+from . import open_lock
 from .plan import ModelPlan
 
 # (from, to) -> why. Anything else is refused by ``set_status``.
@@ -145,12 +146,15 @@ def open_run(
     than one batch (``batch_size``) of rows: ``--workers 2`` on a table of a few thousand rows gives
     each worker a chunk.
 
+    Processes that call it at the same instant open one run between them: each looks under the
+    lock of :mod:`keyrotation.engine.open_lock`, so the first creates the run and the others join it.
+
     Returns (run, joined); (None, False) when there is no run to join and no row is pending: a
     run with nothing to do is not recorded (no run row, no audit row), so that the latest run
     shown by ``rotation_status`` and the admin stays the one that did the work.
     """
     key, targets, using = scope_key(scope), targets_of(plans), _db(using)
-    with transaction.atomic(using=using):
+    with open_lock.opening(using):
         open_runs = list(
             ReencryptionRun.objects.using(using)
             .select_for_update()

@@ -2,6 +2,8 @@
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.db import connection
 
@@ -61,3 +63,35 @@ def wait_until_blocked_on_keys(count: int) -> None:
                 return
         time.sleep(0.02)
     raise AssertionError(f"{count} sessions never waited for the keyring's lock")
+@contextmanager
+def person_write_log() -> Iterator[None]:
+    """A trigger that logs every UPDATE of a person row into ``person_writes (pk)``, by whatever
+    process: counts the writes per row (PostgreSQL, MySQL/MariaDB). A write rolled back is not
+    logged: the log row rolls back with it."""
+    mysql = connection.vendor == "mysql"
+    with connection.cursor() as cur:
+        cur.execute("CREATE TABLE person_writes (pk bigint NOT NULL)")
+        if mysql:
+            cur.execute(
+                "CREATE TRIGGER person_write AFTER UPDATE ON testapp_person "
+                "FOR EACH ROW INSERT INTO person_writes VALUES (NEW.id)"
+            )
+        else:
+            cur.execute(
+                "CREATE FUNCTION log_person_write() RETURNS trigger AS $$ BEGIN "
+                "INSERT INTO person_writes VALUES (NEW.id); RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            cur.execute(
+                "CREATE TRIGGER person_write AFTER UPDATE ON testapp_person "
+                "FOR EACH ROW EXECUTE FUNCTION log_person_write()"
+            )
+    try:
+        yield
+    finally:
+        with connection.cursor() as cur:
+            if mysql:
+                cur.execute("DROP TRIGGER person_write")
+            else:
+                cur.execute("DROP TRIGGER person_write ON testapp_person")
+                cur.execute("DROP FUNCTION log_person_write()")
+            cur.execute("DROP TABLE person_writes")

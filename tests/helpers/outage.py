@@ -1,7 +1,11 @@
-"""Seed or check the database a test's subprocesses use (no Django test database there).
+"""Seed, check or steer the database a test's subprocesses use (no Django test database there).
 
 Usage: python -m tests.helpers.outage seed <rows>   -> init keys, seed, rotate; prints the new version
        python -m tests.helpers.outage check <rows>  -> prints {"ok": bool, "versions": [...], "bad": [...]}
+       python -m tests.helpers.outage runs          -> prints [{"id", "status", "rows_total", "rows_done",
+                                                       "chunks": [{"worker", "status", "rows_done"}]}]
+       python -m tests.helpers.outage pause|resume  -> keyrotation.pause() / resume(); prints the run's status
+       python -m tests.helpers.outage corrupt       -> one stored email no longer opens; prints its pk
 """
 
 import json
@@ -15,11 +19,13 @@ django.setup()
 
 from django.db import connection  # noqa: E402
 
+import keyrotation  # noqa: E402
 from keyrotation import lifecycle  # noqa: E402
+from keyrotation.models import ReencryptionRun  # noqa: E402
 from tests.testapp.models import Person  # noqa: E402
 
-cmd, rows = sys.argv[1], int(sys.argv[2])
-if cmd == "seed":
+
+def seed(rows: int) -> None:
     lifecycle.init("default")
     Person.objects.bulk_create(
         Person(name=f"p{i}", email=f"o{i}@example.com", ssn=f"{i:09d}") for i in range(rows)
@@ -27,7 +33,9 @@ if cmd == "seed":
     version = lifecycle.rotate("default", "encrypt").version
     lifecycle.rotate("default", "index")
     print(version)
-else:
+
+
+def check(rows: int) -> None:
     bad = [
         p.name
         for p in Person.objects.all()
@@ -40,3 +48,40 @@ else:
         versions = sorted(cur.fetchall())
     count = Person.objects.count()
     print(json.dumps({"ok": not bad and count == rows, "versions": versions, "bad": bad[:10], "rows": count}))
+
+
+def runs() -> None:
+    out = [
+        {
+            "id": run.pk,
+            "status": run.status,
+            "rows_total": run.rows_total,
+            "rows_done": sum(c.rows_done for c in run.chunks.all()),
+            "chunks": [
+                {"worker": c.worker, "status": c.status, "rows_done": c.rows_done}
+                for c in run.chunks.order_by("id")
+            ],
+        }
+        for run in ReencryptionRun.objects.order_by("id")
+    ]
+    print(json.dumps(out))
+
+
+def corrupt() -> None:
+    from tests.helpers.command_line import tamper_one_email
+
+    print(tamper_one_email())
+
+
+def control(action: str) -> None:
+    run = getattr(keyrotation, action)(actor="test")
+    print(json.dumps({"id": run.pk, "status": run.status}))
+
+
+cmd = sys.argv[1]
+if cmd in ("seed", "check"):
+    {"seed": seed, "check": check}[cmd](int(sys.argv[2]))
+elif cmd in ("pause", "resume"):
+    control(cmd)
+else:
+    {"runs": runs, "corrupt": corrupt}[cmd]()
