@@ -282,7 +282,9 @@ class _Worker:
                 # Sweep only once every chunk is done. "No chunk running" is not enough: another
                 # worker may hold a pending chunk locked in its (not yet committed) claim, which
                 # our claim skipped.
-                progress = self.opts.retrying(self._step("progress"), lambda: runs.progress(self.run, using=using))
+                progress = self.opts.retrying(
+                    self._step("progress"), lambda: runs.progress(self.run, using=using)
+                )
                 if progress.all_chunks_done:
                     break
                 # Another worker still owns chunks, and the last one to finish sweeps. A fleet
