@@ -28,7 +28,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from . import census as _census
-from . import conf, databases, registry
+from . import conf, databases, policy, registry
 from .engine import runs as _runs
 from .engine.overview import RunOverview
 from .models import DataKey, KeyState, ReencryptionRun, RunStatus
@@ -40,12 +40,16 @@ ENDED_STATUSES = (RunStatus.FINISHED, RunStatus.ABORTED, RunStatus.FAILED, RunSt
 
 @dataclass(frozen=True)
 class ActiveKey:
-    """The active version of one keyring and purpose; ``age_seconds`` since it was created."""
+    """The active version of one keyring and purpose: ``age_seconds`` since it became active, and,
+    under a rotation period (``ROTATION_PERIOD``), the period and the seconds until it is due
+    (negative once overdue)."""
 
     keyring: str
     purpose: str
     version: int
     age_seconds: float
+    period_seconds: float | None = None
+    due_in_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,16 +64,28 @@ class Keys:
 
 
 def keys(now: datetime | None = None) -> Keys:
-    """Every data key's keyring, purpose, version, state and creation time (never its material)."""
+    """Every data key's keyring, purpose, version, state and activation time (never its material);
+    the active ones aged as :func:`keyrotation.policy.key_age` does."""
     now = now or timezone.now()
-    rows = DataKey.objects.using(databases.keys_database()).values_list(
-        "keyring", "purpose", "version", "state", "created_at"
+    rows = DataKey.objects.using(databases.keys_database()).only(
+        "keyring", "purpose", "version", "state", "created_at", "activated_at"
     )
     active, versions = [], {}
-    for keyring, purpose, version, state, created_at in rows.order_by("keyring", "purpose", "version"):
-        versions[(keyring, purpose, state)] = versions.get((keyring, purpose, state), 0) + 1
-        if state == KeyState.ACTIVE:
-            active.append(ActiveKey(keyring, purpose, version, (now - created_at).total_seconds()))
+    for key in rows.order_by("keyring", "purpose", "version"):
+        where = (key.keyring, key.purpose, key.state)
+        versions[where] = versions.get(where, 0) + 1
+        if key.state == KeyState.ACTIVE:
+            age = policy.key_age(key, now)
+            active.append(
+                ActiveKey(
+                    key.keyring,
+                    key.purpose,
+                    key.version,
+                    age.age.total_seconds(),
+                    period_seconds=None if age.period is None else age.period.total_seconds(),
+                    due_in_seconds=None if age.due_at is None else (age.due_at - now).total_seconds(),
+                )
+            )
     return Keys(tuple(active), versions)
 
 

@@ -117,11 +117,13 @@ class RotationReport:
 
 def period_for(keyring: str, purpose: str) -> timedelta | None:
     """The rotation period of (``keyring``, ``purpose``): its own entry, else the ``"*"`` one,
-    else None (no policy).
+    else None (no policy). None for the audit chain's key, which is not a data key.
 
     Raises:
         ConfigurationError: ``ROTATION_PERIOD`` is malformed.
     """
+    if keyring == AUDIT_KEYRING:
+        return None
     table = conf.rotation_period()
     for name in (keyring, conf.ANY_KEYRING):
         if (name, purpose) in table:

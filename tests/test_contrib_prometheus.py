@@ -30,6 +30,7 @@ from keyrotation.kek.calls import OPERATIONS, REASONS
 from keyrotation.metrics import LAST_ENDED, OPEN
 from keyrotation.models import DataKey, KeyState, RunStatus
 from keyrotation.testing import assert_no_leak
+from tests.helpers.key_age import make_older, set_policy
 from tests.testapp.models import Person, Secret
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls("tests.prometheus_urls")]
@@ -144,6 +145,23 @@ def test_the_view_speaks_prometheus_text_and_openmetrics(keys):
     assert parsed.one("keyrotation_active_key_version", keyring="default", purpose="index") == 1
     assert client.post(URL).status_code == 405
     assert client.head(URL).status_code == 200
+
+
+def test_rotation_period_and_due_time_follow_the_policy(keys, settings):
+    """Under ROTATION_PERIOD the active key has a period and a due time (negative once overdue);
+    without one, or for the audit chain's key, neither series exists."""
+    assert scrape().matching("keyrotation_active_key_due_in_seconds") == []
+    set_policy(settings, {"default": {"encrypt": 30, "index": None}, "*": 90})
+    make_older("default", "encrypt", 31)
+    parsed = scrape()
+    where = {"keyring": "default", "purpose": "encrypt"}
+    assert parsed.one("keyrotation_active_key_period_seconds", **where) == 30 * 86400
+    due_in = parsed.one("keyrotation_active_key_due_in_seconds", **where)
+    assert -86400 - 60 < due_in < -86400 + 60  # a day overdue
+    assert parsed.one("keyrotation_active_key_age_seconds", **where) >= 31 * 86400
+    assert parsed.matching("keyrotation_active_key_due_in_seconds", keyring="default", purpose="index") == []
+    assert parsed.matching("keyrotation_active_key_version", keyring="_audit_chain")  # it is there
+    assert parsed.matching("keyrotation_active_key_due_in_seconds", keyring="_audit_chain") == []
 
 
 def test_a_bearer_token_guards_the_view_and_is_never_echoed(keys, settings):

@@ -37,7 +37,7 @@ def email_rows(census: Census, database: str = "default") -> dict[int, int]:
 def test_keys_report_active_versions_their_age_and_states(keys):
     rotate_encrypt()
     active = DataKey.objects.get(keyring="default", purpose="encrypt", state="active")
-    snapshot = metrics.keys(now=active.created_at + timedelta(hours=5))
+    snapshot = metrics.keys(now=active.activated_at + timedelta(hours=5))
     mine = {(k.keyring, k.purpose): k for k in snapshot.active if k.keyring == "default"}
     assert mine[("default", "encrypt")].version == 2
     assert mine[("default", "encrypt")].age_seconds == 5 * 3600

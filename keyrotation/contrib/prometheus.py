@@ -84,7 +84,18 @@ def _families() -> dict[str, Metric]:
             gauge("keyrotation_active_key_version", "The active data key version.", labels=_KEY),
             gauge(
                 "keyrotation_active_key_age_seconds",
-                "Seconds since the active data key was created.",
+                "Seconds since the active data key version became active.",
+                labels=_KEY,
+            ),
+            gauge(
+                "keyrotation_active_key_period_seconds",
+                "The rotation period (ROTATION_PERIOD) of the keyring and purpose; absent without one.",
+                labels=_KEY,
+            ),
+            gauge(
+                "keyrotation_active_key_due_in_seconds",
+                "Seconds until the active version is due for rotation (negative: overdue); absent "
+                "without a rotation period.",
                 labels=_KEY,
             ),
             gauge(
@@ -175,8 +186,12 @@ class KeyRotationCollector:
     def _keys(self, fam: dict[str, Metric], state: dict) -> None:
         keys = state["keys"] = metrics.keys()
         for k in keys.active:
-            fam["keyrotation_active_key_version"].add_metric([k.keyring, k.purpose], k.version)
-            fam["keyrotation_active_key_age_seconds"].add_metric([k.keyring, k.purpose], k.age_seconds)
+            where = [k.keyring, k.purpose]
+            fam["keyrotation_active_key_version"].add_metric(where, k.version)
+            fam["keyrotation_active_key_age_seconds"].add_metric(where, k.age_seconds)
+            if k.period_seconds is not None and k.due_in_seconds is not None:
+                fam["keyrotation_active_key_period_seconds"].add_metric(where, k.period_seconds)
+                fam["keyrotation_active_key_due_in_seconds"].add_metric(where, k.due_in_seconds)
         for (keyring, purpose, key_state), n in sorted(keys.versions.items()):
             fam["keyrotation_key_versions"].add_metric([keyring, purpose, key_state], n)
 
