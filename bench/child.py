@@ -65,17 +65,18 @@ class RunQueueClock:
 def writer(args) -> None:
     """The application: single-row ORM updates of an encrypted field, in autocommit, until the
     stop file appears. Writes ``[[monotonic start, seconds, run-queue seconds or None], ...]`` to
-    ``--out``: the run-queue seconds are the time this process and its PostgreSQL backend spent
-    waiting for a CPU during that update (how much of a slow update was CPU contention)."""
+    ``--out``: the run-queue seconds are the time this process and the server's process or thread
+    that serves its connection spent waiting for a CPU during that update (how much of a slow
+    update was CPU contention)."""
     _setup()
     from django.db import connection
 
     from bench.benchapp.models import Customer
+    from bench.databases import BY_NAME
 
     with connection.cursor() as cur:
-        cur.execute("SELECT pg_backend_pid()")
-        backend = cur.fetchone()[0]
-    runq = RunQueueClock(os.getpid(), backend)
+        backend = BY_NAME[connection.vendor].backend_task(cur)
+    runq = RunQueueClock(os.getpid(), *([backend] if backend else []))
     rng = random.Random(os.getpid())
     pause = args.pause_ms / 1000.0
     samples: list[tuple[float, float, float | None]] = []
