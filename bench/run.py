@@ -103,7 +103,11 @@ class Meter:
 
 
 def child(ctx, *argv: str) -> tuple[dict, dict]:
-    """Run ``python -m bench.child ...``; return (its JSON, its rusage as a dict)."""
+    """Run ``python -m bench.child ...``; return (its JSON, its CPU and peak RSS as a dict).
+
+    The peak RSS is the one the child reports (``peak_rss_kb``): the kernel's ``ru_maxrss`` of a
+    spawned child starts from its parent's peak (Python spawns with vfork, and the peak survives
+    the exec), so it would report this process's size whenever that is the larger."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.child", *argv], cwd=ROOT, env=ctx.env, stdout=subprocess.PIPE
     )
@@ -113,7 +117,8 @@ def child(ctx, *argv: str) -> tuple[dict, dict]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise RuntimeError(f"bench.child {' '.join(argv)} exited {proc.returncode}")
-    return json.loads(out or b"{}"), {"maxrss_kb": ru.ru_maxrss, "cpu": ru.ru_utime + ru.ru_stime}
+    res = json.loads(out or b"{}")
+    return res, {"maxrss_kb": res.pop("peak_rss_kb"), "cpu": ru.ru_utime + ru.ru_stime}
 
 
 # ---------------------------------------------------------------------------------------------
