@@ -151,10 +151,13 @@ def _flip(token: bytes) -> bytes:
 
 
 class RawLoop:
-    """Hand-written set-based loop: ``SELECT … FOR UPDATE SKIP LOCKED LIMIT n`` + one
-    ``UPDATE t JOIN (SELECT … UNION ALL SELECT …) AS v ON t.id = v.id SET …`` per batch (MariaDB
-    has no ``unnest``; a row derived table is its way to join a batch of values), AES-GCM
-    straight from ``cryptography``, mysqlclient on its own connection."""
+    """Hand-written set-based loop: ``SELECT … FOR UPDATE SKIP LOCKED LIMIT n`` + one ``UPDATE``
+    per batch, AES-GCM straight from ``cryptography``, mysqlclient on its own connection.
+
+    The ``UPDATE`` is the shape the engine's MariaDB statement has (the table first, by primary
+    key, joined to the batch's values as a table value constructor, ciphertexts as hex literals;
+    see ``keyrotation/engine/dialects/mysql.py`` for why), without its guards, as the PostgreSQL
+    loop is the engine's ``unnest`` statement without them."""
 
     def __init__(self, url: str, model, crypto_on: bool = True, batch: int = 2000):
         import MySQLdb
@@ -168,12 +171,15 @@ class RawLoop:
         self.crypto_on, self.batch = crypto_on, batch
         self.resealer = Resealer(model)
 
-    def _update(self, n: int) -> str:
-        first = "SELECT %s AS id, _binary %s AS e, %s AS ev, _binary %s AS n, %s AS nv"
-        rest = " UNION ALL SELECT %s, _binary %s, %s, _binary %s, %s" * (n - 1)
+    def _update(self, rows: list[tuple]) -> str:
+        values = ", ".join(f"({pk}, X'{e.hex()}', {ev}, X'{n.hex()}', {nv})" for pk, e, ev, n, nv in rows)
+        ids = ", ".join(str(row[0]) for row in rows)
         return (
-            f"UPDATE {self.table} AS t JOIN ({first}{rest}) AS v ON t.id = v.id "
-            "SET t.email = v.e, t.email_key_version = v.ev, t.notes = v.n, t.notes_key_version = v.nv"
+            "SET STATEMENT in_predicate_conversion_threshold = 0 FOR "
+            f"UPDATE {self.table} AS t FORCE INDEX (PRIMARY) STRAIGHT_JOIN "
+            f"(WITH v (id, e, ev, n, nv) AS (VALUES {values}) SELECT * FROM v) AS v ON t.id = v.id "
+            "SET t.email = v.e, t.email_key_version = v.ev, t.notes = v.n, t.notes_key_version = v.nv "
+            f"WHERE t.id IN ({ids})"
         )
 
     def run(self, target: int, lo: int = 0) -> int:
@@ -190,15 +196,11 @@ class RawLoop:
                 if not rows:
                     self.conn.commit()
                     return done
-                params: list = []
-                for row in rows:
-                    if self.crypto_on:
-                        row = self.resealer.row(row, target)  # noqa: PLW2901
-                    else:
-                        pk, e, ev, n, nv = row
-                        row = (pk, _flip(e), ev, _flip(n), nv)  # noqa: PLW2901
-                    params.extend(row)
-                cur.execute(self._update(len(rows)), params)
+                if self.crypto_on:
+                    new = [self.resealer.row(row, target) for row in rows]
+                else:
+                    new = [(pk, _flip(e), ev, _flip(n), nv) for pk, e, ev, n, nv in rows]
+                cur.execute(self._update(new))
                 self.conn.commit()
                 done += len(rows)
                 last = rows[-1][0]
