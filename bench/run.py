@@ -504,7 +504,8 @@ def report(
         "",
         f"The naive loop runs on a {ctx.naive_rows:,}-row subset (a full pass would take far too long); "
         "ratios are ratios of rates, so the comparison is fair. Database CPU counts "
-        f"{db.cpu_note}; client CPU is the measured process (its workers included).",
+        f"{db.cpu_note}; client CPU is the measured process (its workers included)."
+        + (f" {db.contenders_note}" if db.contenders_note else ""),
         "",
         "| ratio (median of per-run ratios) | value |",
         "|---|---:|",

@@ -79,6 +79,9 @@ class BenchDatabase(ABC):
     cpu_note: ClassVar[str]
     #: What serves the application writer's connection, for the writer's note.
     backend_noun: ClassVar[str]
+    #: What the hand-written loop and the ceiling do differently here, for the note under the
+    #: re-encryption table (empty: nothing to say).
+    contenders_note: ClassVar[str] = ""
 
     def __init__(self, server) -> None:
         self.server = server
