@@ -29,9 +29,9 @@ flag the server counts changed rows, which here are the same rows, since every w
 a new ciphertext or version.
 
 No pipelining (:attr:`MySQL.pipelines` is False): two batches in flight per worker, measured on
-MariaDB (100k rows, three runs each on a loaded 2-core machine), took 3.5 to 4.1 s against 4.0
-to 4.5 s for one batch at a time, each batch holding its row locks twice as long (median batch
-124 to 140 ms against 71 to 78 ms): not worth it, so a worker writes one batch at a time.
+MariaDB (100k rows, a 2-core machine shared with other work), finished 8 to 14 % sooner (medians
+of two series) while each batch held its row locks about twice as long; not worth it, so a
+worker writes one batch at a time.
 """
 
 from __future__ import annotations
