@@ -29,7 +29,7 @@ flag the server counts changed rows, which here are the same rows, since every w
 a new ciphertext or version.
 
 No pipelining (:attr:`MySQL.pipelines` is False): two batches in flight per worker, measured on
-MariaDB (100k rows, a 2-core machine shared with other work), finished 8 to 14 % sooner (medians
+MariaDB (100k rows, a 2-core machine shared with other work), finished 6 to 14 % sooner (medians
 of two series) while each batch held its row locks about twice as long; not worth it, so a
 worker writes one batch at a time.
 """
