@@ -3,6 +3,7 @@
 #   make test [ARGS="-k crypto"]  SQLite + PostgreSQL + MariaDB + OpenBao + docs build (scripts/runtests.py)
 #   make test-mysql [ARGS=...]    only the MariaDB phase (installs mysqlclient)
 #   make bench [ROWS=100000]      re-encryption and read benchmarks (bench/run.py); results in bench/results/
+#   make bench DB=mysql           the same on a throwaway MariaDB (installs mysqlclient); default DB=postgresql
 #   make lint | docs | clean
 # PYTHON picks the interpreter that creates .venv (default python3): make test PYTHON=python3.12
 # (after `make clean` if .venv already exists with another one).
@@ -13,6 +14,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 ROWS ?= 100000
 RUNS ?= 3
+DB ?= postgresql
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
 .PHONY: demo test test-mysql bench lint docs clean
@@ -43,7 +45,8 @@ test-mysql: $(VENV)/.installed-dev
 	$(BIN)/python scripts/runtests.py --only mysql -- $(ARGS)
 
 bench: $(VENV)/.installed-bench
-	$(BIN)/python bench/run.py --rows $(ROWS) --runs $(RUNS)
+	$(if $(filter mysql,$(DB)),$(BIN)/python scripts/mysql_driver.py)
+	$(BIN)/python bench/run.py --database $(DB) --rows $(ROWS) --runs $(RUNS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

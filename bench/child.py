@@ -11,9 +11,11 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 
 def _setup() -> None:
@@ -21,6 +23,14 @@ def _setup() -> None:
     import django
 
     django.setup()
+
+
+def peak_rss_kb() -> int:
+    """Peak RSS of this process since its exec (``VmHWM``) or of any of its children (the
+    ``--workers``), in KiB."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    own = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def reencrypt(args) -> None:
@@ -38,6 +48,7 @@ def reencrypt(args) -> None:
     # With --workers > 1 the unwraps happen in the forked children (their own counters).
     out["kek_requests"] = getattr(keyring.kek_backend(), "requests", None) if args.workers == 1 else None
     out["kek_backend"] = keyring.kek_backend().describe()
+    out["peak_rss_kb"] = peak_rss_kb()
     json.dump(out, sys.stdout)
 
 
@@ -65,17 +76,18 @@ class RunQueueClock:
 def writer(args) -> None:
     """The application: single-row ORM updates of an encrypted field, in autocommit, until the
     stop file appears. Writes ``[[monotonic start, seconds, run-queue seconds or None], ...]`` to
-    ``--out``: the run-queue seconds are the time this process and its PostgreSQL backend spent
-    waiting for a CPU during that update (how much of a slow update was CPU contention)."""
+    ``--out``: the run-queue seconds are the time this process and the server's process or thread
+    that serves its connection spent waiting for a CPU during that update (how much of a slow
+    update was CPU contention)."""
     _setup()
     from django.db import connection
 
     from bench.benchapp.models import Customer
+    from bench.databases import BY_NAME
 
     with connection.cursor() as cur:
-        cur.execute("SELECT pg_backend_pid()")
-        backend = cur.fetchone()[0]
-    runq = RunQueueClock(os.getpid(), backend)
+        backend = BY_NAME[connection.vendor].backend_task(cur)
+    runq = RunQueueClock(os.getpid(), *([backend] if backend else []))
     rng = random.Random(os.getpid())
     pause = args.pause_ms / 1000.0
     samples: list[tuple[float, float, float | None]] = []
@@ -103,7 +115,7 @@ def noop(args) -> None:
     from keyrotation import engine  # noqa: F401 - import what a reencrypt process imports
 
     connection.ensure_connection()
-    print("{}")
+    json.dump({"peak_rss_kb": peak_rss_kb()}, sys.stdout)
 
 
 def main() -> None:

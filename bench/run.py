@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""``make bench [ROWS=100000]``: speed, cost and scale of re-encryption and of encrypted reads.
+"""``make bench [DB=mysql] [ROWS=100000]``: speed, cost and scale of re-encryption and of encrypted reads.
 
-Starts a throwaway PostgreSQL cluster and an OpenBao server (``tests/servers.py``), loads
-``--rows`` customers with COPY (valid ciphertexts made by the library), then repeats ``--runs``
-times (ratios are computed inside each repetition, the table shows medians):
+Starts a throwaway database server (``--database``: PostgreSQL by default, or MariaDB with
+``mysql``) and an OpenBao server (``tests/servers.py``), loads ``--rows`` customers in bulk (COPY
+on PostgreSQL, multi-row INSERTs on MariaDB; valid ciphertexts made by the library), then repeats
+``--runs`` times (ratios are computed inside each repetition, the table shows medians):
 
 A  rotate; ``keyrotation.engine.reencrypt`` on ``benchapp.Customer``, one worker, in a subprocess
-   (peak RSS, CPU, KEK requests against OpenBao, WAL bytes, database CPU, HOT updates)
+   (peak RSS, CPU, KEK requests against OpenBao, database CPU, and the database's own counters:
+   WAL bytes and HOT updates on PostgreSQL, redo bytes and row counters on MariaDB)
 B  rotate; the naive Django loop (``obj.f = obj.f; obj.save()``, 100 rows per transaction) on the
    first ``--naive-rows`` rows, then the hand-written raw-SQL set-based loop on the rest
 C  rotate; the same raw SQL without crypto (the database ceiling)
@@ -20,7 +22,11 @@ G  (rows > 100k, first run only) rotate; move all rows but the first 100k with t
 and once: ORM reads of ``--read-rows`` rows, plaintext vs EncryptedField vs Fernet (and a cProfile
 of the encrypted read when it misses its target).
 
-Results: a Markdown file under ``bench/results/`` and the same table on stdout.
+What differs between the databases (server, settings, loading, counters, the hand-written loop's
+SQL) lives in ``bench/databases/``, one module per database.
+
+Results: a Markdown file per database under ``bench/results/`` (``100k-mariadb-<date>.md``) and
+the same table on stdout.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import databases  # noqa: E402
 from tests import servers  # noqa: E402
 
 LABEL_PREFIX = "benchapp."
@@ -57,69 +64,20 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# database helpers
-
-
-def sql(query: str, params=None, fetch: bool = True):
-    from django.db import connection
-
-    with connection.cursor() as cur:
-        cur.execute(query, params)
-        return cur.fetchall() if fetch and cur.description else None
-
-
-def one(query: str, params=None):
-    return sql(query, params)[0][0]
-
-
-def vacuum(*tables: str) -> None:
-    for t in tables:
-        sql(f"VACUUM (ANALYZE) {t}", fetch=False)
-
-
-def db_cpu_seconds(postmaster_pid: int) -> float:
-    """CPU of the whole cluster: live children + the postmaster with its reaped children."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, ppid = int(entry), int(fields[1])
-        if ppid == postmaster_pid:
-            total += int(fields[11]) + int(fields[12])
-        elif pid == postmaster_pid:
-            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return total / tick
+# measuring a step
 
 
 class Meter:
-    """Wall time, WAL bytes, database CPU and update counters around one step."""
+    """Wall time, client and database CPU, and the database's own counters
+    (:meth:`~bench.databases.base.BenchDatabase.snapshot`) around one step."""
 
     def __init__(self, ctx, table: str | None):
-        self.ctx, self.table = ctx, table
-
-    def _counters(self):
-        if not self.table:
-            return (0, 0)
-        sql("SELECT pg_stat_force_next_flush()")
-        sql("SELECT pg_stat_clear_snapshot()")
-        time.sleep(1.1)  # other backends flush their statistics at most once a second
-        sql("SELECT pg_stat_clear_snapshot()")
-        return tuple(
-            sql("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = %s", [self.table])[
-                0
-            ]
-        )
+        self.db, self.table = ctx.db, table
 
     def __enter__(self):
-        sql("CHECKPOINT", fetch=False)  # every page's first change in the step writes a full image
-        self.upd0 = self._counters()
-        self.lsn0 = one("SELECT pg_current_wal_lsn()")
-        self.cpu0 = db_cpu_seconds(self.ctx.postmaster)
+        self.db.begin_step()
+        self.snap0 = self.db.snapshot(self.table)
+        self.cpu0 = self.db.cpu_seconds()
         self.ru0 = resource.getrusage(resource.RUSAGE_SELF)
         self.t0 = time.perf_counter()
         return self
@@ -128,11 +86,8 @@ class Meter:
         self.seconds = time.perf_counter() - self.t0
         ru = resource.getrusage(resource.RUSAGE_SELF)
         self.self_cpu = (ru.ru_utime + ru.ru_stime) - (self.ru0.ru_utime + self.ru0.ru_stime)
-        self.db_cpu = db_cpu_seconds(self.ctx.postmaster) - self.cpu0
-        self.wal = int(one("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [self.lsn0]))
-        upd1 = self._counters()
-        self.updates = upd1[0] - self.upd0[0]
-        self.hot = upd1[1] - self.upd0[1]
+        self.db_cpu = self.db.cpu_seconds() - self.cpu0
+        self.snap1 = self.db.snapshot(self.table)
 
     def metrics(self, rows: int, seconds: float | None = None, client_cpu: float | None = None) -> dict:
         seconds = seconds or self.seconds
@@ -141,15 +96,18 @@ class Meter:
             "rows": rows,
             "seconds": seconds,
             "rate": rows / seconds if seconds else 0.0,
-            "wal_per_row": self.wal / rows if rows else None,
             "db_cpu_us_per_row": 1e6 * self.db_cpu / rows if rows else None,
             "client_cpu_us_per_row": 1e6 * client_cpu / rows if rows else None,
-            "hot_percent": 100.0 * self.hot / self.updates if self.updates else None,
+            **self.db.step_metrics(self.snap0, self.snap1, rows),
         }
 
 
 def child(ctx, *argv: str) -> tuple[dict, dict]:
-    """Run ``python -m bench.child ...``; return (its JSON, its rusage as a dict)."""
+    """Run ``python -m bench.child ...``; return (its JSON, its CPU and peak RSS as a dict).
+
+    The peak RSS is the one the child reports (``peak_rss_kb``): the kernel's ``ru_maxrss`` of a
+    spawned child starts from its parent's peak (Python spawns with vfork, and the peak survives
+    the exec), so it would report this process's size whenever that is the larger."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.child", *argv], cwd=ROOT, env=ctx.env, stdout=subprocess.PIPE
     )
@@ -159,7 +117,8 @@ def child(ctx, *argv: str) -> tuple[dict, dict]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise RuntimeError(f"bench.child {' '.join(argv)} exited {proc.returncode}")
-    return json.loads(out or b"{}"), {"maxrss_kb": ru.ru_maxrss, "cpu": ru.ru_utime + ru.ru_stime}
+    res = json.loads(out or b"{}")
+    return res, {"maxrss_kb": res.pop("peak_rss_kb"), "cpu": ru.ru_utime + ru.ru_stime}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,10 +130,8 @@ def notes_pool() -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(28)) for _ in range(1000)]
 
 
-def load_encrypted(model, n: int) -> None:
-    """COPY ``n`` rows of valid ciphertexts, made by the library under the active versions."""
-    from django.db import connection
-
+def load_encrypted(db, model, n: int) -> None:
+    """Load ``n`` rows of valid ciphertexts, made by the library under the active versions."""
     from keyrotation import codecs, crypto, keyring
 
     email_f, notes_f = model._meta.get_field("email"), model._meta.get_field("notes")
@@ -184,53 +141,50 @@ def load_encrypted(model, n: int) -> None:
     sk_email, sk_notes = ring_e.subkey(ve, email_f.label), ring_e.subkey(ve, notes_f.label)
     sk_bidx, length = ring_i.subkey(vi, bidx_f.label), bidx_f.index_length()
     pool = notes_pool()
-    table = model._meta.db_table
-    cols = "id, email, email_key_version, email_bidx, email_bidx_key_version, notes, notes_key_version"
-    with (
-        connection.cursor() as cur,
-        cur.cursor.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp,
-    ):
-        cp.set_types(["int8", "bytea", "int2", "bytea", "int2", "bytea", "int2"])
+
+    def rows():
         for i in range(1, n + 1):
             email = f"customer{i}@example.com"
             note = f"{i}: {pool[i % 1000]}"
-            cp.write_row(
-                (
-                    i,
-                    crypto.encrypt(sk_email, ve, email_f.label, codecs.encode(email_f.base_field, email)),
-                    ve,
-                    crypto.blind_index(sk_bidx, bidx_f.index_input(email), length),
-                    vi,
-                    crypto.encrypt(sk_notes, ve, notes_f.label, codecs.encode(notes_f.base_field, note)),
-                    ve,
-                )
+            yield (
+                i,
+                crypto.encrypt(sk_email, ve, email_f.label, codecs.encode(email_f.base_field, email)),
+                ve,
+                crypto.blind_index(sk_bidx, bidx_f.index_input(email), length),
+                vi,
+                crypto.encrypt(sk_notes, ve, notes_f.label, codecs.encode(notes_f.base_field, note)),
+                ve,
             )
-    sql(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), %s)", [n])
+
+    columns = [
+        ("id", "int8"),
+        ("email", "bytea"),
+        ("email_key_version", "int2"),
+        ("email_bidx", "bytea"),
+        ("email_bidx_key_version", "int2"),
+        ("notes", "bytea"),
+        ("notes_key_version", "int2"),
+    ]
+    db.load(model._meta.db_table, columns, rows())
 
 
-def load_twins(n: int) -> None:
-    from django.db import connection
-
+def load_twins(db, n: int) -> None:
     from bench.benchapp.fernet import fernet
 
     pool, f = notes_pool(), fernet()
-    with connection.cursor() as cur:
-        with cur.cursor.copy("COPY bench_customer_plain (id, email, notes) FROM STDIN (FORMAT BINARY)") as cp:
-            cp.set_types(["int8", "text", "text"])
-            for i in range(1, n + 1):
-                cp.write_row((i, f"customer{i}@example.com", f"{i}: {pool[i % 1000]}"))
-        with cur.cursor.copy(
-            "COPY bench_customer_fernet (id, email, notes) FROM STDIN (FORMAT BINARY)"
-        ) as cp:
-            cp.set_types(["int8", "bytea", "bytea"])
-            for i in range(1, n + 1):
-                cp.write_row(
-                    (
-                        i,
-                        f.encrypt(f"customer{i}@example.com".encode()),
-                        f.encrypt(f"{i}: {pool[i % 1000]}".encode()),
-                    )
-                )
+    db.load(
+        "bench_customer_plain",
+        [("id", "int8"), ("email", "text"), ("notes", "text")],
+        ((i, f"customer{i}@example.com", f"{i}: {pool[i % 1000]}") for i in range(1, n + 1)),
+    )
+    db.load(
+        "bench_customer_fernet",
+        [("id", "int8"), ("email", "bytea"), ("notes", "bytea")],
+        (
+            (i, f.encrypt(f"customer{i}@example.com".encode()), f.encrypt(f"{i}: {pool[i % 1000]}".encode()))
+            for i in range(1, n + 1)
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,72 +214,6 @@ def naive_loop(model, upto: int, batch: int = 100) -> int:
     return done
 
 
-class RawLoop:
-    """Hand-written set-based loop: ``SELECT … FOR UPDATE SKIP LOCKED LIMIT n`` + one
-    ``UPDATE … FROM unnest(...)`` per batch, AES-GCM straight from ``cryptography``."""
-
-    def __init__(self, dsn: str, model, crypto_on: bool = True, batch: int = 2000):
-        import psycopg
-
-        from keyrotation import keyring
-
-        self.conn = psycopg.connect(dsn.replace("postgres://", "postgresql://"), autocommit=True)
-        self.table = model._meta.db_table
-        self.crypto_on, self.batch = crypto_on, batch
-        self.labels = {c: f"{model._meta.label}.{c}".encode() for c in ("email", "notes")}
-        self.keyring = keyring
-        self._aes: dict = {}
-
-    def aes(self, version: int, col: str):
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-        key = (version, col)
-        if key not in self._aes:
-            ring = self.keyring.keyring_for_version("default", "encrypt", version)
-            self._aes[key] = AESGCM(ring.subkey(version, self.labels[col].decode()))
-        return self._aes[key]
-
-    def reseal(self, token: bytes, version: int, col: str, target: int) -> bytes:
-        label = self.labels[col]
-        pt = self.aes(version, col).decrypt(token[5:17], token[17:], token[:5] + label)
-        header = b"\x01" + target.to_bytes(4, "big")
-        nonce = os.urandom(12)
-        return header + nonce + self.aes(target, col).encrypt(nonce, pt, header + label)
-
-    def run(self, target: int, lo: int = 0) -> int:
-        t = self.table
-        select = (
-            f"SELECT id, email, email_key_version, notes, notes_key_version FROM {t} "
-            f"WHERE (email_key_version <> %s OR notes_key_version <> %s) AND id > %s "
-            f"ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
-        )
-        update = (
-            f"UPDATE {t} AS t SET email = v.e, email_key_version = v.ev, notes = v.n, notes_key_version = v.nv "
-            f"FROM unnest(%b::bigint[], %b::bytea[], %b::smallint[], %b::bytea[], %b::smallint[]) "
-            f"AS v(id, e, ev, n, nv) WHERE t.id = v.id"
-        )
-        done, last = 0, lo
-        with self.conn.cursor() as cur:
-            while True:
-                with self.conn.transaction():
-                    cur.execute(select, [target, target, last, self.batch], binary=True)
-                    rows = cur.fetchall()
-                    if not rows:
-                        return done
-                    cols: list[list] = [[], [], [], [], []]
-                    for pk, e, ev, n, nv in rows:
-                        if self.crypto_on:
-                            if ev != target:
-                                e, ev = self.reseal(e, ev, "email", target), target
-                            if nv != target:
-                                n, nv = self.reseal(n, nv, "notes", target), target
-                        for k, v in enumerate((pk, e, ev, n, nv)):
-                            cols[k].append(v)
-                    cur.execute(update, cols, binary=True)
-                    done += len(rows)
-                    last = rows[-1][0]
-
-
 def read_rows(model, n: int) -> float:
     start = time.perf_counter()
     for obj in model.objects.order_by("pk")[:n].iterator(chunk_size=2000):
@@ -353,7 +241,7 @@ def repetition(ctx, rep: int) -> dict:
     T, TI = "bench_customer", "bench_customer_indexed"
 
     log(f"run {rep}: A reencrypt, 1 worker")
-    vacuum(T)
+    ctx.db.settle(T)
     rotate()
     with Meter(ctx, T) as m:
         res, ru = child(ctx, "reencrypt", "--model", "benchapp.Customer")
@@ -367,26 +255,29 @@ def repetition(ctx, rep: int) -> dict:
     )
 
     log(f"run {rep}: B naive loop on {ctx.naive_rows} rows, raw-SQL loop on the rest")
-    vacuum(T)
+    ctx.db.settle(T)
     target = rotate()
     with Meter(ctx, T) as m:
         done = naive_loop(Customer, ctx.naive_rows)
     out["naive"] = m.metrics(done)
-    raw = RawLoop(ctx.dsn, Customer)
+    raw = ctx.db.raw_loop(Customer)
     with Meter(ctx, T) as m:
         done = raw.run(target)
     out["raw"] = m.metrics(done)
+    raw.close()
 
     log(f"run {rep}: C database ceiling (raw SQL, no crypto)")
-    vacuum(T)
+    ctx.db.settle(T)
     target = rotate()
-    raw = RawLoop(ctx.dsn, Customer, crypto_on=False)
+    raw = ctx.db.raw_loop(Customer, crypto_on=False)
     with Meter(ctx, T) as m:
         done = raw.run(target)
     out["ceiling"] = m.metrics(done)
+    raw.restore(target)
+    raw.close()
 
     log(f"run {rep}: D reencrypt --workers 2")
-    vacuum(T)
+    ctx.db.settle(T)
     rotate()
     with Meter(ctx, T) as m:
         res, ru = child(ctx, "reencrypt", "--model", "benchapp.Customer", "--workers", "2")
@@ -395,14 +286,14 @@ def repetition(ctx, rep: int) -> dict:
     out["workers2"]["maxrss_kb"] = ru["maxrss_kb"]
 
     log(f"run {rep}: E reencrypt on the indexed-version-column twin")
-    vacuum(TI)
+    ctx.db.settle(TI)
     with Meter(ctx, TI) as m:
         res, ru = child(ctx, "reencrypt", "--model", "benchapp.CustomerIndexed")
     assert res["status"] == "finished" and res["rows_done"] == n, res
     out["indexed"] = m.metrics(res["rows_done"], res["seconds"], ru["cpu"])
 
     log(f"run {rep}: census with and without version-column indexes")
-    vacuum(T, TI)
+    ctx.db.settle(T, TI)
     for key, model in (("census_plain", Customer), ("census_indexed", CustomerIndexed)):
         cols = [c for c in registry.columns() if c.model is model]
         plans = [p for p in plan_mod.build([model._meta.label])]
@@ -417,7 +308,7 @@ def repetition(ctx, rep: int) -> dict:
     out["status_seconds"] = timed(engine.status)
 
     log(f"run {rep}: F application writer, idle then during reencrypt")
-    vacuum(T)
+    ctx.db.settle(T)
     rotate()
     with tempfile.TemporaryDirectory() as tmp:
         stop, samples_file = Path(tmp, "stop"), Path(tmp, "samples.json")
@@ -450,9 +341,11 @@ def repetition(ctx, rep: int) -> dict:
 
     if n > 100_000 and rep == 1:  # once: RSS needs no median, and this costs a full raw pass
         log(f"run {rep}: G reencrypt with 100k rows to do (peak RSS at 100k)")
-        vacuum(T)
+        ctx.db.settle(T)
         target = rotate()
-        RawLoop(ctx.dsn, Customer).run(target, lo=100_000)
+        raw = ctx.db.raw_loop(Customer)
+        raw.run(target, lo=100_000)
+        raw.close()
         res, ru = child(ctx, "reencrypt", "--model", "benchapp.Customer")
         assert res["rows_done"] == 100_000, res
         out["rss_100k_kb"] = ru["maxrss_kb"]
@@ -509,7 +402,6 @@ def pct(values: list[float], p: float) -> float | None:
 def machine(ctx) -> dict:
     import cryptography
     import django
-    import psycopg
 
     mem_kb = int(
         next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1]
@@ -525,15 +417,17 @@ def machine(ctx) -> dict:
     bao = subprocess.run(
         [servers.find_bao(), "version"], capture_output=True, text=True, check=False
     ).stdout.strip()
+    db_key, db_version = ctx.db.server_version()
+    driver, driver_version = ctx.db.driver_version()
     return {
         "cores": os.cpu_count(),
         "cpu": cpu,
         "ram_gb": round(mem_kb / 1024 / 1024, 1),
         "os": platform.platform(),
-        "postgresql": one("SELECT version()"),
+        db_key: db_version,
         "python": platform.python_version(),
         "django": django.get_version(),
-        "psycopg": psycopg.__version__,
+        driver: driver_version,
         "cryptography": cryptography.__version__,
         "openbao": bao,
         "load average at start (1/5/15 min)": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -562,29 +456,29 @@ def fmt(v, digits=0) -> str:
 def report(
     ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info: dict, profile: list[dict]
 ) -> str:
-    n = ctx.rows
+    n, db = ctx.rows, ctx.db
     ratio = lambda a, b: [r[a]["rate"] / r[b]["rate"] for r in runs]  # noqa: E731
     lines = [
         f"# keyrotation benchmark — {n:,} rows, {ctx.runs} runs ({dt.date.today().isoformat()})",
         "",
-        f"Produced by `make bench ROWS={n}` (`bench/run.py`). Medians over {ctx.runs} runs; every ratio "
+        f"Produced by `make bench{db.make_args} ROWS={n}` (`bench/run.py`, {db.name}). Medians over {ctx.runs} runs; every ratio "
         "is computed inside one run (same table state, same minute) and the median of those ratios "
         "is shown. Rates are rows per second.",
         "",
         "## Machine",
         "",
         *[f"- **{k}**: {v}" for k, v in info.items()],
-        "- **PostgreSQL settings**: throwaway cluster from `tests/servers.py` (fsync off, "
-        "synchronous_commit off) with, for the bench, full_page_writes on, shared_buffers 1GB, "
-        "max_wal_size 4GB; autovacuum off on the bench tables (the bench runs `VACUUM (ANALYZE)` "
-        "before every step) and a `CHECKPOINT` before every measured step, so WAL includes a full "
-        "page image of every page touched.",
+        "- **load average at the end of each run (1/5/15 min)**: "
+        + "; ".join(", ".join(f"{x:.2f}" for x in r["loadavg_end"]) for r in runs),
+        f"- **{db.name} settings**: {db.settings_note()}",
         "- **KEK**: OpenBao Transit (real server on loopback) for every step.",
         "",
         "## Re-encryption (rotate the encrypt key, move every row: email + notes, ~270 bytes of ciphertext per row)",
         "",
-        "| contender | rows per run | rows/s (median) | per-run rows/s | WAL bytes/row | DB CPU µs/row | client CPU µs/row | HOT updates |",
-        "|---|---:|---:|---|---:|---:|---:|---:|",
+        "| contender | rows per run | rows/s (median) | per-run rows/s | "
+        + " | ".join(m.title for m in db.metrics)
+        + " |",
+        "|---|---:|---:|---|" + "---:|" * len(db.metrics),
     ]
     names = [
         ("engine", "`reencrypt`, 1 worker"),
@@ -597,9 +491,9 @@ def report(
     for key, title in names:
         lines.append(
             f"| {title} | {fmt(med(runs, key, 'rows'))} | **{fmt(med(runs, key, 'rate'))}** | "
-            f"{', '.join(fmt(r[key]['rate']) for r in runs)} | {fmt(med(runs, key, 'wal_per_row'))} | "
-            f"{fmt(med(runs, key, 'db_cpu_us_per_row'), 1)} | {fmt(med(runs, key, 'client_cpu_us_per_row'), 1)} | "
-            f"{fmt(med(runs, key, 'hot_percent'), 0)} % |"
+            f"{', '.join(fmt(r[key]['rate']) for r in runs)} | "
+            + " | ".join(f"{fmt(med(runs, key, m.key), m.digits)}{m.suffix}" for m in db.metrics)
+            + " |"
         )
     r_naive = statistics.median(ratio("engine", "naive"))
     r_raw = statistics.median(ratio("engine", "raw"))
@@ -609,8 +503,9 @@ def report(
     lines += [
         "",
         f"The naive loop runs on a {ctx.naive_rows:,}-row subset (a full pass would take far too long); "
-        "ratios are ratios of rates, so the comparison is fair. Database CPU counts every PostgreSQL "
-        "process of the cluster; client CPU is the measured process (its workers included).",
+        "ratios are ratios of rates, so the comparison is fair. Database CPU counts "
+        f"{db.cpu_note}; client CPU is the measured process (its workers included)."
+        + (f" {db.contenders_note}" if db.contenders_note else ""),
         "",
         "| ratio (median of per-run ratios) | value |",
         "|---|---:|",
@@ -672,7 +567,7 @@ def report(
             for ph, title in (("idle", "idle"), ("busy", "during `reencrypt`"))
         ],
         "",
-        "The wait for a CPU is the time the writer process and its PostgreSQL backend spent runnable "
+        f"The wait for a CPU is the time the writer process and its {db.backend_noun} spent runnable "
         "but not running during the update (`/proc/<pid>/schedstat`); what is left is the database's own "
         "work, lock waits and the network.",
         "",
@@ -680,13 +575,16 @@ def report(
         f"{fmt(w('batch_median') * 1000, 0)} ms); engine rate with the writer running: {fmt(w('engine_rate'))} rows/s. "
         "The longest application write (the max above, median over runs of each run's longest) bounds its longest lock wait.",
         "",
-        "## Version-column index (DESIGN §4)",
+        "## Version-column index",
         "",
         "| | not indexed (default) | indexed |",
         "|---|---:|---:|",
         f"| re-encryption rows/s (1 worker) | {fmt(med(runs, 'engine', 'rate'))} | {fmt(med(runs, 'indexed', 'rate'))} |",
-        f"| HOT updates during re-encryption | {fmt(med(runs, 'engine', 'hot_percent'))} % | {fmt(med(runs, 'indexed', 'hot_percent'))} % |",
-        f"| WAL bytes per row | {fmt(med(runs, 'engine', 'wal_per_row'))} | {fmt(med(runs, 'indexed', 'wal_per_row'))} |",
+        *[
+            f"| {m.title} | {fmt(med(runs, 'engine', m.key), m.digits)}{m.suffix} | "
+            f"{fmt(med(runs, 'indexed', m.key), m.digits)}{m.suffix} |"
+            for m in db.index_metrics
+        ],
         f"| census of the model's 3 version columns (s) | {fmt(med(runs, 'census_plain', 'census_seconds'), 3)} | {fmt(med(runs, 'census_indexed', 'census_seconds'), 3)} |",
         f"| pending-row count, nothing pending (final sweep check) (s) | {fmt(med(runs, 'census_plain', 'pending_seconds'), 3)} | {fmt(med(runs, 'census_indexed', 'pending_seconds'), 3)} |",
         f"| `engine.status()` (every registered column, both tables) (s) | {fmt(med(runs, 'status_seconds'), 3)} | |",
@@ -697,7 +595,7 @@ def report(
     rss_n, rss_100k = med(runs, "engine", "maxrss_kb"), med(runs, "rss_100k_kb")
     kek = max(r["engine"]["kek_requests"] for r in runs)
     targets = [
-        ("`reencrypt` ≥ 25× the naive loop", r_naive >= 25, f"{r_naive:.1f}×"),
+        (f"`reencrypt` ≥ {db.naive_target:g}× the naive loop", r_naive >= db.naive_target, f"{r_naive:.1f}×"),
         ("`reencrypt` ≥ 0.75× the raw-SQL loop", r_raw >= 0.75, f"{r_raw:.2f}×"),
         ("encrypted read ≤ 1.25× plaintext", read_ratio <= 1.25, f"{read_ratio:.2f}×"),
         ("encrypted read faster than Fernet", read_vs_fernet < 1, f"{read_vs_fernet:.2f}× Fernet's time"),
@@ -736,8 +634,7 @@ def report(
 
 
 def where_the_time_goes(ctx, read_ratio, profile, w, ms) -> list[str]:
-    """The generated profile of every time target not met (issue #7: "for any target not met, the
-    profile that says where the time goes")."""
+    """The generated profile of every time target not met: where the time goes."""
     lines = []
     if read_ratio > 1.25 and profile:
         lines += [
@@ -776,6 +673,12 @@ class Ctx:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--database",
+        choices=sorted(databases.BY_NAME),
+        default="postgresql",
+        help="the throwaway server to benchmark on (mysql: MariaDB, the engine's MySQL dialect)",
+    )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--naive-rows", type=int, default=20_000)
@@ -790,30 +693,22 @@ def main(argv=None) -> int:
     ctx.read_rows = min(args.read_rows, args.rows)
     started = time.monotonic()
 
-    with servers.postgres_cluster() as pg, servers.openbao_dev_server() as bao:
-        pg_env = {
-            "BENCH_DATABASE_URL": pg.dsn,
+    with databases.BY_NAME[args.database].start() as db, servers.openbao_dev_server() as bao:
+        bench_env = {
+            "BENCH_DATABASE_URL": db.url,
             "BENCH_VAULT_ADDR": bao.addr,
             "BENCH_VAULT_TOKEN": bao.token,
             "DJANGO_SETTINGS_MODULE": "bench.settings",
         }
-        os.environ.update(pg_env)
-        ctx.env, ctx.dsn = dict(os.environ), pg.dsn
+        os.environ.update(bench_env)
+        ctx.env, ctx.db = dict(os.environ), db
         import django
 
         django.setup()
         from django.core.management import call_command
         from django.db import connection
 
-        for setting, value in (
-            ("full_page_writes", "on"),
-            ("shared_buffers", "1GB"),
-            ("max_wal_size", "4GB"),
-        ):
-            sql(f"ALTER SYSTEM SET {setting} = '{value}'", fetch=False)
-        connection.close()
-        pg.restart()
-        ctx.postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+        db.tune()
         call_command("migrate", verbosity=0)
         from keyrotation import lifecycle
 
@@ -821,23 +716,19 @@ def main(argv=None) -> int:
         from bench.benchapp.models import Customer, CustomerIndexed
 
         log(
-            f"loading {ctx.rows:,} rows x 2 encrypted tables, {ctx.read_rows:,} plaintext + Fernet rows (COPY)"
+            f"loading {ctx.rows:,} rows x 2 encrypted tables, {ctx.read_rows:,} plaintext + Fernet rows ({db.name})"
         )
         t = time.perf_counter()
-        load_encrypted(Customer, ctx.rows)
-        load_encrypted(CustomerIndexed, ctx.rows)
-        load_twins(ctx.read_rows)
-        for table in (
-            "bench_customer",
-            "bench_customer_indexed",
-            "bench_customer_plain",
-            "bench_customer_fernet",
-        ):
-            sql(f"ALTER TABLE {table} SET (autovacuum_enabled = false)", fetch=False)
-        log(f"loaded in {time.perf_counter() - t:.1f}s; warm-up pass (one new version of every row), VACUUM")
-        for table in ("bench_customer", "bench_customer_indexed"):
-            sql(f"UPDATE {table} SET notes_key_version = notes_key_version", fetch=False)
-        vacuum("bench_customer", "bench_customer_indexed", "bench_customer_plain", "bench_customer_fernet")
+        load_encrypted(db, Customer, ctx.rows)
+        load_encrypted(db, CustomerIndexed, ctx.rows)
+        load_twins(db, ctx.read_rows)
+        tables = ("bench_customer", "bench_customer_indexed", "bench_customer_plain", "bench_customer_fernet")
+        db.prepare_tables(tables)
+        log(f"loaded in {time.perf_counter() - t:.1f}s")
+        warmed = db.warm_up(tables[:2])
+        if warmed:
+            log(f"warm-up pass: {warmed}")
+        db.settle(*tables)
         info = machine(ctx)
         baseline = child(ctx, "noop")[1]["maxrss_kb"]
 
@@ -865,7 +756,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     size = f"{ctx.rows // 1_000_000}M" if ctx.rows % 1_000_000 == 0 else f"{ctx.rows // 1000}k"
-    path = out_dir / f"{size}-{dt.date.today().isoformat()}.md"
+    path = out_dir / f"{size}-{ctx.db.slug}-{dt.date.today().isoformat()}.md"
     path.write_text(text)
     print(text)
     log(

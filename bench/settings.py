@@ -1,6 +1,7 @@
 """Settings of the benchmark project (``bench/run.py`` sets the environment it reads).
 
-* ``BENCH_DATABASE_URL``: ``postgres://user@host:port/name`` (the throwaway cluster ``run.py`` starts);
+* ``BENCH_DATABASE_URL``: ``postgres://user@host:port/name`` or ``mysql://user:pass@host:port/name``
+  (the throwaway server ``run.py`` starts);
 * ``BENCH_VAULT_ADDR`` / ``BENCH_VAULT_TOKEN``: the KEK is the OpenBao Transit key when set,
   else a fixed local master key (never use a key from a repository in production).
 """

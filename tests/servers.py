@@ -454,6 +454,9 @@ class MariaDBServer(_Server):
                     "--skip-networking=0",
                     f"--pid-file={self.root / 'mariadbd.pid'}",
                     f"--log-error={self.log}",
+                    # Its on-disk temporary tables (a multi-table UPDATE's, for one) in its own
+                    # directory, not in a /tmp that other programs tidy up.
+                    f"--tmpdir={self.root}",
                     "--skip-name-resolve",
                     "--character-set-server=utf8mb4",
                     "--collation-server=utf8mb4_unicode_ci",
