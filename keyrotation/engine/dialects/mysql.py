@@ -61,7 +61,7 @@ class MySQL(BaseDialect):
         binary = [a.kind == "bytea" for a in arrays]
         rows = list(zip(*[a.values for a in arrays], strict=True))
         total = 0
-        with self.connection.cursor() as cur:
+        with self.driver_cursor() as cur:
             for part in _parts(rows):
                 selects, params = [], []
                 for k, row in enumerate(part):
