@@ -39,7 +39,8 @@ def sql_log_text(caplog) -> str:
     parts = [f"{q['sql']} {q.get('params', '')}" for q in connection.queries]
     for record in caplog.records:
         if record.name == "django.db.backends":
-            parts += [record.getMessage(), repr(getattr(record, "params", "")), str(getattr(record, "sql", ""))]
+            parts.append(record.getMessage())
+            parts += [repr(getattr(record, "params", "")), str(getattr(record, "sql", ""))]
     return "\n".join(parts)
 
 
