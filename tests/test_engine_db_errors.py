@@ -26,7 +26,7 @@ from keyrotation import engine, lifecycle
 from keyrotation.engine.retry import RetryPolicy
 from keyrotation.engine.runner import Options
 from keyrotation.exceptions import EngineDatabaseError, RunFailed
-from keyrotation.models import ReencryptionRun, RunStatus
+from keyrotation.models import DataKey, ReencryptionRun, RunStatus
 from keyrotation.testing import assert_no_leak
 from tests.legacyapp.models import PlainContact
 from tests.testapp.models import Person
@@ -324,6 +324,62 @@ def test_mariadb_incorrect_string_value_shows_no_plaintext(keys, caught):
             cur.execute("DROP TABLE IF EXISTS kr_history")
     assert code == 1 and exc.code == "errno 1366" and "Traceback" not in out + err
     assert run_row().error == str(exc)
+
+
+# -- reads outside a run ------------------------------------------------------------------------
+
+
+@contextmanager
+def table_renamed(table: str):
+    """``table`` out of reach of every read (renamed) inside the block."""
+    q = connection.ops.quote_name
+    hidden = f"{table}_hidden"
+    with connection.cursor() as cur:
+        cur.execute(f"ALTER TABLE {q(table)} RENAME TO {q(hidden)}")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cur:
+            cur.execute(f"ALTER TABLE {q(hidden)} RENAME TO {q(table)}")
+
+
+KEYS = DataKey._meta.db_table
+
+
+@pytest.mark.parametrize(
+    ("call", "table", "step"),
+    [
+        (lambda: engine.dry_run([CONTACTS]), TABLE, "dry run"),
+        (lambda: engine.pending([CONTACTS]), TABLE, "counting the pending rows"),
+        (lambda: engine.verify([CONTACTS]), TABLE, "verify"),
+        (lambda: engine.status(), TABLE, "status"),
+        (lambda: engine.reencrypt([CONTACTS]), KEYS, "planning"),  # the active key versions
+    ],
+    ids=["dry_run", "pending", "verify", "status", "reencrypt"],
+)
+def test_a_read_outside_a_run_that_fails_names_the_step_and_the_database(keys, call, table, step):
+    emails = plain_contacts(2)
+    with table_renamed(table), assert_no_leak(emails) as leak, leak.raises(EngineDatabaseError) as raised:
+        call()
+    (exc,) = raised
+    assert_safe(exc, leak)
+    assert str(exc).startswith(f"database error in {step} on database 'default': "), str(exc)
+    assert table not in str(exc)  # the database's message (naming the table) is withheld
+    assert exc.run is None and exc.databases == ("default",)
+
+
+@pytest.mark.parametrize(
+    ("args", "table"),
+    [(["--dry-run"], TABLE), (["--verify"], TABLE), ([], KEYS)],
+    ids=["dry-run", "verify", "run"],
+)
+def test_the_command_reports_a_failed_read_in_one_line(keys, args, table):
+    plain_contacts(2)
+    with table_renamed(table), assert_no_leak([]) as leak:
+        out, err, code = leak.call_command("reencrypt", "--model", CONTACTS, *args)
+    assert code == 1 and "Traceback" not in out + err
+    (error,) = leak.exceptions
+    assert str(error).startswith("database error in ") and "\n" not in str(error), str(error)
 
 
 # -- the error itself ---------------------------------------------------------------------------
