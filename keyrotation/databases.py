@@ -121,6 +121,25 @@ def _holding(model: type[models.Model], tables: _Tables, only: str | None) -> li
     return out
 
 
+def may_hold(models_: Iterable[type[models.Model]], only: str | None = None) -> tuple[str, ...]:
+    """The aliases that may hold rows of ``models_`` as the routers say (each model's write
+    database, and the aliases ``allow_migrate`` allows it on), each database once, found without
+    asking any database: what a read that failed before it could say where names. ``only``:
+    just that alias."""
+    if only is not None:
+        return (check_alias(only),)
+    seen: set[tuple] = set()
+    out = []
+    for model in models_:
+        write = router.db_for_write(model)
+        for alias in [write, *(a for a in connections.settings if a != write)]:
+            identity = _identity(alias)
+            if identity not in seen and (alias == write or _allowed(alias, model)):
+                seen.add(identity)
+                out.append(alias)
+    return tuple(out)
+
+
 def writable(alias: str) -> bool:
     """False for a database that refuses writes (a PostgreSQL hot standby, or a database whose
     sessions are read-only): ``reencrypt`` leaves it to its primary."""

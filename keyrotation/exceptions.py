@@ -108,7 +108,9 @@ class RunFailed(KeyRotationError):
 
 
 class EngineDatabaseError(RunFailed):
-    """The database refused the re-encryption engine's work, or kept failing after the retries.
+    """The database refused the re-encryption engine's work, or kept failing after the retries;
+    or a read outside a run (a plan, ``dry_run``, ``pending``, ``verify``, ``status``) could not
+    be made.
 
     Names what the engine was doing (``step``: a batch, the final sweep, a census, a chunk
     claim...), where (run, model, fields, the primary-key range, the key versions it was moving

@@ -19,14 +19,14 @@ import uuid
 from contextlib import contextmanager
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 from django.urls import reverse
 
 from keyrotation import engine, lifecycle
 from keyrotation.engine.retry import RetryPolicy
 from keyrotation.engine.runner import Options
 from keyrotation.exceptions import EngineDatabaseError, RunFailed
-from keyrotation.models import ReencryptionRun, RunStatus
+from keyrotation.models import DataKey, ReencryptionRun, RunStatus
 from keyrotation.testing import assert_no_leak
 from tests.legacyapp.models import PlainContact
 from tests.testapp.models import Person
@@ -118,22 +118,6 @@ def refusing_updates(table: str, column: str, *, after_pk: int = 0):
                 cur.execute(sql)
 
 
-@contextmanager
-def without_sql_log():
-    """Inside :func:`assert_no_leak`: Django's SQL log off again (``DEBUG = False``, as in
-    production). An adoption batch's write binds the legacy values as its guard, and Django's SQL
-    log (``DEBUG = True``) prints the parameters of the statements that go through Django's
-    cursor (SQLite, MySQL): that log is not what these tests are about."""
-    saved = [(c, c.force_debug_cursor) for c in connections.all()]
-    for c, _ in saved:
-        c.force_debug_cursor = False
-    try:
-        yield
-    finally:
-        for c, forced in saved:
-            c.force_debug_cursor = forced
-
-
 def assert_safe(exc: BaseException, leak) -> None:
     """``exc`` left the engine alone: no cause, no context, and nothing in its reports."""
     assert isinstance(exc, EngineDatabaseError), repr(exc)
@@ -152,7 +136,7 @@ def run_row() -> ReencryptionRun:
 def test_a_trigger_quoting_a_legacy_plaintext_shows_it_nowhere(keys, caught, pipeline):
     emails = plain_contacts()
     with refusing_updates(TABLE, "email_legacy") as texts:
-        with assert_no_leak(emails + texts) as leak, without_sql_log():
+        with assert_no_leak(emails + texts) as leak:
             report = engine.reencrypt([CONTACTS], batch_size=4, pipeline=pipeline)
             leak.check_text(repr(report.as_dict()), "report")
             leak.check_text(json.dumps(report.as_dict()), "report as JSON")
@@ -174,7 +158,7 @@ def test_a_trigger_quoting_a_legacy_plaintext_shows_it_nowhere(keys, caught, pip
 def test_the_command_prints_one_line_and_exits_1(keys):
     emails = plain_contacts()
     with refusing_updates(TABLE, "email_legacy") as texts:
-        with assert_no_leak(emails + texts) as leak, without_sql_log():
+        with assert_no_leak(emails + texts) as leak:
             out, err, code = leak.call_command("reencrypt", "--model", CONTACTS, "--no-progress")
             out_json, _, code_json = leak.call_command("reencrypt", "--model", CONTACTS, "--json")
     assert code == code_json == 1
@@ -209,7 +193,7 @@ def test_an_error_that_outlasts_the_retries_is_reported_the_same_way(db):
 def test_the_admin_shows_the_safe_text_only(keys, admin_client):
     emails = plain_contacts()
     with refusing_updates(TABLE, "email_legacy") as texts:
-        with assert_no_leak(emails + texts) as leak, without_sql_log():
+        with assert_no_leak(emails + texts) as leak:
             engine.reencrypt([CONTACTS])
             run = run_row()
             for url in (
@@ -237,7 +221,7 @@ def test_an_error_in_the_final_sweep_names_the_sweep(keys, caught):
     planned = max_pk(PlainContact)
     emails = plain_contacts(3)
     with refusing_updates(TABLE, "email_legacy", after_pk=planned) as texts:
-        with assert_no_leak(emails + texts) as leak, without_sql_log():
+        with assert_no_leak(emails + texts) as leak:
             report = engine.reencrypt([CONTACTS], batch_size=2)
             (exc,) = caught
             assert_safe(exc, leak)
@@ -302,7 +286,7 @@ def test_a_census_that_fails_opens_no_run(keys):
 def test_workers_report_the_safe_text_only(keys, capfd):
     emails = plain_contacts(40)
     with refusing_updates(TABLE, "email_legacy") as texts:
-        with assert_no_leak(emails + texts) as leak, without_sql_log():
+        with assert_no_leak(emails + texts) as leak:
             report = engine.reencrypt([CONTACTS], workers=2, batch_size=10)
             leak.check_text(repr(report.as_dict()), "report")
             out, err = capfd.readouterr()  # the workers' own output, tracebacks included
@@ -330,7 +314,7 @@ def test_mariadb_incorrect_string_value_shows_no_plaintext(keys, caught):
             "INSERT INTO kr_history (email) VALUES (OLD.email_legacy)"
         )
     try:
-        with assert_no_leak([*emails, quoted, "Incorrect string value"]) as leak, without_sql_log():
+        with assert_no_leak([*emails, quoted, "Incorrect string value"]) as leak:
             out, err, code = leak.call_command("reencrypt", "--model", CONTACTS, "--no-progress")
             (exc,) = caught
             assert_safe(exc, leak)
@@ -340,6 +324,62 @@ def test_mariadb_incorrect_string_value_shows_no_plaintext(keys, caught):
             cur.execute("DROP TABLE IF EXISTS kr_history")
     assert code == 1 and exc.code == "errno 1366" and "Traceback" not in out + err
     assert run_row().error == str(exc)
+
+
+# -- reads outside a run ------------------------------------------------------------------------
+
+
+@contextmanager
+def table_renamed(table: str):
+    """``table`` out of reach of every read (renamed) inside the block."""
+    q = connection.ops.quote_name
+    hidden = f"{table}_hidden"
+    with connection.cursor() as cur:
+        cur.execute(f"ALTER TABLE {q(table)} RENAME TO {q(hidden)}")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cur:
+            cur.execute(f"ALTER TABLE {q(hidden)} RENAME TO {q(table)}")
+
+
+KEYS = DataKey._meta.db_table
+
+
+@pytest.mark.parametrize(
+    ("call", "table", "step"),
+    [
+        (lambda: engine.dry_run([CONTACTS]), TABLE, "dry run"),
+        (lambda: engine.pending([CONTACTS]), TABLE, "counting the pending rows"),
+        (lambda: engine.verify([CONTACTS]), TABLE, "verify"),
+        (lambda: engine.status(), TABLE, "status"),
+        (lambda: engine.reencrypt([CONTACTS]), KEYS, "planning"),  # the active key versions
+    ],
+    ids=["dry_run", "pending", "verify", "status", "reencrypt"],
+)
+def test_a_read_outside_a_run_that_fails_names_the_step_and_the_database(keys, call, table, step):
+    emails = plain_contacts(2)
+    with table_renamed(table), assert_no_leak(emails) as leak, leak.raises(EngineDatabaseError) as raised:
+        call()
+    (exc,) = raised
+    assert_safe(exc, leak)
+    assert str(exc).startswith(f"database error in {step} on database 'default': "), str(exc)
+    assert table not in str(exc)  # the database's message (naming the table) is withheld
+    assert exc.run is None and exc.databases == ("default",)
+
+
+@pytest.mark.parametrize(
+    ("args", "table"),
+    [(["--dry-run"], TABLE), (["--verify"], TABLE), ([], KEYS)],
+    ids=["dry-run", "verify", "run"],
+)
+def test_the_command_reports_a_failed_read_in_one_line(keys, args, table):
+    plain_contacts(2)
+    with table_renamed(table), assert_no_leak([]) as leak:
+        out, err, code = leak.call_command("reencrypt", "--model", CONTACTS, *args)
+    assert code == 1 and "Traceback" not in out + err
+    (error,) = leak.exceptions
+    assert str(error).startswith("database error in ") and "\n" not in str(error), str(error)
 
 
 # -- the error itself ---------------------------------------------------------------------------

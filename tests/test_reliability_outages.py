@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -84,6 +85,55 @@ def test_postgres_restarted_mid_run(postgres_server, private_db):
     result = json.loads(_helper(private_db, "check", str(ROWS)))
     assert result["ok"] and result["versions"] == [[target, target, target]], result
     LOG.add("outage: PostgreSQL restarted mid-run", 1, time.monotonic() - started, {"first exit": first_exit})
+
+
+def _one_line(out: str, err: str) -> str:
+    """The one line a command printed for a lost database: nothing on stdout, no traceback, one
+    ``CommandError`` line on stderr (besides the engine's retry log lines)."""
+    assert "Traceback" not in out + err, out + err
+    assert out == "", out
+    (line,) = [line for line in err.splitlines() if line.startswith("CommandError: ")]
+    return line
+
+
+def test_postgres_stopped_for_good_mid_run(postgres_server, private_db):
+    """The database goes away and stays away past every retry: ``reencrypt`` says so in one line
+    naming the run, the database and the error's class, exits 1, and a rerun finishes once the
+    database is back. ``--dry-run``, ``--verify`` and ``rotation_status`` meanwhile: one line each."""
+    started = time.monotonic()
+    target = int(_helper(private_db, "seed", str(ROWS)))
+    proc = _run_reencrypt(private_db, "--rate", "1000")
+    url = private_db["DATABASE_URL"]
+    assert wait_for(lambda: _rows_done(url) >= 300, 30)
+    postgres_server.stop()
+    try:
+        out, err = finish(proc, timeout=240)  # every retry, with back-off: about a minute and a half
+        assert proc.returncode == 1, out + err
+        assert "retry 8/8" in err, err
+        line = _one_line(out, err)
+        assert re.fullmatch(
+            r"CommandError: run #\d+: database error in .+ on database 'default': OperationalError"
+            r"( \(.+\))?; the database's message is withheld, as it may quote values",
+            line,
+        ), line
+        for args, step in (
+            (("reencrypt", "--dry-run"), "dry run"),
+            (("reencrypt", "--verify"), "verify"),
+            (("rotation_status",), "status"),
+        ):
+            reader = manage(*args, env=private_db)
+            out, err = finish(reader)
+            assert reader.returncode == 1, out + err
+            line = _one_line(out, err)
+            assert line.startswith(f"CommandError: database error in {step} on database 'default': "), line
+            assert "OperationalError" in line, line
+    finally:
+        postgres_server.start()
+    out, err = finish(_run_reencrypt(private_db))
+    assert "finished" in out, out + err
+    result = json.loads(_helper(private_db, "check", str(ROWS)))
+    assert result["ok"] and result["versions"] == [[target, target, target]], result
+    LOG.add("outage: PostgreSQL stopped past the retries", 1, time.monotonic() - started, {})
 
 
 # -- OpenBao stopped or sealed --------------------------------------------------------------------

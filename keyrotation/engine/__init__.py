@@ -10,17 +10,19 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from django.db import connections
+from django.db import Error, connections
 
 from .. import conf, databases, keyring, signals
-from ..exceptions import KeyRotationError, RunFailed
+from ..exceptions import EngineDatabaseError, KeyRotationError, RunFailed
 from ..models import ChunkStatus, QuarantinedValue, ReencryptionChunk, ReencryptionRun, RunStatus
 from . import dialects, runs
 from . import plan as _plan
+from .db_errors import reading, safely
 from .overview import RunOverview
 from .retry import RetryPolicy
 from .runner import Options, WorkResult, work
@@ -150,8 +152,10 @@ def reencrypt(
     (:class:`~keyrotation.exceptions.EngineDatabaseError`).
 
     Raises:
-        EngineDatabaseError: the database refused to count the pending rows or to record the run
-            (nothing was recorded).
+        EngineDatabaseError: the database refused to plan, to count the pending rows or to record
+            the run (nothing was recorded); or the run failed on a database that was still out of
+            reach afterwards, when its outcome was to be read (the run stays open: run
+            ``reencrypt`` again once the database is back and it continues).
         KeyRotationError: a scope entry names no registered column; ``database`` is unknown,
             read-only or holds none of the models.
     """
@@ -163,8 +167,7 @@ def reencrypt(
         raise ValueError("fleet must be >= 1, and each process of a fleet runs with workers=1")
     started = time.monotonic()
     keyring.invalidate()  # plan against the key versions active right now
-    plans = _plan.build(models)
-    targets = _targets(plans, database)
+    plans, targets = reading("planning", database, lambda: _planned(models, database))
     planned = fleet or workers  # the workers a new run's chunks are cut for
     for alias, _ in targets:
         dialect = dialects.for_alias(alias)
@@ -202,6 +205,11 @@ def reencrypt(
             break
     report.seconds = time.monotonic() - started
     return report
+
+
+def _planned(models: list[str] | None, database: str | None) -> tuple[list[_plan.ModelPlan], list]:
+    plans = _plan.build(models)
+    return plans, _targets(plans, database)
 
 
 def _active_versions(plans: list[_plan.ModelPlan]) -> dict[str, int]:
@@ -263,20 +271,65 @@ def _run_on(
     report.joined = report.joined or joined
     report.rows_total += run.rows_total
     if workers > 1:
-        note = _idle_workers_note(run, plans, workers, opts)
+        note = opts.retrying(
+            opts.step("planning the workers", run=run.pk),
+            lambda: _idle_workers_note(run, plans, workers, opts),
+        )
         if note:
             report.notes.append(note)
+    failure: RunFailed | None = None
     if workers == 1:
         try:
             result = work(run, plans, opts)
         except RunFailed as exc:
             report.errors.append(str(exc))
-            result = WorkResult()
+            failure, result = exc, WorkResult()
     else:
         from .workers import run_workers
 
         result, errors = run_workers(run, plans, opts, workers, _monitor_of(run, report, opts, monitor))
         report.errors += errors
+    outcome = _outcome(run, result, opts, failure)
+    report.status = run.status
+    report.rows_done += result.rows_done
+    report.rows_failed += outcome.rows_failed
+    report.quarantined += outcome.quarantined
+    signals.run_finished.send(
+        sender=ReencryptionRun,
+        run_id=run.pk,
+        status=run.status,
+        rows_done=result.rows_done,
+        rows_failed=outcome.rows_failed,
+    )
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    rows_failed: int
+    quarantined: list[str]
+
+
+def _outcome(run: ReencryptionRun, result: WorkResult, opts: Options, failure: RunFailed | None) -> _Outcome:
+    """Read how ``run`` stands once this process stopped working on it (its status, marked
+    interrupted if every worker stopped with work left; its quarantined values).
+
+    The reads ride out an outage like the work does. After a run that failed on the database
+    (its retries already spent, its ``failed`` mark maybe not written), they are tried once; if
+    the database is still out of reach, the run's own error is raised: it names the run, the
+    step, the databases and the error's class and code.
+    """
+    step = opts.step("reading the run's outcome", run=run.pk)
+    read = functools.partial(_read_outcome, run, result, opts)
+    if not isinstance(failure, EngineDatabaseError):
+        return opts.retrying(step, read)
+    try:
+        return safely(step, read)
+    except EngineDatabaseError:
+        pass
+    raise failure  # outside the except block: nothing chained to the run's own error
+
+
+def _read_outcome(run: ReencryptionRun, result: WorkResult, opts: Options) -> _Outcome:
     state = opts.state
     run.refresh_from_db(using=state)  # not from a replica a router would pick for reads
     running = runs.progress(run, using=state).chunks_running
@@ -284,18 +337,7 @@ def _run_on(
         runs.set_status(run.pk, RunStatus.INTERRUPTED, actor=opts.actor, using=state)
         run.refresh_from_db(using=state)
     quarantined = QuarantinedValue.objects.using(state).filter(run=run)
-    report.status = run.status
-    report.rows_done += result.rows_done
-    rows_failed = quarantined.count()
-    report.rows_failed += rows_failed
-    report.quarantined += [str(q) for q in quarantined[:100]]
-    signals.run_finished.send(
-        sender=ReencryptionRun,
-        run_id=run.pk,
-        status=run.status,
-        rows_done=result.rows_done,
-        rows_failed=rows_failed,
-    )
+    return _Outcome(quarantined.count(), [str(q) for q in quarantined[:100]])
 
 
 def _idle_workers_note(run: ReencryptionRun, plans, workers: int, opts: Options) -> str:
@@ -325,8 +367,18 @@ def _monitor_of(run: ReencryptionRun, report: Report, opts: Options, monitor) ->
     if monitor is None:
         return None
     before = report.rows_done
-    baseline = runs.progress(run, using=opts.state).rows_done
-    return lambda: monitor(before + runs.progress(run, using=opts.state).rows_done - baseline)
+    baseline = opts.retrying(
+        opts.step("progress", run=run.pk), lambda: runs.progress(run, using=opts.state).rows_done
+    )
+
+    def update() -> None:
+        try:
+            done = runs.progress(run, using=opts.state).rows_done
+        except Error:  # a progress display only: the workers meet the outage and report it
+            return
+        monitor(before + done - baseline)
+
+    return update
 
 
 def _public_options(opts: Options, workers: int) -> dict:
@@ -343,8 +395,16 @@ def _public_options(opts: Options, workers: int) -> dict:
 def dry_run(models: list[str] | None = None, *, sample: int = 500, database: str | None = None) -> dict:
     """What ``reencrypt`` would do, changing nothing: pending rows per model and database, the
     census per column, an estimate of the time from a measured sample (decrypt + encrypt in
-    memory, no write), and the data keys the KEK would have to unwrap."""
+    memory, no write), and the data keys the KEK would have to unwrap.
+
+    Raises:
+        EngineDatabaseError: a database refused a read (or is out of reach).
+    """
     keyring.invalidate()
+    return reading("dry run", database, lambda: _dry_run(models, sample, database))
+
+
+def _dry_run(models: list[str] | None, sample: int, database: str | None) -> dict:
     plans = _plan.build(models)
     census = [c for c in _plan.census_rows(database) if _in_scope(c["label"], plans)]
     out_models, seconds_total = [], 0.0
@@ -386,12 +446,20 @@ def dry_run(models: list[str] | None = None, *, sample: int = 500, database: str
 
 def pending(models: list[str] | None = None, *, database: str | None = None) -> int:
     """Rows of ``models`` with any column not on its active key version, on every database
-    ``reencrypt`` would write on (or on ``database``)."""
+    ``reencrypt`` would write on (or on ``database``).
+
+    Raises:
+        EngineDatabaseError: a database refused the count (or is out of reach).
+    """
     keyring.invalidate()
-    return sum(
-        dialects.for_alias(alias).count_pending(p)
-        for alias, on in _targets(_plan.build(models), database)
-        for p in on
+    return reading(
+        "counting the pending rows",
+        database,
+        lambda: sum(
+            dialects.for_alias(alias).count_pending(p)
+            for alias, on in _targets(_plan.build(models), database)
+            for p in on
+        ),
     )
 
 
@@ -401,8 +469,16 @@ def _in_scope(label: str, plans) -> bool:
 
 def status(database: str | None = None) -> dict:
     """The census of every registered column (on every database that holds it, or on
-    ``database``) and the state of the latest run."""
+    ``database``) and the state of the latest run.
+
+    Raises:
+        EngineDatabaseError: a database refused a read (or is out of reach).
+    """
     keyring.invalidate()
+    return reading("status", database, lambda: _status(database))
+
+
+def _status(database: str | None) -> dict:
     census = _plan.census_rows(database)
     run = runs.latest_run()
     overview = RunOverview(run, runs.progress(run)) if run is not None else None

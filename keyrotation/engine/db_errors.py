@@ -10,7 +10,9 @@ a legacy column those values are plaintexts. So a database error that leaves the
 leaves it as an :class:`~keyrotation.exceptions.EngineDatabaseError` built from the typed
 :class:`Step` the engine was on, the exception's class and the driver's error code
 (:func:`error_code`), and nothing else of it: not its message, not its DETAIL, not the statement
-or its parameters.
+or its parameters. The reads outside a run (a plan, ``dry_run``, ``pending``, ``verify``, the
+status census) do the same through :func:`reading`, so that a lost database is one line from the
+commands, never a traceback.
 
 The original exception is not chained (the new one is raised outside the ``except`` block, so
 it is not even a suppressed ``__context__``), and the frames it passed through are cleared
@@ -26,6 +28,7 @@ from typing import Any, TypeVar
 
 from django.db import Error
 
+from .. import databases, registry
 from ..exceptions import EngineDatabaseError
 from ..tracebacks import forget
 from .plan import ModelPlan
@@ -118,3 +121,17 @@ def safely(step: Step, fn: Callable[[], T]) -> T:
         error = step.error(exc)
         forget(exc)
     raise error  # outside the except block: the database's error is not its __context__
+
+
+def reading(action: str, database: str | None, fn: Callable[[], T]) -> T:
+    """``fn()``, a read outside any run; a database error it raises is raised as
+    :meth:`Step.error` of ``action`` on the databases such a read involves: the keys database and
+    every database that may hold an encrypted model (or ``database``), as the routers say
+    (:func:`keyrotation.databases.may_hold`), since the error does not say which one failed.
+
+    Raises:
+        KeyRotationError: ``database`` is not a configured alias.
+    """
+    models = {c.model for c in registry.columns()}
+    aliases = dict.fromkeys([databases.keys_database(), *databases.may_hold(models, only=database)])
+    return safely(Step(action, tuple(aliases)), fn)

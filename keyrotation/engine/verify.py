@@ -10,10 +10,10 @@ from ..exceptions import KeyRotationError
 from ..tracebacks import forgets_locals
 from . import plan as _plan
 from .batch import PK, Row, extra_sources, layout, legacy_columns
+from .db_errors import reading
 from .transform import Rings, RowFailure, RowFailureError, open_value
 
 
-@forgets_locals  # ``rows`` may hold legacy plaintexts, a check the opened values
 def verify(
     models: list[str] | None = None, *, batch_size: int = 2000, database: str | None = None, limit: int = 100
 ) -> dict:
@@ -30,8 +30,16 @@ def verify(
     Reads in primary-key batches without locks, on every database that holds each model (or on
     ``database`` only; failures then start with ``[alias]`` when there are several); changes
     nothing. Failures name label, pk and version only.
+
+    Raises:
+        EngineDatabaseError: a database refused a read (or is out of reach).
     """
     keyring.invalidate()
+    return reading("verify", database, lambda: _verify(models, batch_size, database, limit))
+
+
+@forgets_locals  # ``rows`` may hold legacy plaintexts, a check the opened values
+def _verify(models: list[str] | None, batch_size: int, database: str | None, limit: int) -> dict:
     failures: list[str] = []
     checked = 0
     headers: dict[str, dict[str, int]] = {}

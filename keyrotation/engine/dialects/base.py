@@ -4,11 +4,19 @@ set-based write (the write's arrays, its SET clauses and its guard).
 A dialect subclasses :class:`BaseDialect` and supplies at least :meth:`BaseDialect.write_guarded`;
 it overrides the hooks of the claim (:meth:`~BaseDialect.pk_placeholder`,
 :meth:`~BaseDialect.select_list`, :meth:`~BaseDialect.fetch`) where its driver or its SQL differ.
+
+A write binds stored values: new ciphertexts and blind indexes, old ciphertexts as guards and, while
+a legacy column is adopted, its plaintexts as guards too. So every write runs on
+:meth:`BaseDialect.driver_cursor`, never on a cursor of Django's: ``DEBUG = True`` (or anything
+that forces Django's debug cursor) puts every parameter of a statement run on Django's cursor in
+``connection.queries`` and in the ``django.db.backends`` log.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -75,6 +83,34 @@ class BaseDialect(ABC):
 
     def quote(self, name: str) -> str:
         return self.connection.ops.quote_name(name)
+
+    @contextmanager
+    def driver_cursor(self) -> Iterator[Any]:
+        """A cursor of the database's driver on this thread's connection, inside the caller's
+        transaction, for the statements that bind stored values (every write).
+
+        Django's SQL log (``connection.queries``, the ``django.db.backends`` logger) and whatever
+        wraps Django's cursors never see its statements or their parameters. Its errors are
+        Django's (``wrap_database_errors``), as the retry loop and
+        :mod:`keyrotation.engine.db_errors` expect: a lost connection is an ``OperationalError``.
+        Statements take Django's placeholders (``%s``): the backend's own cursor
+        (``create_cursor()``) converts them where its driver's differ (SQLite's ``?``) and maps
+        the driver's errors as Django does (MySQL's integrity errors).
+        """
+        conn = self.connection
+        conn.ensure_connection()
+        conn.validate_thread_sharing()
+        conn.validate_no_broken_transaction()
+        with conn.wrap_database_errors:
+            cur = self._new_driver_cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+
+    def _new_driver_cursor(self) -> Any:
+        """The cursor :meth:`driver_cursor` hands out (the connection is open)."""
+        return self.connection.create_cursor()
 
     # -- claim -----------------------------------------------------------------------------
 

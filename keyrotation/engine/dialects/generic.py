@@ -19,7 +19,7 @@ class Generic(BaseDialect):
         q = self.quote
         guards = [a for a in write_arrays(plan, write, tokens=self.guards_tokens) if a.role == "guard"]
         total = 0
-        with self.connection.cursor() as cur:
+        with self.driver_cursor() as cur:
             for k, pk in enumerate(write.pks):
                 sets, params = [], []
                 for col, new in [*write.enc, *write.idx]:

@@ -90,7 +90,7 @@ class MySQL(BaseDialect):
         else:
             statements = (self._mysql_update(plan, part, names, clauses, guard) for part in _parts(rows))
         total = 0
-        with self.connection.cursor() as cur:
+        with self.driver_cursor() as cur:
             for sql, params in statements:
                 cur.execute(sql, params or None)
                 total += cur.rowcount

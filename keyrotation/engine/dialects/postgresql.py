@@ -1,8 +1,9 @@
 """PostgreSQL: claims with ``SELECT … FOR UPDATE SKIP LOCKED``, one ``UPDATE … FROM unnest(…)``
 per batch, binary parameters.
 
-Both statements go through a raw psycopg cursor on Django's connection (server-side binding), so
-that bytea travels as raw bytes rather than hex text, and arrays are sent with ``%b`` (binary):
+Both statements go through a plain psycopg cursor on Django's connection
+(:meth:`~.base.BaseDialect.driver_cursor`: server-side binding, off Django's SQL log), so that
+bytea travels as raw bytes rather than hex text, and arrays are sent with ``%b`` (binary):
 with ``%s`` psycopg dumps a list in text format, escaping every bytea element in Python (in the
 bench, about a fifth of the engine's client time). Rows are locked by the claim, so a write is
 guarded by the old key versions (and legacy values) only.
@@ -26,13 +27,11 @@ class PostgreSQL(BaseDialect):
         return f"%s::{self._pk_type(plan)}"
 
     def fetch(self, sql: str, params: list[Any]) -> list[Row]:
-        conn = self.connection
-        with conn.wrap_database_errors, self._cursor() as cur:
+        with self.driver_cursor() as cur:
             cur.execute(sql, params, binary=True)
             return cur.fetchall()
 
     def write_guarded(self, plan: ModelPlan, write: Write) -> int:
-        conn = self.connection
         q = self.quote
         arrays = write_arrays(plan, write, tokens=self.guards_tokens)
         legacy_types = iter(self._column_type(plan, c.legacy_column) for c in legacy_columns(plan))
@@ -46,7 +45,7 @@ class PostgreSQL(BaseDialect):
             f"UPDATE {q(plan.table)} AS t SET {clauses} FROM unnest({unnest}) AS v({', '.join(names)}) "
             f"WHERE t.{q(plan.pk_column)} = v.a0" + (f" AND {guard}" if guard else "")
         )
-        with conn.wrap_database_errors, self._cursor() as cur:
+        with self.driver_cursor() as cur:
             cur.execute(sql, [a.values for a in arrays], binary=True)
             return cur.rowcount
 
@@ -54,14 +53,12 @@ class PostgreSQL(BaseDialect):
         with self.connection.cursor() as cur:
             cur.execute("SET LOCAL lock_timeout = '10s'")
 
-    def _cursor(self):
-        """A raw psycopg cursor on Django's connection; use it under ``wrap_database_errors`` so
-        that its errors are Django's (a lost connection is an ``OperationalError``, retried)."""
+    def _new_driver_cursor(self):
+        """A plain psycopg cursor: server-side binding, so binary parameters work (Django's
+        backend hands out a client-side binding cursor unless its options say otherwise)."""
         import psycopg
 
-        conn = self.connection
-        conn.ensure_connection()
-        return psycopg.Cursor(conn.connection)  # server-side binding: binary parameters work
+        return psycopg.Cursor(self.connection.connection)
 
     def _pk_type(self, plan: ModelPlan) -> str:
         """The SQL type of the primary key, for casts (``serial`` columns are plain integers)."""

@@ -40,7 +40,7 @@ class SQLite(BaseDialect):
         rows = list(zip(*[a.values for a in arrays], strict=True))
         total = 0
         step = max(1, MAX_PARAMETERS // width)
-        with self.connection.cursor() as cur:
+        with self.driver_cursor() as cur:
             for start in range(0, len(rows), step):
                 part = rows[start : start + step]
                 values = ", ".join("(" + ", ".join(["%s"] * width) + ")" for _ in part)

@@ -6,7 +6,8 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import engine, policy, reporting, wrapping
+from ... import databases, engine, policy, reporting, wrapping
+from ...engine.db_errors import Step, safely
 from ...exceptions import KeyRotationError
 from ..options import positive_int
 
@@ -55,8 +56,9 @@ class Command(BaseCommand):
     def handle(self, *args, **o):
         try:
             data = engine.status(database=o["database"])
-            data["keys"] = [k.as_dict() for k in wrapping.stored_keys()]
-            ages = policy.status()
+            keys = safely(Step("listing the data keys", (databases.keys_database(),)), wrapping.stored_keys)
+            data["keys"] = [k.as_dict() for k in keys]
+            ages = safely(Step("reading the key ages", (databases.keys_database(),)), policy.status)
         except KeyRotationError as exc:
             raise CommandError(str(exc)) from None
         cols = data["columns"]
