@@ -115,20 +115,27 @@ def test_overall_sums_every_column_per_keyring_and_purpose():
     }
 
 
-def test_bucket_spreads_samples_over_equal_intervals_ending_at_each_sample():
-    points = samples.bucket(
-        T0, [(T0 + timedelta(seconds=s), n) for s, n in ((2, 20), (4, 40), (6, 10), (6, 10))]
-    )
-    assert [(p.seconds, p.rows, p.rows_per_second) for p in points] == [
-        (1.5, 0, 0.0),
-        (1.5, 20, 20 / 1.5),
-        (1.5, 40, 40 / 1.5),
-        (1.5, 20, 20 / 1.5),
-    ]
+def test_bucket_spreads_each_sample_over_the_stretch_since_the_one_before():
+    at = [(T0 + timedelta(seconds=s), n) for s, n in ((2, 20), (4, 40), (6, 10), (6, 10))]
+    points = samples.bucket(T0, at)
+    # Four intervals of 1.5 s: 20 rows over 0-2 s, 40 over 2-4 s, 10 over 4-6 s, 10 at 6 s.
+    assert [p.seconds for p in points] == [1.5] * 4
+    assert [round(p.rows, 6) for p in points] == [15.0, 25.0, 22.5, 17.5]
+    assert points[0].rows_per_second == 10.0
     assert points[-1].at == T0 + timedelta(seconds=6)
     assert samples.bucket(T0, []) == [] and samples.bucket(T0, [(T0, 5)]) == []
-    many = samples.bucket(T0, [(T0 + timedelta(seconds=i), 1) for i in range(1, 1001)])
-    assert len(many) == samples.BUCKETS and sum(p.rows for p in many) == 1000
+
+
+def test_bucket_of_a_steady_run_is_flat_whatever_the_jitter():
+    times = [2.0 * i + (0.3 if i % 2 else -0.3) for i in range(1, 61)]  # 60 samples, ~2 s apart
+    at, prev = [], 0.0
+    for t in times:
+        at.append((T0 + timedelta(seconds=t), round(10 * (t - prev))))  # 10 rows/s throughout
+        prev = t
+    points = samples.bucket(T0, at)
+    assert len(points) == samples.BUCKETS
+    assert round(sum(p.rows for p in points)) == sum(n for _, n in at)
+    assert all(9.0 <= p.rows_per_second <= 11.0 for p in points), [p.rows_per_second for p in points]
 
 
 def test_ago():
@@ -180,7 +187,7 @@ def test_build_gives_keys_overall_run_rate_and_history(keys, settings, monkeypat
     assert [(s.version, s.rows) for s in email.shares] == [(2, 30)]
     assert "testapp.Person.ssn" in person.empty_columns  # no ssn given: folded away
     assert board.run.run.pk == run.pk and board.run.outcome == "done" and board.run.percent == 100.0
-    assert board.run.rate and sum(p.rows for p in board.run.rate) == 30
+    assert board.run.rate and round(sum(p.rows for p in board.run.rate)) == 30
     assert [(r.id, r.outcome, r.rows_done) for r in board.history] == [(first.run_id, "done", 1)]
     key = next(k for k in board.keys if (k.keyring, k.purpose) == ("default", "encrypt"))
     assert key.active_version == 2 and key.age.period == timedelta(days=90) and key.age.due_at is not None

@@ -68,7 +68,7 @@ class RatePoint:
 
     at: datetime
     seconds: float
-    rows: int
+    rows: float  # a sample's rows are spread over the intervals it spans
 
     @property
     def rows_per_second(self) -> float:
@@ -78,27 +78,40 @@ class RatePoint:
         return {
             "at": self.at.isoformat(),
             "seconds": round(self.seconds, 3),
-            "rows": self.rows,
+            "rows": round(self.rows, 1),
             "rows_per_second": round(self.rows_per_second, 1),
         }
 
 
 def bucket(started: datetime, samples: list[tuple[datetime, int]], buckets: int = BUCKETS) -> list[RatePoint]:
-    """``samples`` (time, rows) of a run that started at ``started``, summed into at most
-    ``buckets`` equal intervals from the start to the last sample."""
+    """``samples`` (time, rows) of a run that started at ``started``, spread into at most
+    ``buckets`` equal intervals from the start to the last sample.
+
+    A sample counts the rows written since the sample before it (the run's start for the
+    first), so its rows are spread evenly over that stretch: dropping a whole sample into the
+    interval where it ends would make a steady run look jagged whenever two samples land in one
+    interval and none in the next.
+    """
     if not samples:
         return []
-    end = max(at for at, _ in samples)
-    span = (end - started).total_seconds()
+    samples = sorted(samples)
+    span = (samples[-1][0] - started).total_seconds()
     if span <= 0:
         return []
     n = max(1, min(buckets, len(samples)))
     width = span / n
-    rows = [0] * n
+    rows = [0.0] * n
+    prev = 0.0
     for at, count in samples:
-        # A sample counts the rows written up to ``at``: it belongs to the interval ending there.
-        index = min(n - 1, max(0, math.ceil((at - started).total_seconds() / width) - 1))
-        rows[index] += count
+        hi = min(span, max(0.0, (at - started).total_seconds()))
+        lo, prev = min(prev, hi), max(prev, hi)
+        if hi - lo <= 0:
+            rows[min(n - 1, max(0, math.ceil(hi / width) - 1))] += count
+            continue
+        for i in range(int(lo // width), min(n, math.ceil(hi / width))):
+            overlap = min(hi, (i + 1) * width) - max(lo, i * width)
+            if overlap > 0:
+                rows[i] += count * overlap / (hi - lo)
     return [RatePoint(started + timedelta(seconds=width * (i + 1)), width, rows[i]) for i in range(n)]
 
 
