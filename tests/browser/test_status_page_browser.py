@@ -80,7 +80,7 @@ def test_a_person_watches_the_example_project_rotate(live_server, admin_login, k
     def reencrypt():
         try:
             reports.append(
-                engine.reencrypt(["people.Person"], batch_size=10, rate=30, actor="ops@example.com")
+                engine.reencrypt(["people.Person"], batch_size=10, rate=25, actor="ops@example.com")
             )
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(repr(exc))
@@ -105,9 +105,10 @@ def test_a_person_watches_the_example_project_rotate(live_server, admin_login, k
 
         def chart():
             browser.refresh()
-            return reading(lambda: browser.find_elements("css selector", "#kr-rate-chart svg polyline"))
+            lines = reading(lambda: browser.find_elements("css selector", "#kr-rate-chart svg polyline"))
+            return lines and len(reading(lambda: lines[0].get_attribute("points").split())) >= 4
 
-        wait_for(chart, what="the rate chart")
+        wait_for(chart, what="the rate chart, four intervals long")
         assert overall_percent(browser) > first  # it rose meanwhile
         assert text_of(browser, "kr-run-status") == "RUNNING"  # text-transform: uppercase
         # The stacked bar holds both versions: active v2 in the success colour first, then v1.
