@@ -146,6 +146,30 @@ class DataKeyAdmin(ReadOnlyAdmin):
         )
 
 
+class RunFilter(admin.SimpleListFilter):
+    """Audit rows of one re-encryption run (``?run=<id>``: the status page links to it)."""
+
+    title = "re-encryption run"
+    parameter_name = "run"
+    RECENT = 10
+
+    def lookups(self, request, model_admin):
+        recent = ReencryptionRun.objects.order_by("-id").values_list("pk", "status")[: self.RECENT]
+        choices = [(str(pk), f"#{pk} ({status})") for pk, status in recent]
+        chosen = self.value()
+        if chosen and chosen.isdigit() and chosen not in {pk for pk, _ in choices}:
+            choices.append((chosen, f"#{chosen}"))
+        return choices
+
+    def queryset(self, request, queryset):
+        chosen = self.value()
+        if not chosen:
+            return queryset
+        if not chosen.isdigit():
+            return queryset.none()
+        return queryset.filter(details__run=int(chosen))
+
+
 class KeyRotationAuditAdmin(ReadOnlyAdmin):
     """The append-only audit trail, with the state of its hash chain above the list."""
 
@@ -163,7 +187,7 @@ class KeyRotationAuditAdmin(ReadOnlyAdmin):
         "rows_processed",
         "short_hash",
     ]
-    list_filter = ["action", "status", "keyring"]
+    list_filter = ["action", "status", "keyring", RunFilter]
     date_hierarchy = "created_at"
     search_fields = ["actor"]
     readonly_fields = [f.name for f in KeyRotationAudit._meta.fields]

@@ -1,6 +1,6 @@
 """The rotation status page, its JSON twin, and the pause / resume / abort endpoints.
 
-Thin views over ``engine.status()`` and ``engine.pause/resume/abort``. Served under the
+Thin views over :func:`keyrotation.dashboard.build` and ``engine.pause/resume/abort``. Served under the
 ReencryptionRun admin (``<admin>/keyrotation/reencryptionrun/status/``) so they exist on every
 AdminSite the admins are registered on. Seeing the page takes the view permission on runs;
 the buttons and the control endpoints take ``keyrotation.control_reencryptionrun``.
@@ -12,38 +12,52 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.views import View
 
-from . import engine
+from . import dashboard, engine
 from .engine import runs
 from .exceptions import KeyRotationError, RunNotFound
 
 CONTROL_PERMISSION = "keyrotation.control_reencryptionrun"
 ACTIONS = {"pause": engine.pause, "resume": engine.resume, "abort": engine.abort}
 REFRESH_SECONDS = 3
+CHART_WIDTH, CHART_HEIGHT = 300, 60
 
 
-def _segments(column: dict) -> list[dict]:
-    """One bar segment per key version, newest first, with its share of the column's rows."""
-    rows = column["rows"]
-    out = []
-    for version, n in sorted(column["versions"].items(), key=lambda kv: -int(kv[0])):
-        out.append(
-            {
-                "version": version,
-                "rows": n,
-                "percent": round(100.0 * n / rows, 2) if rows else 0.0,
-                "active": int(version) == column["active_version"],
-            }
-        )
-    return out
+def _chart(run: dashboard.RunFigures | None) -> dict | None:
+    """The rate chart's geometry (an SVG drawn by the template): one point per interval, scaled
+    to the peak rate; None with fewer than two intervals (no line to draw)."""
+    if run is None or len(run.rate) < 2:
+        return None
+    peak = run.peak or 1.0
+    n = len(run.rate)
+    points = []
+    for i, point in enumerate(run.rate):
+        x = CHART_WIDTH * i / (n - 1)
+        y = CHART_HEIGHT - (CHART_HEIGHT - 4) * point.rows_per_second / peak
+        points.append(f"{x:.1f},{y:.1f}")
+    line = " ".join(points)
+    return {
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "line": line,
+        "area": f"0,{CHART_HEIGHT} {line} {CHART_WIDTH},{CHART_HEIGHT}",
+        "peak": round(run.peak),
+    }
 
 
-def _buttons(run: dict | None) -> list[str]:
-    if run is None:
+def _audit_url(site_name: str) -> str | None:
+    """The audit trail's changelist on this admin site, if it is registered there."""
+    try:
+        return reverse(f"{site_name}:keyrotation_keyrotationaudit_changelist")
+    except NoReverseMatch:
+        return None
+
+
+def _buttons(status: str | None) -> list[str]:
+    if status is None:
         return []
-    status = run["status"]
     return [
         a
         for a, ok in (
@@ -65,36 +79,33 @@ class _AdminView(View):
 
 
 class StatusView(_AdminView):
-    """Census per column and key version, the latest run, and its controls."""
+    """The overall figures, the census per model and column, the latest run, the keys."""
 
     def get(self, request):
-        data = engine.status()
-        for column in data["columns"]:
-            column["segments"] = _segments(column)
-        run = data["run"]
-        if run is not None:
-            total = run["rows_total"]
-            run["percent"] = 100.0 if not total else round(min(100.0, 100.0 * run["rows_done"] / total), 1)
+        board = dashboard.build()
+        run = board.run
         site = self.model_admin.admin_site
         context = {
             **site.each_context(request),
             "title": "Key rotation status",
             "opts": self.model_admin.model._meta,
-            "columns": data["columns"],
+            "board": board,
             "run": run,
+            "chart": _chart(run),
             "can_control": request.user.has_perm(CONTROL_PERMISSION),
-            "buttons": _buttons(run),
-            "refresh": REFRESH_SECONDS if run and run["status"] in ("running", "paused") else None,
+            "buttons": _buttons(run.run.status if run else None),
+            "refresh": REFRESH_SECONDS if run and run.run.status in ("running", "paused") else None,
             "json_url": reverse(f"{site.name}:keyrotation_status_json"),
+            "audit_url": _audit_url(site.name),
         }
         return TemplateResponse(request, "admin/keyrotation/rotation_status.html", context)
 
 
 class StatusJSONView(_AdminView):
-    """``engine.status()`` as JSON (what the page shows), for scripts and polling."""
+    """What the page shows, as JSON (:meth:`keyrotation.dashboard.Dashboard.as_dict`)."""
 
     def get(self, request):
-        return JsonResponse(engine.status())
+        return JsonResponse(dashboard.build().as_dict())
 
 
 class ControlView(_AdminView):

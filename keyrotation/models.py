@@ -258,3 +258,22 @@ class QuarantinedValue(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} pk={self.pk_value} v{self.key_version}: {self.reason}"
+
+
+class ReencryptionSample(models.Model):
+    """Rows one process wrote for a run since its previous sample: the run's rate over time.
+
+    Written with the batch that completes an interval (``engine.samples``), at most one per
+    process every few seconds and fewer as the run grows older, so a run keeps a few hundred of
+    them whatever its length. They hold counts and times only, and go with their run.
+    """
+
+    run = models.ForeignKey(ReencryptionRun, on_delete=models.CASCADE, related_name="samples")
+    at = models.DateTimeField(default=timezone.now)
+    rows = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["run", "at", "id"]
+
+    def __str__(self) -> str:
+        return f"run #{self.run_id} +{self.rows} at {self.at.isoformat()}"

@@ -15,6 +15,8 @@ The database is chosen by the environment:
 import base64
 import json
 import os
+import sys
+from pathlib import Path
 
 from tests import servers
 
@@ -71,7 +73,13 @@ INSTALLED_APPS = [
     "tests.legacyapp",
     "tests.migrapp",
     "tests.peerapp",
+    # The example project's app, so that the browser tests show a real rotation of its models.
+    "people",
 ]
+# ``people`` is imported from the example project (the same code ``manage.py`` there runs).
+_EXAMPLE = str(Path(__file__).resolve().parent.parent / "example_project")
+if _EXAMPLE not in sys.path:
+    sys.path.append(_EXAMPLE)
 
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",

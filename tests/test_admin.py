@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.formats import date_format
 
-from keyrotation import audit, lifecycle
+from keyrotation import audit, engine, keyring, lifecycle
 from keyrotation.models import DataKey, KeyRotationAudit, QuarantinedValue, ReencryptionRun
 from tests.testapp.models import Person
 
@@ -93,8 +93,8 @@ def test_viewer_sees_census_and_run_but_no_buttons_and_gets_403(viewer, run):
     body = response.content.decode()
     assert response.status_code == 200
     assert "testapp.Person.email" in body and "testapp.Person.email_bidx" in body
-    assert 'data-version="1">v1: 1</span>' in body and "1 empty" in body
-    assert f"#{run.pk}" in body and "running" in body
+    assert 'data-version="1">v1: <b>1</b></span>' in body  # the row with no email is not counted
+    assert f">Run {run.pk}</a>" in body and "running" in body
     assert '<meta http-equiv="refresh"' in body  # an open run: the page refreshes itself
     assert 'id="kr-pause"' not in body and 'id="kr-abort"' not in body
     for action in ("pause", "resume", "abort"):
@@ -151,6 +151,26 @@ def test_json_endpoint(viewer, run):
     data = viewer.get(reverse("admin:keyrotation_status_json")).json()
     assert data["run"]["id"] == run.pk and data["run"]["status"] == "running"
     assert {c["label"] for c in data["columns"]} >= {"testapp.Person.email", "testapp.Account.username_bidx"}
+
+
+def test_audit_trail_filters_by_run_as_the_status_page_links_it(root, keys):
+    Person.objects.create(name="a", email="alice@example.com")
+    lifecycle.rotate("default", "encrypt", actor="test")
+    keyring.invalidate()
+    first = engine.reencrypt(["testapp.Person"], actor="test").run_id
+    Person.objects.create(name="b", email="bob@example.com")
+    lifecycle.rotate("default", "encrypt", actor="test")
+    keyring.invalidate()
+    second = engine.reencrypt(["testapp.Person"], actor="test").run_id
+    body = root.get(reverse(STATUS)).content.decode()
+    changelist = reverse("admin:keyrotation_keyrotationaudit_changelist")
+    assert f'href="{changelist}?run={second}"' in body
+    response = root.get(f"{changelist}?run={first}")
+    assert response.status_code == 200
+    shown = list(response.context["cl"].result_list)
+    assert shown and {row.details.get("run") for row in shown} == {first}
+    assert {"run_started", "run_finished"} <= {row.action for row in shown}
+    assert list(root.get(f"{changelist}?run=nope").context["cl"].result_list) == []
 
 
 def test_no_run_yet(root, keys):

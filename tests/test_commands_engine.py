@@ -190,7 +190,8 @@ def test_a_run_with_nothing_to_do_records_nothing_and_hides_no_run(rotated, clie
     assert status["run"]["id"] == real.pk and status["run"]["rows_done"] == 120
     client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
     page = client.get(reverse("admin:keyrotation_status"))
-    assert page.context["run"]["id"] == real.pk and page.context["run"]["rows_total"] == 120
+    shown = page.context["run"]
+    assert shown.run.pk == real.pk and shown.overview.tally.total == 120
 
 
 def test_a_finished_run_of_no_row_recorded_earlier_never_hides_the_real_one(rotated):

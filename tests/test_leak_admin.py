@@ -49,6 +49,8 @@ def test_admin_pages_never_show_a_canary(keys, settings):
             reverse("admin:keyrotation_datakey_changelist"),
             reverse("admin:keyrotation_datakey_change", args=[DataKey.objects.first().pk]),
             reverse("admin:keyrotation_keyrotationaudit_changelist"),
+            # the status page's link to the run's audit rows
+            reverse("admin:keyrotation_keyrotationaudit_changelist") + f"?run={run.pk}",
             reverse("admin:keyrotation_keyrotationaudit_change", args=[KeyRotationAudit.objects.first().pk]),
             reverse("admin:keyrotation_reencryptionrun_changelist"),
             reverse("admin:keyrotation_reencryptionrun_change", args=[run.pk]),
@@ -59,6 +61,9 @@ def test_admin_pages_never_show_a_canary(keys, settings):
             response = client.get(url)
             assert response.status_code == 200, url
             leak.check_text(response.content.decode(), where=f"admin page {url}")
+        # The status page's new parts are there to be checked: keys, retire gate, rate, history.
+        status = client.get(reverse("admin:keyrotation_status")).content.decode()
+        assert 'id="kr-keys"' in status and "retire refused" in status and 'id="kr-rate-chart"' in status
         assert (
             str(bad.pk)
             in client.get(reverse("admin:keyrotation_quarantinedvalue_changelist")).content.decode()

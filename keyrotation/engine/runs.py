@@ -29,7 +29,7 @@ from django.utils import timezone
 from .. import audit, databases
 from ..exceptions import KeyRotationError, RunNotFound
 from ..models import ChunkStatus, ReencryptionChunk, ReencryptionRun, RunStatus
-from . import open_lock
+from . import open_lock, samples
 from .plan import ModelPlan
 
 # (from, to) -> why. Anything else is refused by ``set_status``.
@@ -286,6 +286,7 @@ def claim_chunk(run_id: int, *, stale_after: float = 60.0, using=None) -> Reencr
 
 def release_chunk(chunk: ReencryptionChunk, using=None) -> None:
     """Give a chunk back (graceful stop): another worker or a rerun continues at its cursor."""
+    samples.note(chunk.run_id, 0, using=_db(using), force=True)
     ReencryptionChunk.objects.using(_db(using)).filter(pk=chunk.pk, worker=worker_id()).update(
         status=ChunkStatus.PENDING, worker=""
     )
@@ -317,9 +318,11 @@ def persist_batch(chunk: ReencryptionChunk, cursor, rows: int, using=None) -> No
     )
     chunk.cursor = cursor
     chunk.rows_done += rows
+    samples.note(chunk.run_id, rows, using=_db(using))
 
 
 def finish_chunk(chunk: ReencryptionChunk, using=None) -> None:
+    samples.note(chunk.run_id, 0, using=_db(using), force=True)
     ReencryptionChunk.objects.using(_db(using)).filter(pk=chunk.pk).update(
         status=ChunkStatus.DONE, heartbeat_at=timezone.now()
     )
