@@ -323,6 +323,48 @@ def test_a_bad_scope_or_a_value_that_cannot_be_opened_fails_the_task_at_once(
     assert "@example.com" not in worker.text()  # the failure names the row, never its value
 
 
+POLICY = json.dumps({"default": {"encrypt": "30d", "index": None}})
+
+
+def test_rotate_if_due_rotates_a_due_key_once_and_can_start_the_reencryption(
+    shared_db, celery_app, broker, start_workers
+):
+    shared_db.helper("seed", "40")  # encrypt and index keys on version 2
+    env = {"KEYROTATION_TEST_ROTATION_PERIOD": POLICY}
+    start_workers(1, **env)
+    idle = celery_app.send_task("keyrotation.rotate_if_due", kwargs={"reencrypt_workers": 1})
+    assert idle.get(timeout=60) == {"rotated": [], "skipped": [], "reencryption": [], "retries": 0}
+
+    shared_db.helper("age", "31")
+    due = celery_app.send_task("keyrotation.rotate_if_due", kwargs={"reencrypt_workers": 1, "actor": "beat"})
+    summary = due.get(timeout=60)
+    assert summary["rotated"] == [
+        {"keyring": "default", "purpose": "encrypt", "from_version": 2, "to_version": 3}
+    ]
+    assert summary["skipped"] == [] and summary["retries"] == 0
+    [reencryption] = summary["reencryption"]
+    assert shared_db.helper("keys") == [["default", "encrypt", 3], ["default", "index", 2]]
+    [moved] = results(celery_app, [reencryption])
+    assert (moved["status"], moved["rows_done"]) == ("finished", 40)
+    check = shared_db.helper("check", "40")
+    assert check["ok"] and check["versions"] == [[3, 3, 2]], check
+
+    again = celery_app.send_task("keyrotation.rotate_if_due", kwargs={"reencrypt_workers": 1})
+    assert again.get(timeout=60)["rotated"] == []  # the new version is not due
+    assert shared_db.helper("keys") == [["default", "encrypt", 3], ["default", "index", 2]]
+    held = broker_dump(broker)
+    assert b"o1@example.com" not in held and settings.TEST_MASTER_KEY.encode() not in held
+
+
+def test_rotate_if_due_refuses_a_bad_argument_without_retrying(shared_db, celery_app, start_workers):
+    shared_db.helper("seed", "5")
+    start_workers(1)
+    task = celery_app.send_task("keyrotation.rotate_if_due", kwargs={"reencrypt_workers": -1})
+    task.get(propagate=False, timeout=60)
+    assert task.state == "FAILURE" and task.retries == 0
+    assert "reencrypt_workers must be an integer >= 0" in str(task.result)
+
+
 # -- 100,000 rows, three workers, one killed -------------------------------------------------------
 
 BIG = 100_000
