@@ -19,7 +19,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.conf import settings
@@ -29,7 +28,8 @@ from django.db.models import Sum
 from keyrotation import keyring
 from keyrotation.models import ReencryptionChunk, ReencryptionRun
 from tests import servers
-from tests.helpers.db import child_env, person_write_log
+from tests.helpers.db import copy_people, person_write_log
+from tests.helpers.shared_db import SharedDatabase, shared_database, wait_for
 from tests.reliability_support import LOG, rotate, versions
 from tests.testapp.models import Person
 
@@ -69,33 +69,9 @@ def broker(redis_url, celery_app):
     client.close()
 
 
-@dataclass
-class SharedDatabase:
-    """The database the test and its worker processes share, driven through subprocesses."""
-
-    env: dict[str, str]
-    server: bool
-
-    def helper(self, *args: str, env: dict[str, str] | None = None) -> Any:
-        done = subprocess.run(
-            [sys.executable, "-m", "tests.helpers.outage", *args],
-            env={**self.env, **(env or {})},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture
 def shared_db(tmp_path) -> SharedDatabase:
-    if connection.vendor == "sqlite":
-        env = child_env(KEYROTATION_TEST_SQLITE=str(tmp_path / "db.sqlite3"))
-        env.pop("DATABASE_URL", None)
-        subprocess.run([sys.executable, "-m", "django", "migrate", "-v0"], env=env, check=True)
-        return SharedDatabase(env, server=False)
-    return SharedDatabase(child_env(), server=True)
+    return shared_database(tmp_path)
 
 
 @dataclass
@@ -166,15 +142,6 @@ def start_workers(shared_db, celery_app, broker, tmp_path):
 
 def results(app, ids: list[str], timeout: float = 120) -> list[dict]:
     return [app.AsyncResult(task_id).get(timeout=timeout) for task_id in ids]
-
-
-def wait_for(predicate, timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def broker_dump(client) -> bytes:
@@ -368,29 +335,6 @@ def test_rotate_if_due_refuses_a_bad_argument_without_retrying(shared_db, celery
 # -- 100,000 rows, three workers, one killed -------------------------------------------------------
 
 BIG = 100_000
-
-
-def copy_people(n: int) -> None:
-    """COPY ``n`` people (``user<i>@example.com``, SSN ``<i>`` on nine digits), each value sealed
-    by its field under the active keys: as the ORM would store them, in seconds."""
-    email, ssn, bidx = (Person._meta.get_field(name) for name in ("email", "ssn", "email_bidx"))
-    rows = []  # sealed before the COPY starts: loading a keyring queries the connection the COPY holds
-    for i in range(1, n + 1):
-        address = f"user{i}@example.com"
-        sealed_email, sealed_ssn = email.seal_value(address), ssn.seal_value(f"{i:09d}")
-        digest, digest_version = bidx.index_value(address)
-        rows.append(
-            (
-                *(i, f"p{i}", sealed_email.token, sealed_email.version),
-                *(digest, digest_version, sealed_ssn.token, sealed_ssn.version),
-            )
-        )
-    columns = "id, name, email, email_key_version, email_bidx, email_bidx_key_version, ssn, ssn_key_version"
-    with connection.cursor() as cur:
-        with cur.cursor.copy(f"COPY testapp_person ({columns}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        cur.execute("SELECT setval(pg_get_serial_sequence('testapp_person', 'id'), %s)", [n])
 
 
 def rows_done() -> int:

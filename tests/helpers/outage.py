@@ -10,6 +10,10 @@ Usage: python -m tests.helpers.outage seed <rows>   -> init keys, seed, rotate; 
        python -m tests.helpers.outage keys          -> prints [["default", purpose, active version], ...]
        python -m tests.helpers.outage tasks         -> prints the django-tasks-db rows: [{"id", "status",
                                                        "args", "kwargs", "return_value", "raw"}]
+       python -m tests.helpers.outage enqueue '<json>'
+                                  -> keyrotation.tasks.start_reencryption(**json); prints the task ids
+       python -m tests.helpers.outage enqueue-rotate '<json>'
+                                  -> keyrotation.tasks.rotate_if_due.enqueue(**json); prints its id
 """
 
 import json
@@ -116,9 +120,20 @@ def tasks() -> None:
     print(json.dumps(out))
 
 
+def enqueue(kind: str, arguments: str) -> None:
+    from keyrotation import tasks as background_tasks
+
+    if kind == "enqueue":
+        print(json.dumps(background_tasks.start_reencryption(**json.loads(arguments))))
+    else:
+        print(json.dumps(str(background_tasks.rotate_if_due.enqueue(**json.loads(arguments)).id)))
+
+
 cmd = sys.argv[1]
 if cmd in ("seed", "check", "age"):
     {"seed": seed, "check": check, "age": age}[cmd](int(sys.argv[2]))
+elif cmd in ("enqueue", "enqueue-rotate"):
+    enqueue(cmd, sys.argv[2])
 elif cmd in ("pause", "resume"):
     control(cmd)
 else:
