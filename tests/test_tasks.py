@@ -240,7 +240,7 @@ def test_three_workers_finish_100k_rows_when_one_is_killed_mid_run(keys, shared_
         workers = start_workers(3)
         ids = start_reencryption(3, batch_size=500, rate=2500)  # about 15 s for three workers
         tasks = DBTaskResult.objects.filter(id__in=ids)
-        assert wait_for(lambda: {t.status for t in tasks} == {"RUNNING"}, 60)
+        assert wait_for(lambda: set(tasks.values_list("status", flat=True)) == {"RUNNING"}, 60)
         assert wait_for(lambda: rows_done() >= BIG // 4, 120)
 
         victim = workers[0]
@@ -254,9 +254,9 @@ def test_three_workers_finish_100k_rows_when_one_is_killed_mid_run(keys, shared_
         victim_committed = ReencryptionChunk.objects.get(pk=held[victim.proc.pid]).rows_done
 
         survivors = tasks.exclude(pk=victim_task.pk)
-        assert wait_for(lambda: {t.status for t in survivors} == {"SUCCESSFUL"}, 300, step=0.5), [
-            (t.status, t.traceback) for t in survivors
-        ]
+        assert wait_for(
+            lambda: set(survivors.values_list("status", flat=True)) == {"SUCCESSFUL"}, 300, step=0.5
+        ), [(t.status, t.traceback) for t in survivors.all()]
         with connection.cursor() as cur:
             cur.execute("SELECT pk, count(*) FROM person_writes GROUP BY pk HAVING count(*) <> 1")
             twice = cur.fetchall()
@@ -266,7 +266,7 @@ def test_three_workers_finish_100k_rows_when_one_is_killed_mid_run(keys, shared_
     # django-tasks-db never looks at a task again once claimed: the dead worker's row stays RUNNING.
     victim_task.refresh_from_db()
     assert victim_task.status == "RUNNING" and victim_task.finished_at is None
-    results = [t.return_value for t in survivors]
+    results = [t.return_value for t in survivors.all()]
     run = ReencryptionRun.objects.get()
     assert {r["status"] for r in results} == {"finished"} and {r["run_id"] for r in results} == {run.pk}
     assert run.status == "finished"
