@@ -189,11 +189,10 @@ TASK_BACKENDS = ("celery", "django")
 
 
 def task_backend() -> str | None:
-    """``KEYROTATION["TASK_BACKEND"]`` (default ``None``): where
-    :func:`keyrotation.background.start_reencryption` (and the admin's start button) sends a
-    re-encryption: ``"celery"`` (:mod:`keyrotation.contrib.celery`), ``"django"`` (Django's tasks
-    framework, :mod:`keyrotation.tasks`), or ``None`` (no background backend: runs are started
-    with ``manage.py reencrypt``)."""
+    """``KEYROTATION["TASK_BACKEND"]`` (default ``None``): where a re-encryption started in the
+    background (the admin's start button, ``keyrotation.background.start_reencryption``) runs:
+    ``"celery"`` (Celery tasks), ``"django"`` (Django's tasks framework), or ``None`` (none; runs
+    are started with ``manage.py reencrypt``)."""
     value = _get("TASK_BACKEND", None)
     if value is not None and value not in TASK_BACKENDS:
         raise ConfigurationError(

@@ -101,7 +101,7 @@ def reencrypt(
         A :class:`JobResult`.
 
     Raises:
-        RunFailed: a value could not be decrypted (``on_error="stop"``); do not retry.
+        keyrotation.exceptions.RunFailed: a value could not be decrypted (``on_error="stop"``); do not retry.
         KeyRotationError: an unknown model, field or database, or a fleet on SQLite; do not retry.
         TypeError, ValueError: an argument of the wrong type or value; do not retry.
         Exception: what :func:`transient` says may pass (once ``retries`` are spent): retry later.
