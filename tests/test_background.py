@@ -130,3 +130,25 @@ def test_celery_dispatch_sends_n_messages(settings, redis_url):
     finally:
         client.flushdb()
         client.close()
+
+
+def test_keyrotation_tasks_imports_without_the_framework_and_says_what_to_install(monkeypatch):
+    import importlib
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    importlib.import_module("keyrotation.tasks")  # the real one, put back after the test
+    hide(monkeypatch, "django.tasks", "django_tasks")
+    monkeypatch.delitem(sys.modules, "keyrotation.tasks")
+    bare = importlib.import_module("keyrotation.tasks")
+    assert not bare.available()
+    for use in (
+        lambda: bare.reencrypt.enqueue(),
+        lambda: bare.rotate_if_due.using(queue_name="q"),
+        lambda: bare.start_reencryption(workers=2),
+    ):
+        with pytest.raises(
+            ImproperlyConfigured, match=r"Django 6\.0 or later, or on Django 5\.2 the django-tasks"
+        ):
+            use()
+    assert repr(bare.reencrypt) == "<unavailable task keyrotation.tasks.reencrypt>"

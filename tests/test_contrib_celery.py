@@ -332,6 +332,34 @@ def test_rotate_if_due_refuses_a_bad_argument_without_retrying(shared_db, celery
     assert "reencrypt_workers must be an integer >= 0" in str(task.result)
 
 
+def test_rotate_if_due_retries_a_kek_outage(shared_db, celery_app, start_workers, openbao_server):
+    kek = {
+        "BACKEND": "vault",
+        "URL": openbao_server.addr,
+        "TOKEN": openbao_server.token,
+        "KEY_NAME": f"kr-{uuid.uuid4().hex[:8]}",
+        "TIMEOUT": 3,
+    }
+    env = {"KEYROTATION_TEST_KEK": json.dumps(kek), "KEYROTATION_TEST_ROTATION_PERIOD": POLICY}
+    shared_db.helper("seed", "5", env=env)
+    shared_db.helper("age", "31", env=env)
+    openbao_server.stop()  # the new version's data key cannot be wrapped
+    try:
+        [worker] = start_workers(1, **env)
+        task = celery_app.send_task("keyrotation.rotate_if_due")
+        assert wait_for(lambda: task.state == "RETRY", 60), task.state
+        assert shared_db.helper("keys", env=env) == [["default", "encrypt", 2], ["default", "index", 2]]
+    finally:
+        openbao_server.start()
+    summary = task.get(timeout=120)
+    assert summary["rotated"] == [
+        {"keyring": "default", "purpose": "encrypt", "from_version": 2, "to_version": 3}
+    ]
+    assert summary["retries"] >= 1 and summary["reencryption"] == []
+    assert "Retry in" in worker.text() and "KEKUnreachable" in worker.text()
+    assert shared_db.helper("keys", env=env) == [["default", "encrypt", 3], ["default", "index", 2]]
+
+
 # -- 100,000 rows, three workers, one killed -------------------------------------------------------
 
 BIG = 100_000
