@@ -159,7 +159,7 @@ def test_pause_ends_the_tasks_with_the_state_in_their_result(shared_db, start_wo
     fleet = 2 if shared_db.server else 1  # SQLite has no SKIP LOCKED: one worker
     shared_db.helper("seed", str(ROWS))
     start_workers(fleet)
-    ids = enqueue(shared_db, workers=fleet, batch_size=50, rate=250)
+    ids = enqueue(shared_db, workers=fleet, batch_size=50, rate=100)  # 15 s on two workers, 30 s on one
     assert wait_for(lambda: shared_db.helper("runs")[0]["rows_done"] >= 200, 60, step=0.5)
     [run] = shared_db.helper("runs")
     assert shared_db.helper("pause") == {"id": run["id"], "status": "paused"}
