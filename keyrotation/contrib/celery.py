@@ -6,7 +6,7 @@ Tasks, registered with ``@shared_task`` (they bind to your Celery app) under the
   (:func:`keyrotation.jobs.reencrypt`); start a fleet of them with :func:`start_reencryption`.
 * ``keyrotation.rotate_if_due`` — rotate the data keys past their rotation period
   (:func:`keyrotation.jobs.rotate_if_due`), and optionally start a re-encryption fleet when it
-  rotated something; schedule it with Celery beat (see docs/operations.md).
+  rotated something; schedule it with Celery beat (an example is in the operations guide).
 
 Your workers register them by importing this module, e.g. ``app.conf.imports =
 ["keyrotation.contrib.celery"]`` (Django's apps are ready by then: Celery's Django support sets
