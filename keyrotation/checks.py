@@ -15,6 +15,8 @@
   run ``rotatekeys --rewrap``. ``keyrotation.E006`` (database): a data key is wrapped by a KEK that
   is neither ``KEYROTATION["KEK"]`` nor its ``PREVIOUS``; it cannot be unwrapped. Both read the kek
   ids and the configuration only, no KEK call (see :mod:`keyrotation.wrapping`).
+* ``keyrotation.E007``: ``KEYROTATION["TASK_BACKEND"]`` names a backend that is not installed
+  (Celery; Django's tasks framework); see :mod:`keyrotation.background`.
 * ``keyrotation.W004`` (database): an active data key is past its ``KEYROTATION["ROTATION_PERIOD"]``;
   run ``rotatekeys --if-due``. Quiet without a policy (see :mod:`keyrotation.policy`).
 * ``keyrotation.E111`` to ``E115`` (tag ``admin``): a ``ModelAdmin`` names encrypted fields in
@@ -32,7 +34,7 @@ from django.apps import apps
 from django.core.checks import Error, Tags, Warning, register
 from django.db import DatabaseError
 
-from . import conf, registry, reporting
+from . import background, conf, registry, reporting
 from .exceptions import ConfigurationError, KEKRefused, KEKUnavailable
 
 
@@ -51,6 +53,7 @@ def check_settings(app_configs=None, **kwargs):
         conf.metrics_bearer_token()
         conf.metrics_census_cache_seconds()
         conf.rotation_period()
+        conf.task_backend()
         from .kek import load_backend, load_kek
 
         if conf.kek()["BACKEND"] == "local":
@@ -60,6 +63,15 @@ def check_settings(app_configs=None, **kwargs):
     except ConfigurationError as exc:
         errors.append(Error(str(exc), id="keyrotation.E001", hint="See docs/settings.md."))
         return errors
+    install = background.missing_package()
+    if install is not None:
+        errors.append(
+            Error(
+                f'KEYROTATION["TASK_BACKEND"] is {conf.task_backend()!r}, which is not installed',
+                hint=f"Install {install}, or set TASK_BACKEND to None.",
+                id="keyrotation.E007",
+            )
+        )
     unknown = conf.unknown_keys()
     if unknown:
         errors.append(

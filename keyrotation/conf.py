@@ -41,6 +41,7 @@ KNOWN_KEYS = frozenset(
         "METRICS_BEARER_TOKEN",
         "METRICS_CENSUS_CACHE_SECONDS",
         "ROTATION_PERIOD",
+        "TASK_BACKEND",
     }
 )
 
@@ -182,6 +183,22 @@ def admin_integration() -> bool:
     hierarchy on one. ``False`` leaves Django's admin untouched; add
     ``keyrotation.admin_integration.AdminIntegrationMixin`` to the admins that should have it."""
     return bool(_get("ADMIN_INTEGRATION", True))
+
+
+TASK_BACKENDS = ("celery", "django")
+
+
+def task_backend() -> str | None:
+    """``KEYROTATION["TASK_BACKEND"]`` (default ``None``): where a re-encryption started in the
+    background (the admin's start button, ``keyrotation.background.start_reencryption``) runs:
+    ``"celery"`` (Celery tasks), ``"django"`` (Django's tasks framework), or ``None`` (none; runs
+    are started with ``manage.py reencrypt``)."""
+    value = _get("TASK_BACKEND", None)
+    if value is not None and value not in TASK_BACKENDS:
+        raise ConfigurationError(
+            f'KEYROTATION["TASK_BACKEND"] must be None, "celery" or "django", got {value!r}'
+        )
+    return value
 
 
 # Defaults of REDACT_PATTERNS: what a log line must never carry, whatever the application logs.

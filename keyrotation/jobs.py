@@ -8,6 +8,9 @@ join it), and a call whose worker dies loses nothing: its batch in flight rolls 
 calls still working take over its chunk (at once on the same host, once its heartbeat is older
 than a minute on another).
 
+:func:`rotate_if_due` is the other job: the rotation policy's :func:`keyrotation.rotate_if_due`,
+with a summary a backend can store as the job's result.
+
 The arguments are plain JSON values (model labels, a database alias, numbers, short strings),
 because a backend serialises them into a message that its broker stores, often unencrypted and
 for as long as the job waits. Never put plaintext or key material in them: nothing here needs
@@ -26,11 +29,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import engine
+from . import api, engine
 from .engine import RunFailed
 from .engine.retry import RetryPolicy, is_transient
 
-__all__ = ["JobResult", "check_arguments", "reencrypt", "transient"]
+__all__ = ["JobResult", "check_arguments", "reencrypt", "rotate_if_due", "transient"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def reencrypt(
         A :class:`JobResult`.
 
     Raises:
-        RunFailed: a value could not be decrypted (``on_error="stop"``); do not retry.
+        keyrotation.exceptions.RunFailed: a value could not be decrypted (``on_error="stop"``); do not retry.
         KeyRotationError: an unknown model, field or database, or a fleet on SQLite; do not retry.
         TypeError, ValueError: an argument of the wrong type or value; do not retry.
         Exception: what :func:`transient` says may pass (once ``retries`` are spent): retry later.
@@ -176,3 +179,44 @@ def check_arguments(models: list[str] | None = None, **options: Any) -> dict[str
         raise ValueError(f"on_error must be 'stop' or 'quarantine', got {out['on_error']!r}")
     return out
 
+
+def rotate_if_due(
+    keyring: str | None = None, purpose: str | None = None, *, actor: str | None = None
+) -> dict[str, Any]:
+    """Rotate every (keyring, purpose) whose active version is past its rotation period
+    (:func:`keyrotation.rotate_if_due`: each once, however many jobs run at the same moment).
+
+    Args:
+        keyring, purpose: limit the rotation to one keyring or purpose; None for all.
+        actor: who the audit trail names for each rotation.
+
+    Returns:
+        A JSON object: ``"rotated"``, one ``{"keyring", "purpose", "from_version",
+        "to_version"}`` per rotation made; ``"skipped"``, one ``{"keyring", "purpose",
+        "version"}`` per version found due that another process rotated first. Versions only,
+        never key material.
+
+    Raises:
+        TypeError: an argument that is not a string or None.
+        ConfigurationError: ``ROTATION_PERIOD`` is malformed; do not retry.
+        KeyRotationError: a rotation was refused (those before it are done); do not retry.
+        Exception: what :func:`transient` says may pass: retry later.
+    """
+    for name, value in (("keyring", keyring), ("purpose", purpose), ("actor", actor)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    report = api.rotate_if_due(keyring, purpose, actor=actor)
+    return {
+        "rotated": [
+            {
+                "keyring": r.was.keyring,
+                "purpose": r.was.purpose,
+                "from_version": r.was.version,
+                "to_version": r.new_version,
+            }
+            for r in report.rotated
+        ],
+        "skipped": [
+            {"keyring": a.keyring, "purpose": a.purpose, "version": a.version} for a in report.skipped
+        ],
+    }

@@ -81,6 +81,18 @@ _EXAMPLE = str(Path(__file__).resolve().parent.parent / "example_project")
 if _EXAMPLE not in sys.path:
     sys.path.append(_EXAMPLE)
 
+# Django's tasks framework (tests/test_tasks.py): the database backend of django-tasks-db, whose
+# db_worker processes run the tasks. On Django 5.2 the framework is the django-tasks package.
+try:
+    import django_tasks_db  # noqa: F401
+except ImportError:  # pragma: no cover - the test extra installs it
+    pass
+else:
+    import django
+
+    INSTALLED_APPS += [*(["django_tasks"] if django.VERSION < (6, 0) else []), "django_tasks_db"]
+    TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -112,6 +124,9 @@ KEYROTATION = {
     "KEK": {"BACKEND": "local", "KEYS": [TEST_MASTER_KEY]},
     "CACHE_SECONDS": float(os.environ.get("KEYROTATION_TEST_CACHE_SECONDS", "60")),
 }
+# ... and given a rotation policy, as JSON (tests of the rotate-when-due tasks).
+if os.environ.get("KEYROTATION_TEST_ROTATION_PERIOD"):
+    KEYROTATION["ROTATION_PERIOD"] = json.loads(os.environ["KEYROTATION_TEST_ROTATION_PERIOD"])
 # A subprocess started by a test may be pointed at another KEK (e.g. an OpenBao), as JSON.
 if os.environ.get("KEYROTATION_TEST_KEK"):
     KEYROTATION["KEK"] = json.loads(os.environ["KEYROTATION_TEST_KEK"])

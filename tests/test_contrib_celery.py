@@ -19,7 +19,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.conf import settings
@@ -29,7 +28,8 @@ from django.db.models import Sum
 from keyrotation import keyring
 from keyrotation.models import ReencryptionChunk, ReencryptionRun
 from tests import servers
-from tests.helpers.db import child_env, person_write_log
+from tests.helpers.db import copy_people, person_write_log
+from tests.helpers.shared_db import SharedDatabase, shared_database, wait_for
 from tests.reliability_support import LOG, rotate, versions
 from tests.testapp.models import Person
 
@@ -69,33 +69,9 @@ def broker(redis_url, celery_app):
     client.close()
 
 
-@dataclass
-class SharedDatabase:
-    """The database the test and its worker processes share, driven through subprocesses."""
-
-    env: dict[str, str]
-    server: bool
-
-    def helper(self, *args: str, env: dict[str, str] | None = None) -> Any:
-        done = subprocess.run(
-            [sys.executable, "-m", "tests.helpers.outage", *args],
-            env={**self.env, **(env or {})},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture
 def shared_db(tmp_path) -> SharedDatabase:
-    if connection.vendor == "sqlite":
-        env = child_env(KEYROTATION_TEST_SQLITE=str(tmp_path / "db.sqlite3"))
-        env.pop("DATABASE_URL", None)
-        subprocess.run([sys.executable, "-m", "django", "migrate", "-v0"], env=env, check=True)
-        return SharedDatabase(env, server=False)
-    return SharedDatabase(child_env(), server=True)
+    return shared_database(tmp_path)
 
 
 @dataclass
@@ -166,15 +142,6 @@ def start_workers(shared_db, celery_app, broker, tmp_path):
 
 def results(app, ids: list[str], timeout: float = 120) -> list[dict]:
     return [app.AsyncResult(task_id).get(timeout=timeout) for task_id in ids]
-
-
-def wait_for(predicate, timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def broker_dump(client) -> bytes:
@@ -323,32 +290,79 @@ def test_a_bad_scope_or_a_value_that_cannot_be_opened_fails_the_task_at_once(
     assert "@example.com" not in worker.text()  # the failure names the row, never its value
 
 
+POLICY = json.dumps({"default": {"encrypt": "30d", "index": None}})
+
+
+def test_rotate_if_due_rotates_a_due_key_once_and_can_start_the_reencryption(
+    shared_db, celery_app, broker, start_workers
+):
+    shared_db.helper("seed", "40")  # encrypt and index keys on version 2
+    env = {"KEYROTATION_TEST_ROTATION_PERIOD": POLICY}
+    start_workers(1, **env)
+    idle = celery_app.send_task("keyrotation.rotate_if_due", kwargs={"reencrypt_workers": 1})
+    assert idle.get(timeout=60) == {"rotated": [], "skipped": [], "reencryption": [], "retries": 0}
+
+    shared_db.helper("age", "31")
+    due = celery_app.send_task("keyrotation.rotate_if_due", kwargs={"reencrypt_workers": 1, "actor": "beat"})
+    summary = due.get(timeout=60)
+    assert summary["rotated"] == [
+        {"keyring": "default", "purpose": "encrypt", "from_version": 2, "to_version": 3}
+    ]
+    assert summary["skipped"] == [] and summary["retries"] == 0
+    [reencryption] = summary["reencryption"]
+    assert shared_db.helper("keys") == [["default", "encrypt", 3], ["default", "index", 2]]
+    [moved] = results(celery_app, [reencryption])
+    assert (moved["status"], moved["rows_done"]) == ("finished", 40)
+    check = shared_db.helper("check", "40")
+    assert check["ok"] and check["versions"] == [[3, 3, 2]], check
+
+    again = celery_app.send_task("keyrotation.rotate_if_due", kwargs={"reencrypt_workers": 1})
+    assert again.get(timeout=60)["rotated"] == []  # the new version is not due
+    assert shared_db.helper("keys") == [["default", "encrypt", 3], ["default", "index", 2]]
+    held = broker_dump(broker)
+    assert b"o1@example.com" not in held and settings.TEST_MASTER_KEY.encode() not in held
+
+
+def test_rotate_if_due_refuses_a_bad_argument_without_retrying(shared_db, celery_app, start_workers):
+    shared_db.helper("seed", "5")
+    start_workers(1)
+    task = celery_app.send_task("keyrotation.rotate_if_due", kwargs={"reencrypt_workers": -1})
+    task.get(propagate=False, timeout=60)
+    assert task.state == "FAILURE" and task.retries == 0
+    assert "reencrypt_workers must be an integer >= 0" in str(task.result)
+
+
+def test_rotate_if_due_retries_a_kek_outage(shared_db, celery_app, start_workers, openbao_server):
+    kek = {
+        "BACKEND": "vault",
+        "URL": openbao_server.addr,
+        "TOKEN": openbao_server.token,
+        "KEY_NAME": f"kr-{uuid.uuid4().hex[:8]}",
+        "TIMEOUT": 3,
+    }
+    env = {"KEYROTATION_TEST_KEK": json.dumps(kek), "KEYROTATION_TEST_ROTATION_PERIOD": POLICY}
+    shared_db.helper("seed", "5", env=env)
+    shared_db.helper("age", "31", env=env)
+    openbao_server.stop()  # the new version's data key cannot be wrapped
+    try:
+        [worker] = start_workers(1, **env)
+        task = celery_app.send_task("keyrotation.rotate_if_due")
+        assert wait_for(lambda: task.state == "RETRY", 60), task.state
+        assert shared_db.helper("keys", env=env) == [["default", "encrypt", 2], ["default", "index", 2]]
+    finally:
+        openbao_server.start()
+    summary = task.get(timeout=120)
+    assert summary["rotated"] == [
+        {"keyring": "default", "purpose": "encrypt", "from_version": 2, "to_version": 3}
+    ]
+    assert summary["retries"] >= 1 and summary["reencryption"] == []
+    assert "Retry in" in worker.text() and "KEKUnreachable" in worker.text()
+    assert shared_db.helper("keys", env=env) == [["default", "encrypt", 3], ["default", "index", 2]]
+
+
 # -- 100,000 rows, three workers, one killed -------------------------------------------------------
 
 BIG = 100_000
-
-
-def copy_people(n: int) -> None:
-    """COPY ``n`` people (``user<i>@example.com``, SSN ``<i>`` on nine digits), each value sealed
-    by its field under the active keys: as the ORM would store them, in seconds."""
-    email, ssn, bidx = (Person._meta.get_field(name) for name in ("email", "ssn", "email_bidx"))
-    rows = []  # sealed before the COPY starts: loading a keyring queries the connection the COPY holds
-    for i in range(1, n + 1):
-        address = f"user{i}@example.com"
-        sealed_email, sealed_ssn = email.seal_value(address), ssn.seal_value(f"{i:09d}")
-        digest, digest_version = bidx.index_value(address)
-        rows.append(
-            (
-                *(i, f"p{i}", sealed_email.token, sealed_email.version),
-                *(digest, digest_version, sealed_ssn.token, sealed_ssn.version),
-            )
-        )
-    columns = "id, name, email, email_key_version, email_bidx, email_bidx_key_version, ssn, ssn_key_version"
-    with connection.cursor() as cur:
-        with cur.cursor.copy(f"COPY testapp_person ({columns}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        cur.execute("SELECT setval(pg_get_serial_sequence('testapp_person', 'id'), %s)", [n])
 
 
 def rows_done() -> int:

@@ -4,6 +4,9 @@ Tasks, registered with ``@shared_task`` (they bind to your Celery app) under the
 
 * ``keyrotation.reencrypt`` — one worker's share of a re-encryption run
   (:func:`keyrotation.jobs.reencrypt`); start a fleet of them with :func:`start_reencryption`.
+* ``keyrotation.rotate_if_due`` — rotate the data keys past their rotation period
+  (:func:`keyrotation.jobs.rotate_if_due`), and optionally start a re-encryption fleet when it
+  rotated something; schedule it with Celery beat (an example is in the operations guide).
 
 Your workers register them by importing this module, e.g. ``app.conf.imports =
 ["keyrotation.contrib.celery"]`` (Django's apps are ready by then: Celery's Django support sets
@@ -40,7 +43,7 @@ from typing import Any
 from celery import group, shared_task
 from celery.utils.time import get_exponential_backoff_interval
 
-__all__ = ["IN_TASK_RETRIES", "reencrypt", "start_reencryption"]
+__all__ = ["IN_TASK_RETRIES", "reencrypt", "rotate_if_due", "start_reencryption"]
 
 #: Transient errors a task waits out itself (0.5 s, then 1 s), before Celery retries it later.
 IN_TASK_RETRIES = 2
@@ -95,11 +98,65 @@ def reencrypt(
     except Exception as exc:
         if not jobs.transient(exc):
             raise
-        countdown = get_exponential_backoff_interval(
-            int(self.retry_backoff), self.request.retries, self.retry_backoff_max, self.retry_jitter
-        )
-        raise self.retry(exc=exc, countdown=countdown) from None
+        raise _retry(self, exc) from None
     return {**result.as_dict(), "retries": self.request.retries}
+
+
+def _retry(task, exc: Exception) -> Exception:
+    """The ``Retry`` to raise for a transient ``exc``: exponential back-off with the task's options."""
+    countdown = get_exponential_backoff_interval(
+        int(task.retry_backoff), task.request.retries, task.retry_backoff_max, task.retry_jitter
+    )
+    return task.retry(exc=exc, countdown=countdown)
+
+
+@shared_task(
+    bind=True,
+    name="keyrotation.rotate_if_due",
+    acks_late=True,
+    max_retries=10,
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+)
+def rotate_if_due(
+    self,
+    keyring: str | None = None,
+    purpose: str | None = None,
+    *,
+    actor: str | None = None,
+    reencrypt_workers: int = 0,
+) -> dict[str, Any]:
+    """Rotate every (keyring, purpose) whose active version is past its rotation period
+    (:func:`keyrotation.jobs.rotate_if_due`; ``actor`` defaults to ``"celery"``). Several of
+    these tasks at once (two beat schedulers, a retry) rotate each due version once.
+
+    Args:
+        keyring, purpose: limit the rotation to one keyring or purpose; None for all.
+        actor: who the audit trail names.
+        reencrypt_workers: when above 0 and a key was rotated, also start that many
+            ``keyrotation.reencrypt`` tasks (:func:`start_reencryption`, every registered
+            column) to move the rows to the new versions. Default 0: rotate only, and let your
+            own schedule or an operator start the re-encryption.
+
+    Returns:
+        :func:`keyrotation.jobs.rotate_if_due`'s summary, plus ``"reencryption"``: the ids of the
+        re-encryption tasks started (empty when none), and ``"retries"``.
+    """
+    from .. import jobs
+
+    if isinstance(reencrypt_workers, bool) or not isinstance(reencrypt_workers, int) or reencrypt_workers < 0:
+        raise ValueError(f"reencrypt_workers must be an integer >= 0, got {reencrypt_workers!r}")
+    try:
+        summary = jobs.rotate_if_due(keyring, purpose, actor=actor or "celery")
+    except Exception as exc:
+        if not jobs.transient(exc):
+            raise
+        raise _retry(self, exc) from None
+    started: list[str] = []
+    if summary["rotated"] and reencrypt_workers:
+        started = start_reencryption(reencrypt_workers, actor=actor or "celery")
+    return {**summary, "reencryption": started, "retries": self.request.retries}
 
 
 def start_reencryption(

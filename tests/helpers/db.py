@@ -63,6 +63,8 @@ def wait_until_blocked_on_keys(count: int) -> None:
                 return
         time.sleep(0.02)
     raise AssertionError(f"{count} sessions never waited for the keyring's lock")
+
+
 @contextmanager
 def person_write_log() -> Iterator[None]:
     """A trigger that logs every UPDATE of a person row into ``person_writes (pk)``, by whatever
@@ -95,3 +97,28 @@ def person_write_log() -> Iterator[None]:
                 cur.execute("DROP TRIGGER person_write ON testapp_person")
                 cur.execute("DROP FUNCTION log_person_write()")
             cur.execute("DROP TABLE person_writes")
+
+
+def copy_people(n: int) -> None:
+    """COPY ``n`` people (``user<i>@example.com``, SSN ``<i>`` on nine digits), each value sealed
+    by its field under the active keys: as the ORM would store them, in seconds (PostgreSQL)."""
+    from tests.testapp.models import Person
+
+    email, ssn, bidx = (Person._meta.get_field(name) for name in ("email", "ssn", "email_bidx"))
+    rows = []  # sealed before the COPY starts: loading a keyring queries the connection the COPY holds
+    for i in range(1, n + 1):
+        address = f"user{i}@example.com"
+        sealed_email, sealed_ssn = email.seal_value(address), ssn.seal_value(f"{i:09d}")
+        digest, digest_version = bidx.index_value(address)
+        rows.append(
+            (
+                *(i, f"p{i}", sealed_email.token, sealed_email.version),
+                *(digest, digest_version, sealed_ssn.token, sealed_ssn.version),
+            )
+        )
+    columns = "id, name, email, email_key_version, email_bidx, email_bidx_key_version, ssn, ssn_key_version"
+    with connection.cursor() as cur:
+        with cur.cursor.copy(f"COPY testapp_person ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute("SELECT setval(pg_get_serial_sequence('testapp_person', 'id'), %s)", [n])

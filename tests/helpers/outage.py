@@ -6,6 +6,14 @@ Usage: python -m tests.helpers.outage seed <rows>   -> init keys, seed, rotate; 
                                                        "chunks": [{"worker", "status", "rows_done"}]}]
        python -m tests.helpers.outage pause|resume  -> keyrotation.pause() / resume(); prints the run's status
        python -m tests.helpers.outage corrupt       -> one stored email no longer opens; prints its pk
+       python -m tests.helpers.outage age <days>    -> the active encrypt key of "default" is that much older
+       python -m tests.helpers.outage keys          -> prints [["default", purpose, active version], ...]
+       python -m tests.helpers.outage tasks         -> prints the django-tasks-db rows: [{"id", "status",
+                                                       "args", "kwargs", "return_value", "raw"}]
+       python -m tests.helpers.outage enqueue '<json>'
+                                  -> keyrotation.tasks.start_reencryption(**json); prints the task ids
+       python -m tests.helpers.outage enqueue-rotate '<json>'
+                                  -> keyrotation.tasks.rotate_if_due.enqueue(**json); prints its id
 """
 
 import json
@@ -78,10 +86,55 @@ def control(action: str) -> None:
     print(json.dumps({"id": run.pk, "status": run.status}))
 
 
+def age(days: int) -> None:
+    from tests.helpers.key_age import make_older
+
+    make_older("default", "encrypt", days)
+    print("null")
+
+
+def keys() -> None:
+    from keyrotation.models import DataKey
+
+    active = DataKey.objects.filter(keyring="default", state="active").order_by("purpose")
+    print(json.dumps([[k.keyring, k.purpose, k.version] for k in active]))
+
+
+def tasks() -> None:
+    from django_tasks_db.models import DBTaskResult
+
+    out = []
+    for row in DBTaskResult.objects.order_by("enqueued_at", "id"):
+        fields = {f.attname: getattr(row, f.attname) for f in DBTaskResult._meta.concrete_fields}
+        out.append(
+            {
+                "id": str(row.id),
+                "status": row.status,
+                "args": row.args_kwargs["args"],
+                "kwargs": row.args_kwargs["kwargs"],
+                "return_value": row.return_value,
+                "worker_ids": row.worker_ids,
+                "raw": repr(fields),
+            }
+        )
+    print(json.dumps(out))
+
+
+def enqueue(kind: str, arguments: str) -> None:
+    from keyrotation import tasks as background_tasks
+
+    if kind == "enqueue":
+        print(json.dumps(background_tasks.start_reencryption(**json.loads(arguments))))
+    else:
+        print(json.dumps(str(background_tasks.rotate_if_due.enqueue(**json.loads(arguments)).id)))
+
+
 cmd = sys.argv[1]
-if cmd in ("seed", "check"):
-    {"seed": seed, "check": check}[cmd](int(sys.argv[2]))
+if cmd in ("seed", "check", "age"):
+    {"seed": seed, "check": check, "age": age}[cmd](int(sys.argv[2]))
+elif cmd in ("enqueue", "enqueue-rotate"):
+    enqueue(cmd, sys.argv[2])
 elif cmd in ("pause", "resume"):
     control(cmd)
 else:
-    {"runs": runs, "corrupt": corrupt}[cmd]()
+    {"runs": runs, "corrupt": corrupt, "keys": keys, "tasks": tasks}[cmd]()
