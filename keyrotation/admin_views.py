@@ -17,7 +17,7 @@ from django.views import View
 
 from . import dashboard, engine
 from .engine import runs
-from .exceptions import KeyRotationError, RunNotFound
+from .exceptions import EngineDatabaseError, KeyRotationError, NoActiveKey, RunNotFound
 
 CONTROL_PERMISSION = "keyrotation.control_reencryptionrun"
 ACTIONS = {"pause": engine.pause, "resume": engine.resume, "abort": engine.abort}
@@ -69,6 +69,17 @@ def _buttons(status: str | None) -> list[str]:
     ]
 
 
+# Why the page may have nothing to show: no keys yet, or a database out of reach. Both messages
+# are safe to show (an EngineDatabaseError names where and the error's class, never its text).
+UNAVAILABLE = (NoActiveKey, EngineDatabaseError)
+
+
+def _unavailable(exc: Exception) -> str:
+    if isinstance(exc, NoActiveKey):
+        return "There are no data keys yet: run `manage.py rotatekeys --init`, then reload this page."
+    return f"The census cannot be read right now: {exc}"
+
+
 class _AdminView(View):
     model_admin = None
 
@@ -82,9 +93,18 @@ class StatusView(_AdminView):
     """The overall figures, the census per model and column, the latest run, the keys."""
 
     def get(self, request):
-        board = dashboard.build()
-        run = board.run
         site = self.model_admin.admin_site
+        try:
+            board = dashboard.build()
+        except UNAVAILABLE as exc:
+            context = {
+                **site.each_context(request),
+                "title": "Key rotation status",
+                "opts": self.model_admin.model._meta,
+                "unavailable": _unavailable(exc),
+            }
+            return TemplateResponse(request, "admin/keyrotation/rotation_status.html", context, status=503)
+        run = board.run
         context = {
             **site.each_context(request),
             "title": "Key rotation status",
@@ -105,7 +125,11 @@ class StatusJSONView(_AdminView):
     """What the page shows, as JSON (:meth:`keyrotation.dashboard.Dashboard.as_dict`)."""
 
     def get(self, request):
-        return JsonResponse(dashboard.build().as_dict())
+        try:
+            return JsonResponse(dashboard.build().as_dict())
+        except UNAVAILABLE as exc:
+            return JsonResponse({"error": _unavailable(exc)}, status=503)
+
 
 
 class ControlView(_AdminView):
