@@ -334,3 +334,14 @@ def test_datakey_changelist_shows_age_and_rotation_due_date(root, keys, settings
     set_policy(settings, {"default": "1y"})
     page = root.get(url + "?keyring=default").content.decode()
     assert cells(page, "rotation_due")[1] == 'invalid KEYROTATION["ROTATION_PERIOD"] (see `manage.py check`)'
+
+
+@pytest.mark.django_db
+def test_status_page_before_any_key_says_what_to_run(viewer):
+    """No keyring yet: the page and its JSON say to run `rotatekeys --init` (503), not a 500."""
+    assert not DataKey.objects.exists()
+    response = viewer.get(reverse(STATUS))
+    assert response.status_code == 503
+    assert "rotatekeys --init" in response.content.decode()
+    twin = viewer.get(reverse("admin:keyrotation_status_json"))
+    assert twin.status_code == 503 and "rotatekeys --init" in twin.json()["error"]
