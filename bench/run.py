@@ -1,17 +1,31 @@
 #!/usr/bin/env python3
-"""``make bench [DB=mysql] [ROWS=100000]``: speed, cost and scale of re-encryption and of encrypted reads.
+"""``make bench [DB=mysql] [ROWS=100000] [MODELS=customer,person] [FILLFACTOR=100,90,80]``: speed,
+cost and scale of re-encryption and of encrypted reads.
 
 Starts a throwaway database server (``--database``: PostgreSQL by default, or MariaDB with
-``mysql``) and an OpenBao server (``tests/servers.py``), loads ``--rows`` customers in bulk (COPY
-on PostgreSQL, multi-row INSERTs on MariaDB; valid ciphertexts made by the library), then repeats
-``--runs`` times (ratios are computed inside each repetition, the table shows medians):
+``mysql``) and an OpenBao server (``tests/servers.py``), loads ``--rows`` rows into each bench
+table of the models chosen with ``--models`` (``bench/shapes.py``; COPY on PostgreSQL, multi-row
+INSERTs on MariaDB; valid ciphertexts made by the library):
 
-A  rotate; ``keyrotation.engine.reencrypt`` on ``benchapp.Customer``, one worker, in a subprocess
-   (peak RSS, CPU, KEK requests against OpenBao, database CPU, and the database's own counters:
-   WAL bytes and HOT updates on PostgreSQL, redo bytes and row counters on MariaDB)
-B  rotate; the naive Django loop (``obj.f = obj.f; obj.save()``, 100 rows per transaction) on the
-   first ``--naive-rows`` rows, then the hand-written raw-SQL set-based loop on the rest
+* ``customer``: ``benchapp.Customer``, two encrypted fields and a blind index (the model of the
+  earlier records), with its twin whose version columns are indexed;
+* ``person``: ``benchapp.Person``, the shape of a real table: six encrypted fields, two blind
+  indexes (one unique), plain columns and ordinary indexes; and ``PersonFill``, the same shape in
+  its own table for the fillfactor experiment.
+
+Then it repeats ``--runs`` times (ratios are computed inside each repetition, the table shows
+medians), on each model:
+
+A  rotate; ``keyrotation.engine.reencrypt``, one worker, in a subprocess (peak RSS, CPU, KEK
+   requests against OpenBao, database CPU, and the database's own counters: WAL bytes and HOT
+   updates on PostgreSQL, redo bytes and row counters on MariaDB)
+B  rotate; the naive Django loop (``obj.f = obj.f`` for every encrypted field, ``obj.save()``, 100
+   rows per transaction) on the first ``--naive-rows`` rows, then the hand-written raw-SQL
+   set-based loop on the rest
 C  rotate; the same raw SQL without crypto (the database ceiling)
+
+and on the customer only:
+
 D  rotate; ``reencrypt --workers 2``
 E  ``reencrypt`` on ``benchapp.CustomerIndexed`` (version columns indexed), then census timings
 F  rotate; an application process doing single-row ORM updates, idle then during ``reencrypt``
@@ -19,14 +33,17 @@ F  rotate; an application process doing single-row ORM updates, idle then during
 G  (rows > 100k, first run only) rotate; move all rows but the first 100k with the raw loop; ``reencrypt``
    subprocess with 100k rows to do (peak RSS at 100k)
 
-and once: ORM reads of ``--read-rows`` rows, plaintext vs EncryptedField vs Fernet (and a cProfile
-of the encrypted read when it misses its target).
+then, after every repetition, the fillfactor experiment (``bench/fillfactor.py``, PostgreSQL,
+``--fillfactor``; an empty list skips it), and before them, ``--runs`` times: ORM reads of
+``--read-rows`` rows of each model, encrypted vs a twin holding the same bytes in plain
+``BinaryField`` columns (what the field layer adds), and for the customer plaintext and Fernet
+twins (with a cProfile of the encrypted read when it misses its target).
 
 What differs between the databases (server, settings, loading, counters, the hand-written loop's
 SQL) lives in ``bench/databases/``, one module per database.
 
-Results: a Markdown file per database under ``bench/results/`` (``100k-mariadb-<date>.md``) and
-the same table on stdout.
+Results: a Markdown file per database under ``bench/results/`` (``100k-<database>-<date>.md``)
+and the same table on stdout.
 """
 
 from __future__ import annotations
@@ -534,7 +551,7 @@ def report(
         f"# keyrotation benchmark — {n:,} rows, {ctx.runs} runs ({dt.date.today().isoformat()})",
         "",
         f"Produced by `bench/run.py --database {db.slug} --rows {n} "
-        f"--runs {ctx.runs} --models {','.join(ctx.models)} --fillfactor {','.join(map(str, ctx.fillfactors)) or ''}` "
+        f"--runs {ctx.runs} --models {','.join(ctx.models)} --fillfactor '{','.join(map(str, ctx.fillfactors))}'` "
         f"({db.name}). Medians over {ctx.runs} runs; every ratio "
         "is computed inside one run (same table state, same minute) and the median of those ratios "
         "is shown. Rates are rows per second.",
