@@ -4,6 +4,7 @@
 #   make test-mysql [ARGS=...]    only the MariaDB phase (installs mysqlclient)
 #   make bench [ROWS=100000]      re-encryption and read benchmarks (bench/run.py); results in bench/results/
 #   make bench DB=mysql           the same on a throwaway MariaDB (installs mysqlclient); default DB=postgresql
+#   make bench MODELS=person FILLFACTOR=   a quick run: the real-shaped model only, no fillfactor experiment
 #   make lint | docs | clean
 # PYTHON picks the interpreter that creates .venv (default python3): make test PYTHON=python3.12
 # (after `make clean` if .venv already exists with another one).
@@ -15,6 +16,8 @@ ARGS ?=
 ROWS ?= 100000
 RUNS ?= 3
 DB ?= postgresql
+MODELS ?= customer,person
+FILLFACTOR ?= 100,90,80
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
 .PHONY: demo test test-mysql bench lint docs clean
@@ -46,7 +49,7 @@ test-mysql: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-bench
 	$(if $(filter mysql,$(DB)),$(BIN)/python scripts/mysql_driver.py)
-	$(BIN)/python bench/run.py --database $(DB) --rows $(ROWS) --runs $(RUNS)
+	$(BIN)/python bench/run.py --database $(DB) --rows $(ROWS) --runs $(RUNS) --models $(MODELS) --fillfactor "$(FILLFACTOR)"
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

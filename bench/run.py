@@ -1,17 +1,31 @@
 #!/usr/bin/env python3
-"""``make bench [DB=mysql] [ROWS=100000]``: speed, cost and scale of re-encryption and of encrypted reads.
+"""``make bench [DB=mysql] [ROWS=100000] [MODELS=customer,person] [FILLFACTOR=100,90,80]``: speed,
+cost and scale of re-encryption and of encrypted reads.
 
 Starts a throwaway database server (``--database``: PostgreSQL by default, or MariaDB with
-``mysql``) and an OpenBao server (``tests/servers.py``), loads ``--rows`` customers in bulk (COPY
-on PostgreSQL, multi-row INSERTs on MariaDB; valid ciphertexts made by the library), then repeats
-``--runs`` times (ratios are computed inside each repetition, the table shows medians):
+``mysql``) and an OpenBao server (``tests/servers.py``), loads ``--rows`` rows into each bench
+table of the models chosen with ``--models`` (``bench/shapes.py``; COPY on PostgreSQL, multi-row
+INSERTs on MariaDB; valid ciphertexts made by the library):
 
-A  rotate; ``keyrotation.engine.reencrypt`` on ``benchapp.Customer``, one worker, in a subprocess
-   (peak RSS, CPU, KEK requests against OpenBao, database CPU, and the database's own counters:
-   WAL bytes and HOT updates on PostgreSQL, redo bytes and row counters on MariaDB)
-B  rotate; the naive Django loop (``obj.f = obj.f; obj.save()``, 100 rows per transaction) on the
-   first ``--naive-rows`` rows, then the hand-written raw-SQL set-based loop on the rest
+* ``customer``: ``benchapp.Customer``, two encrypted fields and a blind index (the model of the
+  earlier records), with its twin whose version columns are indexed;
+* ``person``: ``benchapp.Person``, the shape of a real table: six encrypted fields, two blind
+  indexes (one unique), plain columns and ordinary indexes; and ``PersonFill``, the same shape in
+  its own table for the fillfactor experiment.
+
+Then it repeats ``--runs`` times (ratios are computed inside each repetition, the table shows
+medians), on each model:
+
+A  rotate; ``keyrotation.engine.reencrypt``, one worker, in a subprocess (peak RSS, CPU, KEK
+   requests against OpenBao, database CPU, and the database's own counters: WAL bytes and HOT
+   updates on PostgreSQL, redo bytes and row counters on MariaDB)
+B  rotate; the naive Django loop (``obj.f = obj.f`` for every encrypted field, ``obj.save()``, 100
+   rows per transaction) on the first ``--naive-rows`` rows, then the hand-written raw-SQL
+   set-based loop on the rest
 C  rotate; the same raw SQL without crypto (the database ceiling)
+
+and on the customer only:
+
 D  rotate; ``reencrypt --workers 2``
 E  ``reencrypt`` on ``benchapp.CustomerIndexed`` (version columns indexed), then census timings
 F  rotate; an application process doing single-row ORM updates, idle then during ``reencrypt``
@@ -19,14 +33,17 @@ F  rotate; an application process doing single-row ORM updates, idle then during
 G  (rows > 100k, first run only) rotate; move all rows but the first 100k with the raw loop; ``reencrypt``
    subprocess with 100k rows to do (peak RSS at 100k)
 
-and once: ORM reads of ``--read-rows`` rows, plaintext vs EncryptedField vs Fernet (and a cProfile
-of the encrypted read when it misses its target).
+then, after every repetition, the fillfactor experiment (``bench/fillfactor.py``, PostgreSQL,
+``--fillfactor``; an empty list skips it), and before them, ``--runs`` times: ORM reads of
+``--read-rows`` rows of each model, encrypted vs a twin holding the same bytes in plain
+``BinaryField`` columns (what the field layer adds), and for the customer plaintext and Fernet
+twins (with a cProfile of the encrypted read when it misses its target).
 
 What differs between the databases (server, settings, loading, counters, the hand-written loop's
 SQL) lives in ``bench/databases/``, one module per database.
 
-Results: a Markdown file per database under ``bench/results/`` (``100k-mariadb-<date>.md``) and
-the same table on stdout.
+Results: a Markdown file per database under ``bench/results/`` (``100k-<database>-<date>.md``)
+and the same table on stdout.
 """
 
 from __future__ import annotations
@@ -36,7 +53,6 @@ import datetime as dt
 import json
 import os
 import platform
-import random
 import resource
 import signal
 import statistics
@@ -51,12 +67,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench import databases  # noqa: E402
 from tests import servers  # noqa: E402
-
-LABEL_PREFIX = "benchapp."
-WORDS = (
-    "account invoice delivery address contact request support order refund payment shipping "
-    "customer priority note follow call email update change review pending approved escalated"
-).split()
 
 
 def log(msg: str) -> None:
@@ -125,51 +135,9 @@ def child(ctx, *argv: str) -> tuple[dict, dict]:
 # data
 
 
-def notes_pool() -> list[str]:
-    rng = random.Random(1)
-    return [" ".join(rng.choice(WORDS) for _ in range(28)) for _ in range(1000)]
-
-
-def load_encrypted(db, model, n: int) -> None:
-    """Load ``n`` rows of valid ciphertexts, made by the library under the active versions."""
-    from keyrotation import codecs, crypto, keyring
-
-    email_f, notes_f = model._meta.get_field("email"), model._meta.get_field("notes")
-    bidx_f = model._meta.get_field("email_bidx")
-    ring_e, ring_i = keyring.get_keyring("default", "encrypt"), keyring.get_keyring("default", "index")
-    ve, vi = ring_e.active_version, ring_i.active_version
-    sk_email, sk_notes = ring_e.subkey(ve, email_f.label), ring_e.subkey(ve, notes_f.label)
-    sk_bidx, length = ring_i.subkey(vi, bidx_f.label), bidx_f.index_length()
-    pool = notes_pool()
-
-    def rows():
-        for i in range(1, n + 1):
-            email = f"customer{i}@example.com"
-            note = f"{i}: {pool[i % 1000]}"
-            yield (
-                i,
-                crypto.encrypt(sk_email, ve, email_f.label, codecs.encode(email_f.base_field, email)),
-                ve,
-                crypto.blind_index(sk_bidx, bidx_f.index_input(email), length),
-                vi,
-                crypto.encrypt(sk_notes, ve, notes_f.label, codecs.encode(notes_f.base_field, note)),
-                ve,
-            )
-
-    columns = [
-        ("id", "int8"),
-        ("email", "bytea"),
-        ("email_key_version", "int2"),
-        ("email_bidx", "bytea"),
-        ("email_bidx_key_version", "int2"),
-        ("notes", "bytea"),
-        ("notes_key_version", "int2"),
-    ]
-    db.load(model._meta.db_table, columns, rows())
-
-
 def load_twins(db, n: int) -> None:
     from bench.benchapp.fernet import fernet
+    from bench.shapes import notes_pool
 
     pool, f = notes_pool(), fernet()
     db.load(
@@ -191,34 +159,19 @@ def load_twins(db, n: int) -> None:
 # the contenders
 
 
-def rotate() -> int:
+def rotate(purpose: str = "encrypt") -> int:
     from keyrotation import keyring, lifecycle
 
-    key = lifecycle.rotate(purpose="encrypt", actor="bench")
+    key = lifecycle.rotate(purpose=purpose, actor="bench")
     keyring.invalidate()
     return key.version
 
 
-def naive_loop(model, upto: int, batch: int = 100) -> int:
-    """The runbook loop: re-save every object, ``batch`` objects per transaction."""
-    from django.db import transaction
-
-    done = 0
-    for lo in range(0, upto, batch):
-        with transaction.atomic():
-            for obj in model.objects.filter(pk__gt=lo, pk__lte=min(lo + batch, upto)).order_by("pk"):
-                obj.email = obj.email
-                obj.notes = obj.notes
-                obj.save()
-                done += 1
-    return done
-
-
-def read_rows(model, n: int) -> float:
+def read_rows(model, n: int, attrs: tuple[str, ...] = ("email", "notes")) -> float:
     start = time.perf_counter()
     for obj in model.objects.order_by("pk")[:n].iterator(chunk_size=2000):
-        obj.email  # noqa: B018 - the read is the point (EncryptedField decrypts here)
-        obj.notes  # noqa: B018
+        for name in attrs:
+            getattr(obj, name)  # the read is the point (EncryptedField decrypts here)
     return time.perf_counter() - start
 
 
@@ -232,19 +185,19 @@ def timed(fn, *a) -> float:
 # one repetition
 
 
-def repetition(ctx, rep: int) -> dict:
-    from bench.benchapp.models import Customer, CustomerIndexed
-    from keyrotation import census, engine, registry
-    from keyrotation.engine import plan as plan_mod
+def contenders(ctx, rep: int, shape) -> dict:
+    """Steps A–C on one model: ``reencrypt`` (1 worker), the naive loop then the hand-written
+    loop, the database ceiling; each after its own rotation of the encrypt key."""
+    from bench.shapes import naive_loop
 
-    n, out = ctx.rows, {}
-    T, TI = "bench_customer", "bench_customer_indexed"
+    model, n, out = shape.model(), ctx.rows, {}
+    T, label = model._meta.db_table, model._meta.label
 
-    log(f"run {rep}: A reencrypt, 1 worker")
+    log(f"run {rep}: {shape.key}: A reencrypt, 1 worker")
     ctx.db.settle(T)
     rotate()
     with Meter(ctx, T) as m:
-        res, ru = child(ctx, "reencrypt", "--model", "benchapp.Customer")
+        res, ru = child(ctx, "reencrypt", "--model", label)
     assert res["status"] == "finished" and res["rows_done"] == n, res
     out["engine"] = m.metrics(res["rows_done"], res["seconds"], ru["cpu"])
     out["engine"].update(
@@ -254,27 +207,58 @@ def repetition(ctx, rep: int) -> dict:
         batch_median=res["batch_seconds_median"],
     )
 
-    log(f"run {rep}: B naive loop on {ctx.naive_rows} rows, raw-SQL loop on the rest")
+    log(f"run {rep}: {shape.key}: B naive loop on {ctx.naive_rows} rows, raw-SQL loop on the rest")
     ctx.db.settle(T)
     target = rotate()
     with Meter(ctx, T) as m:
-        done = naive_loop(Customer, ctx.naive_rows)
+        done = naive_loop(model, shape.encrypted, ctx.naive_rows)
     out["naive"] = m.metrics(done)
-    raw = ctx.db.raw_loop(Customer)
+    raw = ctx.db.raw_loop(model, shape.encrypted)
     with Meter(ctx, T) as m:
         done = raw.run(target)
     out["raw"] = m.metrics(done)
     raw.close()
 
-    log(f"run {rep}: C database ceiling (raw SQL, no crypto)")
+    log(f"run {rep}: {shape.key}: C database ceiling (raw SQL, no crypto)")
     ctx.db.settle(T)
     target = rotate()
-    raw = ctx.db.raw_loop(Customer, crypto_on=False)
+    raw = ctx.db.raw_loop(model, shape.encrypted, crypto_on=False)
     with Meter(ctx, T) as m:
         done = raw.run(target)
     out["ceiling"] = m.metrics(done)
     raw.restore(target)
     raw.close()
+    return out
+
+
+def repetition(ctx, rep: int) -> dict:
+    """One repetition: A–C on every model of ``--models`` (the customer's at the top level, as
+    earlier records have them, the others under their key), then D–G on the customer."""
+    from bench.shapes import SHAPES
+
+    out: dict = {}
+    for key in ctx.models:
+        res = contenders(ctx, rep, SHAPES[key])
+        if key == "customer":
+            out.update(res)
+        else:
+            out[key] = res
+    if "customer" in ctx.models:
+        out.update(customer_steps(ctx, rep))
+        if out["rss_100k_kb"] is None and ctx.rows == 100_000:
+            out["rss_100k_kb"] = out["engine"]["maxrss_kb"]
+    out["loadavg_end"] = os.getloadavg()
+    return out
+
+
+def customer_steps(ctx, rep: int) -> dict:
+    """Steps D–G, on ``benchapp.Customer`` and its indexed twin."""
+    from bench.benchapp.models import Customer, CustomerIndexed
+    from keyrotation import census, engine, registry
+    from keyrotation.engine import plan as plan_mod
+
+    n, out = ctx.rows, {}
+    T, TI = "bench_customer", "bench_customer_indexed"
 
     log(f"run {rep}: D reencrypt --workers 2")
     ctx.db.settle(T)
@@ -343,15 +327,14 @@ def repetition(ctx, rep: int) -> dict:
         log(f"run {rep}: G reencrypt with 100k rows to do (peak RSS at 100k)")
         ctx.db.settle(T)
         target = rotate()
-        raw = ctx.db.raw_loop(Customer)
+        raw = ctx.db.raw_loop(Customer, ("email", "notes"))
         raw.run(target, lo=100_000)
         raw.close()
         res, ru = child(ctx, "reencrypt", "--model", "benchapp.Customer")
         assert res["rows_done"] == 100_000, res
         out["rss_100k_kb"] = ru["maxrss_kb"]
     else:
-        out["rss_100k_kb"] = out["engine"]["maxrss_kb"] if n == 100_000 else None
-    out["loadavg_end"] = os.getloadavg()
+        out["rss_100k_kb"] = None
     return out
 
 
@@ -453,15 +436,123 @@ def fmt(v, digits=0) -> str:
     return f"{v:,}"
 
 
+READ_TARGET_BINARY = 1.3  # encrypted read time / the BinaryField twin's
+READ_TARGET_FERNET = 0.5  # encrypted read time / Fernet's
+CONTENDERS = (
+    ("engine", "`reencrypt`, 1 worker"),
+    ("workers2", "`reencrypt --workers 2`"),
+    ("naive", "naive Django loop (first {naive:,} rows)"),
+    ("raw", "hand-written raw-SQL loop (the other rows)"),
+    ("ceiling", "database ceiling (same SQL, no crypto)"),
+    ("indexed", "`reencrypt`, 1 worker, version columns indexed"),
+)
+
+
+def rate_ratio(rs: list[dict], a: str, b: str) -> float:
+    return statistics.median(r[a]["rate"] / r[b]["rate"] for r in rs)
+
+
+def reencryption_section(ctx, shape, rs: list[dict]) -> list[str]:
+    """The contenders' table and ratios of one model (``rs``: its part of every run)."""
+    db = ctx.db
+    lines = [
+        "",
+        f"## Re-encryption: {shape.title}",
+        "",
+        "Rotate the encrypt key, move every row.",
+        "",
+        "| contender | rows per run | rows/s (median) | per-run rows/s | "
+        + " | ".join(m.title for m in db.metrics)
+        + " |",
+        "|---|---:|---:|---|" + "---:|" * len(db.metrics),
+    ]
+    for key, title in CONTENDERS:
+        if key not in rs[0]:
+            continue
+        lines.append(
+            f"| {title.format(naive=ctx.naive_rows)} | {fmt(med(rs, key, 'rows'))} | **{fmt(med(rs, key, 'rate'))}** | "
+            f"{', '.join(fmt(r[key]['rate']) for r in rs)} | "
+            + " | ".join(f"{fmt(med(rs, key, m.key), m.digits)}{m.suffix}" for m in db.metrics)
+            + " |"
+        )
+    lines += [
+        "",
+        "| ratio (median of per-run ratios) | value |",
+        "|---|---:|",
+        f"| `reencrypt` / naive loop | {rate_ratio(rs, 'engine', 'naive'):.1f}× |",
+        f"| `reencrypt` / raw-SQL loop | {rate_ratio(rs, 'engine', 'raw'):.2f}× |",
+        f"| `reencrypt` / database ceiling | {rate_ratio(rs, 'engine', 'ceiling'):.2f}× |",
+    ]
+    if "workers2" in rs[0]:
+        lines.append(f"| `--workers 2` / `--workers 1` | {rate_ratio(rs, 'workers2', 'engine'):.2f}× |")
+    if "indexed" in rs[0]:
+        lines.append(
+            f"| version columns indexed / not indexed (rows/s) | {rate_ratio(rs, 'indexed', 'engine'):.2f}× |"
+        )
+    return lines
+
+
+READS = {
+    "customer": (
+        ("plain", "plaintext columns"),
+        ("binary", "BinaryField twin (the same bytes, no field layer)"),
+        ("enc", "EncryptedField (decrypt on access)"),
+        ("fernet", "Fernet (MultiFernet, decrypt in from_db_value)"),
+    ),
+    "person": (
+        ("binary", "BinaryField twin (the same bytes, no field layer)"),
+        ("enc", "EncryptedField (decrypt on access)"),
+    ),
+}
+
+
+def read_ratio(reads: list[dict], model: str, a: str, b: str) -> float | None:
+    if model not in reads[0] or b not in reads[0][model]:
+        return None
+    return statistics.median(r[model][a] / r[model][b] for r in reads)
+
+
+def reads_section(ctx, reads: list[dict]) -> list[str]:
+    from bench.shapes import SHAPES
+
+    lines = [
+        "",
+        f"## Encrypted reads (ORM, {ctx.read_rows:,} rows, reading every encrypted attribute)",
+        "",
+        "The BinaryField twin has the same columns holding the same bytes (ciphertexts, blind indexes, "
+        "version numbers) as plain `BinaryField` and integer fields: the ratio to it is what the field "
+        "layer (decryption included) adds to fetching the bytes.",
+        "",
+        "| model | storage | seconds (median) | per-run | rows/s | vs BinaryField twin | vs plaintext |",
+        "|---|---|---:|---|---:|---:|---:|",
+    ]
+    for model in ctx.models:
+        for key, title in READS[model]:
+            secs = statistics.median(r[model][key] for r in reads)
+            lines.append(
+                f"| {SHAPES[model].model_name} | {title} | {secs:.3f} | "
+                f"{', '.join(f'{r[model][key]:.3f}' for r in reads)} | {ctx.read_rows / secs:,.0f} | "
+                f"{read_ratio(reads, model, key, 'binary'):.2f}× | {fmt(read_ratio(reads, model, key, 'plain'), 2)}"
+                + ("×" if model == "customer" else "")
+                + " |"
+            )
+    return lines
+
+
 def report(
-    ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info: dict, profile: list[dict]
-) -> str:
+    ctx, runs: list[dict], reads: list[dict], baseline_rss_kb: int, info: dict, profile: list[dict],
+    fill: list[dict],
+) -> str:  # fmt: skip
+    from bench import fillfactor
+    from bench.shapes import SHAPES
+
     n, db = ctx.rows, ctx.db
-    ratio = lambda a, b: [r[a]["rate"] / r[b]["rate"] for r in runs]  # noqa: E731
     lines = [
         f"# keyrotation benchmark — {n:,} rows, {ctx.runs} runs ({dt.date.today().isoformat()})",
         "",
-        f"Produced by `make bench{db.make_args} ROWS={n}` (`bench/run.py`, {db.name}). Medians over {ctx.runs} runs; every ratio "
+        f"Produced by `bench/run.py --database {db.slug} --rows {n} "
+        f"--runs {ctx.runs} --models {','.join(ctx.models)} --fillfactor '{','.join(map(str, ctx.fillfactors))}'` "
+        f"({db.name}). Medians over {ctx.runs} runs; every ratio "
         "is computed inside one run (same table state, same minute) and the median of those ratios "
         "is shown. Rates are rows per second.",
         "",
@@ -472,50 +563,50 @@ def report(
         + "; ".join(", ".join(f"{x:.2f}" for x in r["loadavg_end"]) for r in runs),
         f"- **{db.name} settings**: {db.settings_note()}",
         "- **KEK**: OpenBao Transit (real server on loopback) for every step.",
-        "",
-        "## Re-encryption (rotate the encrypt key, move every row: email + notes, ~270 bytes of ciphertext per row)",
-        "",
-        "| contender | rows per run | rows/s (median) | per-run rows/s | "
-        + " | ".join(m.title for m in db.metrics)
-        + " |",
-        "|---|---:|---:|---|" + "---:|" * len(db.metrics),
     ]
-    names = [
-        ("engine", "`reencrypt`, 1 worker"),
-        ("workers2", "`reencrypt --workers 2`"),
-        ("naive", f"naive Django loop (first {ctx.naive_rows:,} rows)"),
-        ("raw", "hand-written raw-SQL loop (the other rows)"),
-        ("ceiling", "database ceiling (same SQL, no crypto)"),
-        ("indexed", "`reencrypt`, 1 worker, version columns indexed"),
-    ]
-    for key, title in names:
-        lines.append(
-            f"| {title} | {fmt(med(runs, key, 'rows'))} | **{fmt(med(runs, key, 'rate'))}** | "
-            f"{', '.join(fmt(r[key]['rate']) for r in runs)} | "
-            + " | ".join(f"{fmt(med(runs, key, m.key), m.digits)}{m.suffix}" for m in db.metrics)
-            + " |"
-        )
-    r_naive = statistics.median(ratio("engine", "naive"))
-    r_raw = statistics.median(ratio("engine", "raw"))
-    r_ceiling = statistics.median(ratio("engine", "ceiling"))
-    r_w2 = statistics.median(ratio("workers2", "engine"))
-    r_idx = statistics.median(ratio("indexed", "engine"))
+    for key in ctx.models:
+        rs = runs if key == "customer" else [r[key] for r in runs]
+        lines += reencryption_section(ctx, SHAPES[key], rs)
     lines += [
         "",
         f"The naive loop runs on a {ctx.naive_rows:,}-row subset (a full pass would take far too long); "
         "ratios are ratios of rates, so the comparison is fair. Database CPU counts "
-        f"{db.cpu_note}; client CPU is the measured process (its workers included)."
+        f"{db.cpu_note}; client CPU is the measured process (its workers included). HOT updates: "
+        "the share of the step's row updates that were heap-only (`n_tup_hot_upd / n_tup_upd`)."
         + (f" {db.contenders_note}" if db.contenders_note else ""),
+    ]
+    if "customer" in ctx.models:
+        lines += customer_sections(ctx, runs, baseline_rss_kb)
+    lines += fillfactor.report(ctx, fill, fmt)
+    lines += reads_section(ctx, reads)
+    lines += ["", "## Targets", "", "| target | status | measured |", "|---|---|---|"]
+    for title, ok, measured in targets(ctx, runs, reads):
+        status = "n/a at this size" if ok is None else ("**met**" if ok else "**not met**")
+        lines.append(f"| {title} | {status} | {measured} |")
+    w = lambda k: med(runs, "writer", k)  # noqa: E731
+    ms = lambda v: None if v is None else v * 1000  # noqa: E731
+    lines += where_the_time_goes(ctx, profile, w if "customer" in ctx.models else None, ms)
+    lines += [
         "",
-        "| ratio (median of per-run ratios) | value |",
-        "|---|---:|",
-        f"| `reencrypt` / naive loop | {r_naive:.1f}× |",
-        f"| `reencrypt` / raw-SQL loop | {r_raw:.2f}× |",
-        f"| `reencrypt` / database ceiling | {r_ceiling:.2f}× |",
-        f"| `--workers 2` / `--workers 1` | {r_w2:.2f}× |",
-        f"| version columns indexed / not indexed (rows/s) | {r_idx:.2f}× |",
+        "## Raw numbers",
         "",
-        "## Memory and KEK",
+        "```json",
+        json.dumps({"runs": runs, "reads": reads, "fillfactor": fill}, indent=1),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def customer_sections(ctx, runs: list[dict], baseline_rss_kb: int) -> list[str]:
+    """Memory and KEK, concurrent writes, version-column index: steps D–G on the customer."""
+    n, db = ctx.rows, ctx.db
+    w = lambda k: med(runs, "writer", k)  # noqa: E731
+    ms = lambda v: None if v is None else v * 1000  # noqa: E731
+    pc = lambda v: None if v is None else v * 100  # noqa: E731
+    return [
+        "",
+        "## Memory and KEK (benchapp.Customer)",
         "",
         f"- Peak RSS of the `reencrypt` process: **{fmt(med(runs, 'engine', 'maxrss_kb') / 1024, 1)} MiB** "
         f"with {n:,} rows to do (runs: {', '.join(fmt(r['engine']['maxrss_kb'] / 1024, 1) for r in runs)}), "
@@ -531,26 +622,6 @@ def report(
         "one unwrap per data-key version the run meets (old encrypt version, new encrypt version, index version).",
         f"- Engine batch time (default batch size): median {fmt(med(runs, 'engine', 'batch_median') * 1000, 0)} ms, "
         f"max {fmt(med(runs, 'engine', 'batch_max') * 1000, 0)} ms.",
-        "",
-        f"## Encrypted reads (ORM, {ctx.read_rows:,} rows, reading both attributes)",
-        "",
-        "| model | seconds (median) | per-run | rows/s | vs plaintext |",
-        "|---|---:|---|---:|---:|",
-    ]
-    for key, title in (("plain", "plaintext columns"), ("enc", "EncryptedField (decrypt on access)"),
-                       ("fernet", "Fernet (MultiFernet, decrypt in from_db_value)")):  # fmt: skip
-        secs = statistics.median(r[key] for r in reads)
-        rel = statistics.median(r[key] / r["plain"] for r in reads)
-        lines.append(
-            f"| {title} | {secs:.3f} | {', '.join(f'{r[key]:.3f}' for r in reads)} | "
-            f"{ctx.read_rows / secs:,.0f} | {rel:.2f}× |"
-        )
-    read_ratio = statistics.median(r["enc"] / r["plain"] for r in reads)
-    read_vs_fernet = statistics.median(r["enc"] / r["fernet"] for r in reads)
-    w = lambda k: med(runs, "writer", k)  # noqa: E731
-    ms = lambda v: None if v is None else v * 1000  # noqa: E731
-    pc = lambda v: None if v is None else v * 100  # noqa: E731
-    lines += [
         "",
         "## Concurrent application writes",
         "",
@@ -587,56 +658,69 @@ def report(
         ],
         f"| census of the model's 3 version columns (s) | {fmt(med(runs, 'census_plain', 'census_seconds'), 3)} | {fmt(med(runs, 'census_indexed', 'census_seconds'), 3)} |",
         f"| pending-row count, nothing pending (final sweep check) (s) | {fmt(med(runs, 'census_plain', 'pending_seconds'), 3)} | {fmt(med(runs, 'census_indexed', 'pending_seconds'), 3)} |",
-        f"| `engine.status()` (every registered column, both tables) (s) | {fmt(med(runs, 'status_seconds'), 3)} | |",
-        "",
-        "## Targets",
-        "",
+        f"| `engine.status()` (every registered column, every bench table) (s) | {fmt(med(runs, 'status_seconds'), 3)} | |",
     ]
-    rss_n, rss_100k = med(runs, "engine", "maxrss_kb"), med(runs, "rss_100k_kb")
-    kek = max(r["engine"]["kek_requests"] for r in runs)
-    targets = [
-        (f"`reencrypt` ≥ {db.naive_target:g}× the naive loop", r_naive >= db.naive_target, f"{r_naive:.1f}×"),
-        ("`reencrypt` ≥ 0.75× the raw-SQL loop", r_raw >= 0.75, f"{r_raw:.2f}×"),
-        ("encrypted read ≤ 1.25× plaintext", read_ratio <= 1.25, f"{read_ratio:.2f}×"),
-        ("encrypted read faster than Fernet", read_vs_fernet < 1, f"{read_vs_fernet:.2f}× Fernet's time"),
-        (
-            f"peak RSS at {n:,} within 10 % of 100k",
-            None if n < 1_000_000 or not rss_100k else rss_n <= 1.10 * rss_100k,
-            f"{rss_n / 1024:.1f} MiB vs {rss_100k / 1024:.1f} MiB" if rss_100k else "100k point not measured",
-        ),
-        ("KEK requests ∝ key versions (a handful)", kek <= 10, f"max {kek} requests per run"),
-        (
-            "concurrent writers never wait longer than one batch",
-            w("busy_max") <= w("batch_max"),
-            f"longest write {w('busy_max') * 1000:.0f} ms vs longest batch {w('batch_max') * 1000:.0f} ms",
-        ),
-        (
-            "writer p99 ≤ 2× idle p99 at the default throttle",
-            w("busy_p99") <= 2 * w("idle_p99"),
-            f"{w('busy_p99') * 1000:.2f} ms vs idle {w('idle_p99') * 1000:.2f} ms ({w('busy_p99') / w('idle_p99'):.1f}×)",
-        ),
-    ]
-    lines += ["| target | status | measured |", "|---|---|---|"]
-    for title, ok, measured in targets:
-        status = "n/a at this size" if ok is None else ("**met**" if ok else "**not met**")
-        lines.append(f"| {title} | {status} | {measured} |")
-    lines += where_the_time_goes(ctx, read_ratio, profile, w, ms)
-    lines += [
-        "",
-        "## Raw numbers",
-        "",
-        "```json",
-        json.dumps({"runs": runs, "reads": reads}, indent=1),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
 
 
-def where_the_time_goes(ctx, read_ratio, profile, w, ms) -> list[str]:
-    """The generated profile of every time target not met: where the time goes."""
+def targets(ctx, runs: list[dict], reads: list[dict]) -> list[tuple[str, bool | None, str]]:
+    n, db = ctx.rows, ctx.db
+    out = []
+    for key in ctx.models:
+        rs = runs if key == "customer" else [r[key] for r in runs]
+        r_naive, r_raw = rate_ratio(rs, "engine", "naive"), rate_ratio(rs, "engine", "raw")
+        out += [
+            (f"{key}: `reencrypt` ≥ {db.naive_target:g}× the naive loop", r_naive >= db.naive_target, f"{r_naive:.1f}×"),
+            (f"{key}: `reencrypt` ≥ 0.75× the raw-SQL loop", r_raw >= 0.75, f"{r_raw:.2f}×"),
+        ]  # fmt: skip
+    for key in ctx.models:
+        r = read_ratio(reads, key, "enc", "binary")
+        out.append(
+            (
+                f"{key}: encrypted read ≤ {READ_TARGET_BINARY}× the BinaryField twin",
+                r <= READ_TARGET_BINARY,
+                f"{r:.2f}×",
+            )
+        )
+    if "customer" in ctx.models:
+        r = read_ratio(reads, "customer", "enc", "fernet")
+        out.append(
+            (
+                f"customer: encrypted read ≤ {READ_TARGET_FERNET}× Fernet's time",
+                r <= READ_TARGET_FERNET,
+                f"{r:.2f}×",
+            )
+        )
+        w = lambda k: med(runs, "writer", k)  # noqa: E731
+        rss_n, rss_100k = med(runs, "engine", "maxrss_kb"), med(runs, "rss_100k_kb")
+        kek = max(r["engine"]["kek_requests"] for r in runs)
+        out += [
+            (
+                f"peak RSS at {n:,} within 10 % of 100k",
+                None if n < 1_000_000 or not rss_100k else rss_n <= 1.10 * rss_100k,
+                f"{rss_n / 1024:.1f} MiB vs {rss_100k / 1024:.1f} MiB"
+                if rss_100k
+                else "100k point not measured",
+            ),
+            ("KEK requests ∝ key versions (a handful)", kek <= 10, f"max {kek} requests per run"),
+            (
+                "concurrent writers never wait longer than one batch",
+                w("busy_max") <= w("batch_max"),
+                f"longest write {w('busy_max') * 1000:.0f} ms vs longest batch {w('batch_max') * 1000:.0f} ms",
+            ),
+            (
+                "writer p99 ≤ 2× idle p99 at the default throttle",
+                w("busy_p99") <= 2 * w("idle_p99"),
+                f"{w('busy_p99') * 1000:.2f} ms vs idle {w('idle_p99') * 1000:.2f} ms ({w('busy_p99') / w('idle_p99'):.1f}×)",
+            ),
+        ]
+    return out
+
+
+def where_the_time_goes(ctx, profile, w, ms) -> list[str]:
+    """The generated profile of every time target not met: where the time goes (``w``: the
+    writer's medians, None when the writer did not run)."""
     lines = []
-    if read_ratio > 1.25 and profile:
+    if profile:
         lines += [
             "",
             f"### Profile: encrypted read ({ctx.profile_rows:,} rows, cProfile, top functions by own time)",
@@ -648,7 +732,7 @@ def where_the_time_goes(ctx, read_ratio, profile, w, ms) -> list[str]:
                 for p in profile
             ],
         ]
-    if w("busy_p99") > 2 * w("idle_p99") and w("busy_runq_p99") is not None:
+    if w is not None and w("busy_p99") > 2 * w("idle_p99") and w("busy_runq_p99") is not None:
         lines += [
             "",
             "### Profile: writer p99 during `reencrypt`",
@@ -671,6 +755,46 @@ class Ctx:
     pass
 
 
+def load_all(ctx) -> list[str]:
+    """Load every table the selected models need; returns their names."""
+    from bench.shapes import SHAPES, load_binary_twin, load_encrypted
+
+    tables = []
+    for key in ctx.models:
+        shape = SHAPES[key]
+        names = [shape.model_name] + {"customer": ["CustomerIndexed"], "person": ["PersonFill"]}[key]
+        for name in names:
+            load_encrypted(ctx.db, shape, ctx.rows, name)
+            tables.append(shape.model(name)._meta.db_table)
+        load_binary_twin(shape, ctx.read_rows)
+        tables.append(shape.model(shape.binary_twin)._meta.db_table)
+    if "customer" in ctx.models:
+        load_twins(ctx.db, ctx.read_rows)
+        tables += ["bench_customer_plain", "bench_customer_fernet"]
+    return tables
+
+
+def read_pass(ctx, rep: int) -> dict:
+    """One timed ORM read of ``--read-rows`` rows of every read model of the selected models."""
+    from bench.shapes import SHAPES
+
+    out: dict = {}
+    for key in ctx.models:
+        shape = SHAPES[key]
+        log(f"reads {rep}: {ctx.read_rows:,} rows of {shape.model_name} x {len(READS[key])} storages")
+        names = {
+            "plain": "CustomerPlain",
+            "fernet": "CustomerFernet",
+            "binary": shape.binary_twin,
+            "enc": None,
+        }
+        out[key] = {
+            kind: read_rows(shape.model(names[kind]), ctx.read_rows, shape.encrypted)
+            for kind, _ in READS[key]
+        }
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -684,13 +808,39 @@ def main(argv=None) -> int:
     parser.add_argument("--naive-rows", type=int, default=20_000)
     parser.add_argument("--read-rows", type=int, default=100_000)
     parser.add_argument("--writer-idle", type=float, default=8.0, help="seconds of idle writer latency")
+    parser.add_argument(
+        "--models",
+        default="customer,person",
+        help="comma-separated bench models to run the contenders on: customer (two encrypted fields; "
+        "also the workers, version-column index, census and concurrent-writer steps), person (the "
+        "real-shaped model)",
+    )
+    parser.add_argument(
+        "--fillfactor",
+        default="100,90,80",
+        help="comma-separated fillfactors of the experiment on the real-shaped model (PostgreSQL only; "
+        "empty: skip it)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
+    from bench.shapes import SHAPES
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models or any(m not in SHAPES for m in models):
+        parser.error(f"--models: a comma-separated list of {', '.join(SHAPES)}")
+    try:
+        fillfactors = [int(f) for f in args.fillfactor.split(",") if f.strip()]
+    except ValueError:
+        parser.error("--fillfactor: comma-separated integers between 10 and 100")
+    if any(not 10 <= f <= 100 for f in fillfactors):
+        parser.error("--fillfactor: comma-separated integers between 10 and 100")
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # stop the servers
     ctx = Ctx()
     ctx.rows, ctx.runs, ctx.writer_idle = args.rows, args.runs, args.writer_idle
     ctx.naive_rows = min(args.naive_rows, max(100, args.rows // 5))
     ctx.read_rows = min(args.read_rows, args.rows)
+    ctx.models = [m for m in SHAPES if m in models]
+    ctx.fillfactors = fillfactors if databases.BY_NAME[args.database].has_fillfactor else []
     started = time.monotonic()
 
     with databases.BY_NAME[args.database].start() as db, servers.openbao_dev_server() as bao:
@@ -713,44 +863,35 @@ def main(argv=None) -> int:
         from keyrotation import lifecycle
 
         lifecycle.init(actor="bench")
-        from bench.benchapp.models import Customer, CustomerIndexed
-
         log(
-            f"loading {ctx.rows:,} rows x 2 encrypted tables, {ctx.read_rows:,} plaintext + Fernet rows ({db.name})"
+            f"loading {ctx.rows:,} rows per encrypted table ({', '.join(ctx.models)}), twins of {ctx.read_rows:,} ({db.name})"
         )
         t = time.perf_counter()
-        load_encrypted(db, Customer, ctx.rows)
-        load_encrypted(db, CustomerIndexed, ctx.rows)
-        load_twins(db, ctx.read_rows)
-        tables = ("bench_customer", "bench_customer_indexed", "bench_customer_plain", "bench_customer_fernet")
-        db.prepare_tables(tables)
+        tables = load_all(ctx)
         log(f"loaded in {time.perf_counter() - t:.1f}s")
-        warmed = db.warm_up(tables[:2])
+        db.prepare_tables(tables)
+        warmed = db.warm_up([t for t in tables if t not in ("bench_customer_plain", "bench_customer_fernet")])
         if warmed:
             log(f"warm-up pass: {warmed}")
         db.settle(*tables)
         info = machine(ctx)
         baseline = child(ctx, "noop")[1]["maxrss_kb"]
 
-        from bench.benchapp.models import CustomerFernet, CustomerPlain
-
-        reads = []
-        for rep in range(ctx.runs):
-            log(f"reads {rep + 1}: {ctx.read_rows:,} rows x 3 models")
-            reads.append(
-                {
-                    "plain": read_rows(CustomerPlain, ctx.read_rows),
-                    "enc": read_rows(Customer, ctx.read_rows),
-                    "fernet": read_rows(CustomerFernet, ctx.read_rows),
-                }
-            )
+        reads = [read_pass(ctx, rep + 1) for rep in range(ctx.runs)]
         profile = []
         ctx.profile_rows = min(ctx.read_rows, 50_000)
-        if statistics.median(r["enc"] / r["plain"] for r in reads) > 1.25:
+        if "customer" in ctx.models and read_ratio(reads, "customer", "enc", "binary") > READ_TARGET_BINARY:
             log(f"encrypted read target missed: cProfile of one {ctx.profile_rows:,}-row read")
-            profile = read_profile(Customer, ctx.profile_rows)
+            profile = read_profile(SHAPES["customer"].model(), ctx.profile_rows)
         runs = [repetition(ctx, rep + 1) for rep in range(ctx.runs)]
-        text = report(ctx, runs, reads, baseline, info, profile)
+        from bench import fillfactor
+
+        fill = (
+            fillfactor.run(ctx, Meter, child, rotate, log)
+            if ctx.fillfactors and "person" in ctx.models
+            else []
+        )
+        text = report(ctx, runs, reads, baseline, info, profile, fill)
         connection.close()
 
     out_dir = Path(args.out)

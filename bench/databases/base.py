@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 #: Column kinds of :meth:`BenchDatabase.load` (PostgreSQL's binary COPY type names).
-KINDS = ("int8", "int2", "bytea", "text")
+KINDS = ("int8", "int4", "int2", "bytea", "text", "timestamptz")
 
 
 def sql(query: str, params=None, fetch: bool = True):
@@ -148,10 +148,21 @@ class BenchDatabase(ABC):
     def step_metrics(self, before: dict, after: dict, rows: int) -> dict[str, Any]:
         """The database's own metrics of a step from two snapshots (keys of :attr:`metrics`)."""
 
+    #: Whether :meth:`rewrite_with_fillfactor` can run (the fillfactor experiment).
+    has_fillfactor: ClassVar[bool] = False
+
+    def rewrite_with_fillfactor(self, table: str, fillfactor: int) -> None:
+        """Set the table's fillfactor and rewrite it (and its indexes) so that it takes effect."""
+        raise NotImplementedError(f"{self.name} has no fillfactor")
+
+    def relation_sizes(self, table: str) -> tuple[int, int]:
+        """(heap bytes, bytes of all its indexes) of ``table``."""
+        raise NotImplementedError
+
     @abstractmethod
-    def raw_loop(self, model, crypto_on: bool = True):
-        """The hand-written set-based loop on its own connection: ``.run(target, lo=0)`` moves
-        every row with ``pk > lo`` to ``target`` and returns the count."""
+    def raw_loop(self, model, columns: tuple[str, ...], crypto_on: bool = True):
+        """The hand-written set-based loop on its own connection over the encrypted ``columns``:
+        ``.run(target, lo=0)`` moves every row with ``pk > lo`` to ``target`` and returns the count."""
 
     @staticmethod
     @abstractmethod
@@ -162,12 +173,16 @@ class BenchDatabase(ABC):
 
 class Resealer:
     """AES-256-GCM straight from ``cryptography`` with the library's subkeys: what a hand-written
-    loop does per value (decrypt under the old version, encrypt under the target)."""
+    loop does per value (decrypt under the old version, encrypt under the target).
 
-    def __init__(self, model) -> None:
+    ``columns``: the encrypted fields a row holds, in order; a row is ``(pk, value, version, …)``
+    with a (value, version) pair per column."""
+
+    def __init__(self, model, columns: tuple[str, ...]) -> None:
         from keyrotation import keyring
 
-        self.labels = {c: f"{model._meta.label}.{c}".encode() for c in ("email", "notes")}
+        self.columns = columns
+        self.labels = {c: f"{model._meta.label}.{c}".encode() for c in columns}
         self.keyring = keyring
         self._aes: dict = {}
 
@@ -188,10 +203,22 @@ class Resealer:
         return header + nonce + self.aes(target, col).encrypt(nonce, pt, header + label)
 
     def row(self, row: tuple, target: int) -> tuple:
-        """``(pk, email, email_version, notes, notes_version)`` with both values on ``target``."""
-        pk, e, ev, n, nv = row
-        if ev != target:
-            e, ev = self.reseal(e, ev, "email", target), target
-        if nv != target:
-            n, nv = self.reseal(n, nv, "notes", target), target
-        return pk, e, ev, n, nv
+        """``row`` with every value on ``target``."""
+        out = [row[0]]
+        for k, col in enumerate(self.columns):
+            token, version = row[1 + 2 * k], row[2 + 2 * k]
+            if version != target:
+                token, version = self.reseal(token, version, col, target), target
+            out += (token, version)
+        return tuple(out)
+
+
+def select_pending(table: str, columns: tuple[str, ...]) -> str:
+    """The hand-written loop's claim (``%s`` placeholders: the target once per column, the last
+    pk, the batch size)."""
+    read = ", ".join(f"{c}, {c}_key_version" for c in columns)
+    pending = " OR ".join(f"{c}_key_version <> %s" for c in columns)
+    return (
+        f"SELECT id, {read} FROM {table} WHERE ({pending}) AND id > %s "
+        "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+    )

@@ -23,7 +23,17 @@ from typing import Any
 
 from tests import servers
 
-from .base import CLIENT_CPU, DB_CPU, BenchDatabase, Metric, Resealer, one, process_cpu_seconds, sql
+from .base import (
+    CLIENT_CPU,
+    DB_CPU,
+    BenchDatabase,
+    Metric,
+    Resealer,
+    one,
+    process_cpu_seconds,
+    select_pending,
+    sql,
+)
 
 REDO = Metric("redo_per_row", "redo bytes/row")
 ROWS_READ = Metric("rows_read_per_row", "rows read/row", 2)
@@ -139,8 +149,8 @@ class MariaDB(BenchDatabase):
             "tmp_writes_per_row": per_row("tmp_writes"),
         }
 
-    def raw_loop(self, model, crypto_on: bool = True) -> RawLoop:
-        return RawLoop(self.url, model, crypto_on)
+    def raw_loop(self, model, columns: tuple[str, ...], crypto_on: bool = True) -> RawLoop:
+        return RawLoop(self.url, model, columns, crypto_on)
 
     @staticmethod
     def backend_task(cursor) -> int | None:
@@ -166,7 +176,7 @@ class RawLoop:
     see ``keyrotation/engine/dialects/mysql.py`` for why), without its guards, as the PostgreSQL
     loop is the engine's ``unnest`` statement without them."""
 
-    def __init__(self, url: str, model, crypto_on: bool = True, batch: int = 2000):
+    def __init__(self, url: str, model, columns: tuple[str, ...], crypto_on: bool = True, batch: int = 2000):
         import MySQLdb
 
         s = servers.database_settings(url)
@@ -174,31 +184,34 @@ class RawLoop:
             host=s["HOST"], port=int(s["PORT"]), user=s["USER"], password=s["PASSWORD"],
             database=s["NAME"], charset="utf8mb4", autocommit=False,
         )  # fmt: skip
-        self.table = model._meta.db_table
+        self.table, self.columns = model._meta.db_table, columns
         self.crypto_on, self.batch = crypto_on, batch
-        self.resealer = Resealer(model)
+        self.resealer = Resealer(model, columns)
 
     def _update(self, rows: list[tuple]) -> str:
-        values = ", ".join(f"({pk}, X'{e.hex()}', {ev}, X'{n.hex()}', {nv})" for pk, e, ev, n, nv in rows)
+        pairs = range(len(self.columns))
+        values = ", ".join(
+            "("
+            + ", ".join([str(row[0]), *(f"X'{row[1 + 2 * k].hex()}', {row[2 + 2 * k]}" for k in pairs)])
+            + ")"
+            for row in rows
+        )
         ids = ", ".join(str(row[0]) for row in rows)
+        names = ", ".join(f"c{k}, k{k}" for k in pairs)
+        sets = ", ".join(f"t.{c} = v.c{k}, t.{c}_key_version = v.k{k}" for k, c in enumerate(self.columns))
         return (
             "SET STATEMENT in_predicate_conversion_threshold = 0 FOR "
             f"UPDATE {self.table} AS t FORCE INDEX (PRIMARY) STRAIGHT_JOIN "
-            f"(WITH v (id, e, ev, n, nv) AS (VALUES {values}) SELECT * FROM v) AS v ON t.id = v.id "
-            "SET t.email = v.e, t.email_key_version = v.ev, t.notes = v.n, t.notes_key_version = v.nv "
-            f"WHERE t.id IN ({ids})"
+            f"(WITH v (id, {names}) AS (VALUES {values}) SELECT * FROM v) AS v ON t.id = v.id "
+            f"SET {sets} WHERE t.id IN ({ids})"
         )
 
     def run(self, target: int, lo: int = 0) -> int:
-        select = (
-            f"SELECT id, email, email_key_version, notes, notes_key_version FROM {self.table} "
-            "WHERE (email_key_version <> %s OR notes_key_version <> %s) AND id > %s "
-            "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
-        )
+        select = select_pending(self.table, self.columns)
         done, last = 0, lo
         with self.conn.cursor() as cur:
             while True:
-                cur.execute(select, [target, target, last, self.batch])
+                cur.execute(select, [*(target for _ in self.columns), last, self.batch])
                 rows = cur.fetchall()
                 if not rows:
                     self.conn.commit()
@@ -206,7 +219,10 @@ class RawLoop:
                 if self.crypto_on:
                     new = [self.resealer.row(row, target) for row in rows]
                 else:
-                    new = [(pk, _flip(e), ev, _flip(n), nv) for pk, e, ev, n, nv in rows]
+                    new = [
+                        tuple(v if k == 0 or k % 2 == 0 else _flip(v) for k, v in enumerate(row))
+                        for row in rows
+                    ]
                 cur.execute(self._update(new))
                 self.conn.commit()
                 done += len(rows)

@@ -13,7 +13,7 @@ from typing import Any
 
 from tests import servers
 
-from .base import CLIENT_CPU, DB_CPU, BenchDatabase, Metric, Resealer, one, sql
+from .base import CLIENT_CPU, DB_CPU, BenchDatabase, Metric, Resealer, one, select_pending, sql
 
 WAL = Metric("wal_per_row", "WAL bytes/row")
 HOT = Metric("hot_percent", "HOT updates", 0, " %")
@@ -136,8 +136,19 @@ class PostgreSQL(BenchDatabase):
             "hot_percent": 100.0 * hot / updates if updates else None,
         }
 
-    def raw_loop(self, model, crypto_on: bool = True) -> RawLoop:
-        return RawLoop(self.url, model, crypto_on)
+    has_fillfactor = True
+
+    def rewrite_with_fillfactor(self, table: str, fillfactor: int) -> None:
+        # A new fillfactor applies to pages written from then on; VACUUM FULL rewrites every page
+        # (and rebuilds every index) under it.
+        sql(f"ALTER TABLE {table} SET (fillfactor = {int(fillfactor)})", fetch=False)
+        sql(f"VACUUM (FULL, ANALYZE) {table}", fetch=False)
+
+    def relation_sizes(self, table: str) -> tuple[int, int]:
+        return tuple(sql("SELECT pg_relation_size(%s), pg_indexes_size(%s)", [table, table])[0])
+
+    def raw_loop(self, model, columns: tuple[str, ...], crypto_on: bool = True) -> RawLoop:
+        return RawLoop(self.url, model, columns, crypto_on)
 
     @staticmethod
     def backend_task(cursor) -> int | None:
@@ -151,41 +162,36 @@ class RawLoop:
     ``crypto_on`` it writes every row back unchanged (PostgreSQL still writes a new row version
     of each: the database's cost of the write)."""
 
-    def __init__(self, dsn: str, model, crypto_on: bool = True, batch: int = 2000):
+    def __init__(self, dsn: str, model, columns: tuple[str, ...], crypto_on: bool = True, batch: int = 2000):
         import psycopg
 
         self.conn = psycopg.connect(dsn.replace("postgres://", "postgresql://"), autocommit=True)
-        self.table = model._meta.db_table
+        self.table, self.columns = model._meta.db_table, columns
         self.crypto_on, self.batch = crypto_on, batch
-        self.resealer = Resealer(model)
+        self.resealer = Resealer(model, columns)
 
     def run(self, target: int, lo: int = 0) -> int:
-        t = self.table
-        select = (
-            f"SELECT id, email, email_key_version, notes, notes_key_version FROM {t} "
-            f"WHERE (email_key_version <> %s OR notes_key_version <> %s) AND id > %s "
-            f"ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
-        )
-        update = (
-            f"UPDATE {t} AS t SET email = v.e, email_key_version = v.ev, notes = v.n, notes_key_version = v.nv "
-            f"FROM unnest(%b::bigint[], %b::bytea[], %b::smallint[], %b::bytea[], %b::smallint[]) "
-            f"AS v(id, e, ev, n, nv) WHERE t.id = v.id"
-        )
+        t, cols = self.table, self.columns
+        select = select_pending(t, cols)
+        sets = ", ".join(f"{c} = v.c{k}, {c}_key_version = v.k{k}" for k, c in enumerate(cols))
+        arrays = ", ".join("%b::bytea[], %b::smallint[]" for _ in cols)
+        names = ", ".join(f"c{k}, k{k}" for k in range(len(cols)))
+        update = f"UPDATE {t} AS t SET {sets} FROM unnest(%b::bigint[], {arrays}) AS v(id, {names}) WHERE t.id = v.id"
         done, last = 0, lo
         with self.conn.cursor() as cur:
             while True:
                 with self.conn.transaction():
-                    cur.execute(select, [target, target, last, self.batch], binary=True)
+                    cur.execute(select, [*(target for _ in cols), last, self.batch], binary=True)
                     rows = cur.fetchall()
                     if not rows:
                         return done
-                    cols: list[list] = [[], [], [], [], []]
+                    arrays_: list[list] = [[] for _ in range(1 + 2 * len(cols))]
                     for row in rows:
                         if self.crypto_on:
                             row = self.resealer.row(row, target)  # noqa: PLW2901
                         for k, v in enumerate(row):
-                            cols[k].append(v)
-                    cur.execute(update, cols, binary=True)
+                            arrays_[k].append(v)
+                    cur.execute(update, arrays_, binary=True)
                     done += len(rows)
                     last = rows[-1][0]
 
