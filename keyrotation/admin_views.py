@@ -169,7 +169,9 @@ class ControlView(_AdminView):
 class StartForm(forms.Form):
     """The start button's options: how many jobs share the run, and an optional rate per job."""
 
-    workers = forms.IntegerField(min_value=1, max_value=16, initial=1, help_text="jobs sharing the run (1-16)")
+    workers = forms.IntegerField(
+        min_value=1, max_value=16, initial=1, help_text="jobs sharing the run (1-16)"
+    )
     rate = forms.FloatField(
         required=False, min_value=0.001, help_text="rows per second per job; empty for no limit"
     )

@@ -87,7 +87,9 @@ def test_without_a_backend_the_page_names_the_command_and_the_setting(operator, 
     assert not ReencryptionRun.objects.exists()
 
 
-def test_the_form_needs_the_control_permission_and_a_post_without_it_is_403(settings, operator, viewer, pending):
+def test_the_form_needs_the_control_permission_and_a_post_without_it_is_403(
+    settings, operator, viewer, pending
+):
     task_backend(settings, "django")
     assert 'id="kr-start-form"' in page(operator) and "Django tasks" in page(operator)
     assert 'id="kr-start-form"' not in page(viewer)

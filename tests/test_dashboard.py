@@ -240,7 +240,9 @@ def test_start_option_follows_the_rows_the_run_and_the_backend(keys, settings, m
     start = dashboard.build().start
     assert start.possible and start.offered and start.backend_label == "Django tasks"
 
-    run = ReencryptionRun.objects.create(status="paused", scope="*", targets={"default/encrypt": 2}, rows_total=5)
+    run = ReencryptionRun.objects.create(
+        status="paused", scope="*", targets={"default/encrypt": 2}, rows_total=5
+    )
     start = dashboard.build().start
     assert (start.open_run, start.possible, start.offered) == (run.pk, False, False)
     run.status = "aborted"
@@ -251,7 +253,10 @@ def test_start_option_follows_the_rows_the_run_and_the_backend(keys, settings, m
     monkeypatch.setitem(sys.modules, "celery", None)  # not installed
     start = dashboard.build().start
     assert not start.possible and start.offered
-    assert start.problem == 'KEYROTATION["TASK_BACKEND"] is \'celery\': install celery ("django-keyrotation[celery]")'
+    assert (
+        start.problem
+        == 'KEYROTATION["TASK_BACKEND"] is \'celery\': install celery ("django-keyrotation[celery]")'
+    )
     settings.KEYROTATION = {**settings.KEYROTATION, "TASK_BACKEND": "rq"}
     start = dashboard.build().start
     assert start.backend is None and "must be None" in start.problem and not start.possible

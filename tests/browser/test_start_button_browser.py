@@ -32,13 +32,14 @@ def bar_percent(browser) -> float:
     return reading(lambda: float(browser.find_element("id", "kr-run-bar").get_attribute("aria-valuenow")))
 
 
-def test_start_in_the_browser_runs_on_a_celery_worker(live_server, admin_login, keys, settings, start_workers):  # noqa: F811
+def test_start_in_the_browser_runs_on_a_celery_worker(live_server, admin_login, keys, settings, request):
     if connection.vendor == "sqlite":
         pytest.skip("the worker process must share the database with the live server: a server database")
+    spawn = request.getfixturevalue("start_workers")  # the harness of tests.test_contrib_celery
     settings.KEYROTATION = {**settings.KEYROTATION, "TASK_BACKEND": "celery"}
     people(ROWS)
     rotate_all()
-    start_workers(1)
+    spawn(1)
 
     browser = admin_login()
     browser.get(live_server.url + STATUS_PATH)
@@ -72,4 +73,6 @@ def test_start_in_the_browser_runs_on_a_celery_worker(live_server, admin_login, 
     [run] = ReencryptionRun.objects.all()
     assert (run.status, run.actor) == ("finished", "admin:ops")
     # Nothing left to do: no form and no hint.
-    assert not browser.find_elements("id", "kr-start-form") and not browser.find_elements("id", "kr-start-hint")
+    assert not browser.find_elements("id", "kr-start-form") and not browser.find_elements(
+        "id", "kr-start-hint"
+    )
