@@ -32,10 +32,14 @@ def bar_percent(browser) -> float:
     return reading(lambda: float(browser.find_element("id", "kr-run-bar").get_attribute("aria-valuenow")))
 
 
-def test_start_in_the_browser_runs_on_a_celery_worker(live_server, admin_login, keys, settings, request):
+def test_start_in_the_browser_runs_on_a_celery_worker(
+    live_server, admin_login, keys, settings, redis_url, request
+):
     if connection.vendor == "sqlite":
         pytest.skip("the worker process must share the database with the live server: a server database")
-    spawn = request.getfixturevalue("start_workers")  # the harness of tests.test_contrib_celery
+    # The harness of tests.test_contrib_celery; redis_url (session) first puts the broker in the
+    # environment that the shared database hands to the worker processes.
+    spawn = request.getfixturevalue("start_workers")
     settings.KEYROTATION = {**settings.KEYROTATION, "TASK_BACKEND": "celery"}
     people(ROWS)
     rotate_all()
