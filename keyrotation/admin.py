@@ -245,6 +245,11 @@ class ReencryptionRunAdmin(ReadOnlyAdmin):
                 name="keyrotation_status_json",
             ),
             path(
+                "start/",
+                view(admin_views.StartView.as_view(model_admin=self)),
+                name="keyrotation_start",
+            ),
+            path(
                 # Only the three actions: a catch-all <str:action> would swallow "<id>/change/".
                 "<int:run_id>/<keyrotation_run_action:action>/",
                 view(admin_views.ControlView.as_view(model_admin=self)),

@@ -1,6 +1,8 @@
-"""The rotation status page, its JSON twin, and the pause / resume / abort endpoints.
+"""The rotation status page, its JSON twin, the pause / resume / abort endpoints and the start
+button.
 
-Thin views over :func:`keyrotation.dashboard.build` and ``engine.pause/resume/abort``. Served under the
+Thin views over :func:`keyrotation.dashboard.build`, ``engine.pause/resume/abort`` and
+:func:`keyrotation.background.start_reencryption`. Served under the
 ReencryptionRun admin (``<admin>/keyrotation/reencryptionrun/status/``) so they exist on every
 AdminSite the admins are registered on. Seeing the page takes the view permission on runs;
 the buttons and the control endpoints take ``keyrotation.control_reencryptionrun``.
@@ -8,6 +10,9 @@ the buttons and the control endpoints take ``keyrotation.control_reencryptionrun
 
 from __future__ import annotations
 
+import logging
+
+from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponseRedirect, JsonResponse
@@ -15,9 +20,11 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.views import View
 
-from . import dashboard, engine
+from . import background, dashboard, engine
 from .engine import runs
 from .exceptions import EngineDatabaseError, KeyRotationError, NoActiveKey, RunNotFound
+
+logger = logging.getLogger(__name__)
 
 CONTROL_PERMISSION = "keyrotation.control_reencryptionrun"
 ACTIONS = {"pause": engine.pause, "resume": engine.resume, "abort": engine.abort}
@@ -113,6 +120,8 @@ class StatusView(_AdminView):
             "run": run,
             "chart": _chart(run),
             "can_control": request.user.has_perm(CONTROL_PERMISSION),
+            "start": board.start,
+            "start_form": StartForm() if board.start.possible else None,
             "buttons": _buttons(run.run.status if run else None),
             "refresh": REFRESH_SECONDS if run and run.run.status in ("running", "paused") else None,
             "json_url": reverse(f"{site.name}:keyrotation_status_json"),
@@ -126,10 +135,13 @@ class StatusJSONView(_AdminView):
 
     def get(self, request):
         try:
-            return JsonResponse(dashboard.build().as_dict())
+            data = dashboard.build().as_dict()
         except UNAVAILABLE as exc:
             return JsonResponse({"error": _unavailable(exc)}, status=503)
-
+        # Possible for this user: the dashboard knows the backend and the rows, not who asks.
+        allowed = request.user.has_perm(CONTROL_PERMISSION)
+        data["start"] = {**data["start"], "can_start": data["start"]["can_start"] and allowed}
+        return JsonResponse(data)
 
 
 class ControlView(_AdminView):
@@ -152,3 +164,82 @@ class ControlView(_AdminView):
         else:
             messages.success(request, f"Run #{run.pk} is now {run.status}.")
         return HttpResponseRedirect(reverse(f"{self.model_admin.admin_site.name}:keyrotation_status"))
+
+
+class StartForm(forms.Form):
+    """The start button's options: how many jobs share the run, and an optional rate per job."""
+
+    workers = forms.IntegerField(
+        min_value=1, max_value=16, initial=1, help_text="jobs sharing the run (1-16)"
+    )
+    rate = forms.FloatField(
+        required=False, min_value=0.001, help_text="rows per second per job; empty for no limit"
+    )
+
+
+def _start_error(exc: Exception, backend: str | None) -> str:
+    """One line for a start that failed. The messages of this app's errors and of argument checks
+    are safe to show; a broker's or a task framework's are not (they may name a broker URL with
+    its password), so those are named by their class only."""
+    if isinstance(exc, (KeyRotationError, TypeError, ValueError)):
+        return f"Nothing was queued: {exc}"
+    where = dashboard.BACKEND_NAMES.get(backend or "", backend)
+    return (
+        f"Nothing was queued: {where} refused the jobs ({type(exc).__name__}). "
+        "Check that its broker or task store is reachable, then try again."
+    )
+
+
+class StartView(_AdminView):
+    """POST: queue a re-encryption run on the configured task backend. Records nothing itself: the
+    engine audits the run when the first job opens it. A run already open refuses a second start,
+    and jobs queued by a double click join one run (the engine's open lock)."""
+
+    http_method_names = ["post"]
+
+    def post(self, request):
+        if not request.user.has_perm(CONTROL_PERMISSION):
+            raise PermissionDenied
+        back = HttpResponseRedirect(reverse(f"{self.model_admin.admin_site.name}:keyrotation_status"))
+        try:
+            option = dashboard.build().start
+        except UNAVAILABLE as exc:
+            messages.error(request, _unavailable(exc))
+            return back
+        if option.open_run is not None:
+            messages.warning(request, f"Run #{option.open_run} is already open: nothing was queued.")
+            return back
+        if not option.pending:
+            messages.info(request, "Every row is on the active key versions: nothing was queued.")
+            return back
+        if option.backend is None or option.problem is not None:
+            messages.error(request, option.problem or NO_BACKEND)
+            return back
+        form = StartForm(request.POST)
+        if not form.is_valid():
+            errors = "; ".join(f"{name}: {' '.join(e)}" for name, e in form.errors.items())
+            messages.error(request, f"Nothing was queued: {errors}")
+            return back
+        try:
+            started = background.start_reencryption(
+                workers=form.cleaned_data["workers"],
+                rate=form.cleaned_data["rate"],
+                actor=f"admin:{request.user.get_username()}",
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure is one line for the operator, never a 500
+            logger.warning("start of a re-encryption on %s failed: %s", option.backend, type(exc).__name__)
+            messages.error(request, _start_error(exc, option.backend))
+            return back
+        n = len(started.task_ids)
+        messages.success(
+            request,
+            f"Queued {n} re-encryption job{'s' if n != 1 else ''} on "
+            f"{dashboard.BACKEND_NAMES[started.backend]} (ids {', '.join(started.task_ids)}).",
+        )
+        return back
+
+
+NO_BACKEND = (
+    'No task backend is configured (KEYROTATION["TASK_BACKEND"]): start the run with '
+    "manage.py reencrypt (--workers N for several processes)."
+)

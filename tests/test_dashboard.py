@@ -4,6 +4,7 @@ retire-gate line, the rate series, the run history; and the page's ``ago`` filte
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
@@ -195,7 +196,14 @@ def test_build_gives_keys_overall_run_rate_and_history(keys, settings, monkeypat
     assert [g.line for g in key.gates] == ["v1: no rows left — can be retired"]
 
     data = json.loads(json.dumps(board.as_dict()))
-    assert set(data) == {"generated_at", "overall", "models", "run", "history", "keys", "columns"}
+    assert set(data) == {"generated_at", "overall", "models", "run", "history", "keys", "columns", "start"}
+    assert data["start"] == {  # nothing left to do, and no backend configured
+        "can_start": False,
+        "backend": None,
+        "problem": None,
+        "pending": False,
+        "open_run": None,
+    }
     assert data["run"]["id"] == run.pk and data["run"]["outcome"] == "done" and data["run"]["rate"]
     assert {"at", "seconds", "rows", "rows_per_second"} == set(data["run"]["rate"][0])
     assert data["keys"][0]["retire"][0]["allowed"] is True and data["keys"][0]["age"]["due_at"]
@@ -221,3 +229,34 @@ def test_no_run_yet(keys):
     assert [g for k in board.keys for g in k.gates] == []  # no version but the active one
     assert all(not m.columns for m in board.models)
     assert board.as_dict()["run"] is None
+
+
+def test_start_option_follows_the_rows_the_run_and_the_backend(keys, settings, monkeypatch):
+    Person.objects.bulk_create(Person(name=f"p{i}", email=f"p{i}@example.com") for i in range(5))
+    assert dashboard.build().start == dashboard.StartOption(None, None, pending=False, open_run=None)
+    rotate()
+    assert dashboard.build().start == dashboard.StartOption(None, None, pending=True, open_run=None)
+    settings.KEYROTATION = {**settings.KEYROTATION, "TASK_BACKEND": "django"}
+    start = dashboard.build().start
+    assert start.possible and start.offered and start.backend_label == "Django tasks"
+
+    run = ReencryptionRun.objects.create(
+        status="paused", scope="*", targets={"default/encrypt": 2}, rows_total=5
+    )
+    start = dashboard.build().start
+    assert (start.open_run, start.possible, start.offered) == (run.pk, False, False)
+    run.status = "aborted"
+    run.save()
+    assert dashboard.build().start.possible  # the last run ended: a new one may start
+
+    settings.KEYROTATION = {**settings.KEYROTATION, "TASK_BACKEND": "celery"}
+    monkeypatch.setitem(sys.modules, "celery", None)  # not installed
+    start = dashboard.build().start
+    assert not start.possible and start.offered
+    assert (
+        start.problem
+        == 'KEYROTATION["TASK_BACKEND"] is \'celery\': install celery ("django-keyrotation[celery]")'
+    )
+    settings.KEYROTATION = {**settings.KEYROTATION, "TASK_BACKEND": "rq"}
+    start = dashboard.build().start
+    assert start.backend is None and "must be None" in start.problem and not start.possible

@@ -10,7 +10,9 @@ template. It reads what the rest of the app already knows, and decides nothing i
   (:mod:`keyrotation.engine.samples`) and the runs before it;
 * each active key's age against the rotation policy (:func:`keyrotation.policy.status`), and
   for each version that still decrypts, what ``rotatekeys --retire`` would answer right now
-  (:func:`keyrotation.gates.retire`, the gate itself, not a copy of its rules).
+  (:func:`keyrotation.gates.retire`, the gate itself, not a copy of its rules);
+* whether a re-encryption can be started in the background (:mod:`keyrotation.background`):
+  :class:`StartOption`.
 
 Counts, versions, times and labels only: no stored value and no key material ever reaches it.
 """
@@ -28,8 +30,10 @@ from ..engine import plan
 from .columns import ColumnFigures, ModelFigures, Overall, Share, column_figures, fold, overall
 from .keys import KeyFigures, RetireGate, key_figures, retire_gate
 from .run import OUTCOMES, PastRun, RunFigures, duration_text, latest, past_runs
+from .start import BACKEND_NAMES, StartOption, start_option
 
 __all__ = [
+    "BACKEND_NAMES",
     "OUTCOMES",
     "ColumnFigures",
     "Dashboard",
@@ -40,6 +44,7 @@ __all__ = [
     "RetireGate",
     "RunFigures",
     "Share",
+    "StartOption",
     "build",
     "column_figures",
     "duration_text",
@@ -48,6 +53,7 @@ __all__ = [
     "overall",
     "past_runs",
     "retire_gate",
+    "start_option",
 ]
 
 
@@ -62,6 +68,7 @@ class Dashboard:
     keys: tuple[KeyFigures, ...]
     columns: tuple[dict[str, Any], ...]
     generated_at: datetime
+    start: StartOption
 
     @property
     def empty_models(self) -> tuple[ModelFigures, ...]:
@@ -70,7 +77,8 @@ class Dashboard:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready. ``columns`` and ``run`` keep the keys of :func:`keyrotation.engine.status`
-        (``run`` adds ``outcome``, ``percent`` and ``rate``)."""
+        (``run`` adds ``outcome``, ``percent`` and ``rate``); ``start`` is
+        :meth:`StartOption.as_dict`."""
         return {
             "generated_at": self.generated_at.isoformat(),
             "overall": [o.as_dict() for o in self.overall],
@@ -79,6 +87,7 @@ class Dashboard:
             "history": [r.as_dict() for r in self.history],
             "keys": [k.as_dict() for k in self.keys],
             "columns": list(self.columns),
+            "start": self.start.as_dict(),
         }
 
 
@@ -88,12 +97,14 @@ def build(now: datetime | None = None) -> Dashboard:
     keyring.invalidate()
     census = plan.census_rows()
     run = latest()
+    totals = overall(census)
     return Dashboard(
-        overall=overall(census),
+        overall=totals,
         models=fold(census),
         run=run,
         history=past_runs(None if run is None else run.run),
         keys=key_figures(census, now),
         columns=tuple(census),
         generated_at=now,
+        start=start_option(totals, run),
     )
