@@ -14,17 +14,11 @@ def _is_person(app_label: str, model_name: str | None) -> bool:
     return (app_label, model_name) == PERSON
 
 
-# Apps whose tables are created on every alias: django-tasks-db's migrations inspect their own
-# tables without asking the router, and fail on MySQL/MariaDB where the router kept them away.
-EVERYWHERE = frozenset({"django_tasks_database"})  # the app label of django_tasks_db
-
-
 class DefaultOnly:
-    """Every model on ``default``; the other aliases hold nothing (but the tables of
-    :data:`EVERYWHERE`, which stay empty there)."""
+    """Every model on ``default``; the other aliases hold nothing."""
 
     def allow_migrate(self, db, app_label, model_name=None, **hints):
-        return db == "default" or app_label in EVERYWHERE
+        return db == "default"
 
 
 class PersonOnOther:
