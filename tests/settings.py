@@ -92,9 +92,10 @@ else:
 
     INSTALLED_APPS += [*(["django_tasks"] if django.VERSION < (6, 0) else []), "django_tasks_db"]
     TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
-    # Its tables are made from the models, not by its migrations: migration 0019 inspects its table
-    # without asking the router, which fails on a MySQL/MariaDB alias the router keeps empty.
-    MIGRATION_MODULES = {"django_tasks_database": None}
+    # On MySQL/MariaDB its tables are made from the models, not by its migrations: migration 0019
+    # inspects its table without asking the router, which fails on an alias the router keeps empty.
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
+        MIGRATION_MODULES = {"django_tasks_database": None}
 
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
