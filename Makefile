@@ -1,7 +1,7 @@
 # Development entry points. Only Python is needed: everything else goes into .venv.
 #   make demo                     run the example project (SQLite, local master key)
-#   make test [ARGS="-k crypto"]  SQLite + PostgreSQL + OpenBao + Redis + docs build (scripts/runtests.py)
-#   make test-mysql [ARGS=...]    the MariaDB phase (opt-in for now; installs mysqlclient)
+#   make test [ARGS="-k crypto"]  SQLite + PostgreSQL + MariaDB + OpenBao + docs build (scripts/runtests.py)
+#   make test-mysql [ARGS=...]    only the MariaDB phase (installs mysqlclient)
 #   make bench [ROWS=100000]      re-encryption and read benchmarks (bench/run.py); results in bench/results/
 #   make bench DB=mysql           the same on a throwaway MariaDB (installs mysqlclient); default DB=postgresql
 #   make bench MODELS=person FILLFACTOR=   a quick run: the real-shaped model only, no fillfactor experiment

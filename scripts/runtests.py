@@ -3,8 +3,8 @@
 
     python scripts/runtests.py [--skip PHASE]... [--only PHASE]... [-- PYTEST_ARGS...]
 
-Phases: ``sqlite``, ``postgres``, ``mysql``, ``docs``; all but ``mysql`` run by default
-(``--only mysql`` or ``make test-mysql`` runs the MariaDB phase).
+Phases: ``sqlite``, ``postgres``, ``mysql``, ``docs``; all run by default (``--only mysql`` or
+``make test-mysql`` runs the MariaDB phase alone, ``--skip mysql`` leaves it out).
 
 Starts a throwaway PostgreSQL cluster, MariaDB server and OpenBao server on loopback
 (``tests/servers.py``) as the phases need them, unless the environment already names yours:
@@ -45,9 +45,6 @@ from scripts import mysql_driver  # noqa: E402
 from tests import servers  # noqa: E402
 
 PHASES = ("sqlite", "postgres", "mysql", "docs")
-# Run only when named by --only (make test-mysql): the whole suite in one MariaDB run still has
-# order-dependent failures (reliability, outage and Django tasks tests) that pass run alone.
-OPT_IN = ("mysql",)
 TEST_PHASES = ("sqlite", "postgres", "mysql")  # the phases that run pytest
 REQUIRE_MYSQL_ENV = "KEYROTATION_REQUIRE_MYSQL"
 VAULT_ADDR_ENV, VAULT_TOKEN_ENV = servers.VAULT_ADDR_ENV, servers.VAULT_TOKEN_ENV
@@ -212,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def select_phases(only: list[str], skip: list[str]) -> list[str]:
-    """The phases to run, in order: ``only`` if given, else all but the opt-in ones; minus ``skip``."""
-    chosen = set(only) if only else set(PHASES) - set(OPT_IN)
+    """The phases to run, in order: ``only`` if given, else all of them; minus ``skip``."""
+    chosen = set(only) if only else set(PHASES)
     return [p for p in PHASES if p in chosen and p not in skip]
 
 
