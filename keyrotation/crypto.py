@@ -271,6 +271,11 @@ class Cipher:
     def __repr__(self) -> str:
         return f"<Cipher v{self.version}>"
 
+    @property
+    def header(self) -> bytes:
+        """The format-0x01 header of this version's tokens (the first ``HEADER_BYTES`` of each)."""
+        return self._header
+
     def encrypt(self, plaintext: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
         return self._header + nonce + self._aead.encrypt(nonce, plaintext, self._aad)

@@ -329,3 +329,23 @@ def test_labels_and_kept_ciphers_are_per_concrete_model():
         assert (one.label, two.label) == ("testapp.One.secret", "testapp.Two.secret")
         assert base_field.label == "testapp.Base.secret"
         assert one._ciphers is not two._ciphers and one._ciphers is not base_field._ciphers
+
+
+def test_a_loaded_value_parses_its_key_version_only_when_asked_and_pickles_either_way(keys):
+    person = Person.objects.create(email="a@example.com")
+    sealed = fresh(person).__dict__["email"]
+    assert isinstance(sealed, Sealed)
+    with pytest.raises(AttributeError):
+        object.__getattribute__(sealed, "version")  # the read path never parsed it
+    import pickle
+
+    unparsed = pickle.loads(pickle.dumps(sealed))  # noqa: S301 - pickled here
+    assert (unparsed.token, unparsed.field) == (sealed.token, sealed.field)
+    assert sealed.version == 1 and unparsed.version == 1
+    parsed = pickle.loads(pickle.dumps(sealed))  # noqa: S301 - pickled here, version included
+    assert object.__getattribute__(parsed, "version") == 1
+    assert repr(parsed) == f"<encrypted {sealed.field.label} (key version 1)>"
+    malformed = Sealed(b"\x07junk", sealed.field)
+    assert malformed.version is None
+    with pytest.raises(AttributeError):
+        malformed.nonexistent  # noqa: B018 - only "version" is computed

@@ -45,6 +45,8 @@ from . import adoption, binding, lookups, options
 from .companion import add_version_field, is_historical, public_path
 from .sealed import NOT_ADOPTED, Sealed
 
+HEADER_BYTES = crypto.HEADER_BYTES
+
 # The keyring cache, whose generation tells a field whether the ciphers it kept are still current.
 _KEYRINGS = keyring.CACHE
 
@@ -179,6 +181,9 @@ class EncryptedField(models.Field):
         # (abstract inheritance) never shares a parent's label or ciphers.
         self._label: str | None = None
         self._ciphers: dict[int, tuple[crypto.Cipher, float, int]] = {}
+        # ... and for the read path, the same by the token header that names the version:
+        # {header bytes: (cipher.decrypt, expires_at, keyring generation)}.
+        self._openers: dict[bytes, tuple[Any, float, int]] = {}
         # With bind_to: the bound field, and its canonical encoder (codecs.encoder), found once.
         self._bound: models.Field | None = None
         self._encode_bound: Any = None
@@ -374,30 +379,36 @@ class EncryptedField(models.Field):
     def _open(self, sealed: Sealed, pk: Any, instance: models.Model | None) -> Any:
         """:meth:`open`; given ``instance``, its pk is read only for an error message.
 
-        The hot path: the cipher this field kept for the version, while the keyring listing it came
-        from is still the cached one and within its TTL (else it is asked again, with every check:
-        state, unknown version reload, TTL), then AES-GCM and the base field's decoder.
+        The hot path: the cipher this field kept for the token's header (format and key version,
+        compared as bytes: no parse), while the keyring listing it came from is still the cached
+        one and within its TTL (else it is asked again, with every check: state, unknown version
+        reload, TTL), then AES-GCM and the base field's decoder.
         """
-        version = sealed.version
-        entry = self._ciphers.get(version)  # type: ignore[arg-type]
+        token = sealed.token
+        entry = self._openers.get(token[:HEADER_BYTES])
         if entry is None or entry[2] != _KEYRINGS.generation or monotonic() >= entry[1]:
             if instance is not None:
                 pk = instance.pk
+            version = sealed.version
             if version is None:  # the header does not parse
                 return self._open_uncached(sealed, pk)
-            entry = self._cipher_entry(version, pk)
+            cipher, expires_at, generation = self._cipher_entry(version, pk)
+            entry = (cipher.decrypt, expires_at, generation)
+            self._openers[cipher.header] = entry
         try:
-            data = entry[0].decrypt(sealed.token)
+            data = entry[0](token)
         except crypto.InvalidToken:
             pk = instance.pk if instance is not None else pk
-            raise DecryptionError(label=self.label, pk=pk, version=version) from None
+            raise DecryptionError(label=self.label, pk=pk, version=sealed.version) from None
         try:
             return self._decode(data)
         except Exception:  # noqa: BLE001, S110 - any decoder error (a JSONField's decoder class too)
             pass  # raised below, outside the handler: the decoder's error may quote the value
         del data  # the plaintext: this frame is in the traceback of the error
         pk = instance.pk if instance is not None else pk
-        raise DecryptionError("Decrypted value does not decode", label=self.label, pk=pk, version=version)
+        raise DecryptionError(
+            "Decrypted value does not decode", label=self.label, pk=pk, version=sealed.version
+        )
 
     def _open_bound(
         self, sealed: Sealed, instance: models.Model | None, bound_to: bytes | None = None, pk: Any = None

@@ -23,7 +23,18 @@ class Sealed:
             token = bytes(token)
         self.token = token
         self.field = field
-        self.version = crypto.header_version(token) if version is None else version
+        if version is not None:
+            self.version = version
+        # else ``version`` is parsed from the header when first asked (see __getattr__): the read
+        # path finds its cipher by the header's bytes and never asks.
+
+    def __getattr__(self, name: str) -> int | None:
+        """``version`` not yet parsed: the key version in the header, ``None`` if it does not parse."""
+        if name != "version":
+            raise AttributeError(name)
+        version = crypto.header_version(self.token)
+        self.version = version
+        return version
 
     def __repr__(self) -> str:
         return f"<encrypted {self.field.label} (key version {self.version})>"
