@@ -172,6 +172,56 @@ class _Server:
     def stop(self) -> None:
         raise NotImplementedError
 
+    # For a server that runs as one child process (``self._proc``), logging to ``self.log``, its
+    # pid recorded in ``self.pidfile`` for the watchdog.
+    _proc: subprocess.Popen | None
+    log: Path
+    pidfile: Path
+
+    def _spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        """Start ``cmd`` in its own process group (the watchdog armed first), output to the log."""
+        if self._watchdog is None:
+            self._arm_watchdog()
+        with self.log.open("ab") as log:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        self.pidfile.write_text(f"{self._proc.pid}\n")
+
+    def _wait_until(self, ready, what: str, step: float = 0.1) -> None:
+        """Poll ``ready()`` (an ``OSError`` counts as not yet) until it is true; fail with the
+        log's tail if the process exits or ``START_TIMEOUT`` passes."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self._proc is not None and self._proc.poll() is not None:
+                code, self._proc = self._proc.returncode, None
+                raise ServerError(f"{self.name} exited {code}\n{_log_tail(self.log)}")
+            with contextlib.suppress(OSError):
+                if ready():
+                    return
+            if time.monotonic() > deadline:
+                raise ServerError(f"{self.name} not {what} after {START_TIMEOUT}s\n{_log_tail(self.log)}")
+            time.sleep(step)
+
+    def _terminate(self, timeout: float) -> subprocess.Popen | None:
+        """SIGTERM the process group, SIGKILL it if the process is still there after ``timeout``
+        seconds; returns the process (None if none was running)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+        return proc
+
     def cleanup(self) -> None:
         """Stop the server and delete its directory (idempotent)."""
         if self._closed:
@@ -440,65 +490,37 @@ class MariaDBServer(_Server):
         first = not (self.data / "mysql").exists()
         if first:
             self.init()
-        if self._watchdog is None:
-            self._arm_watchdog()
-        with self.log.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [
-                    self.binaries["server"],
-                    "--no-defaults",
-                    f"--datadir={self.data}",
-                    f"--socket={self.socket}",
-                    f"--port={self.port}",
-                    "--bind-address=127.0.0.1",
-                    "--skip-networking=0",
-                    f"--pid-file={self.root / 'mariadbd.pid'}",
-                    f"--log-error={self.log}",
-                    # Its on-disk temporary tables (a multi-table UPDATE's, for one) in its own
-                    # directory, not in a /tmp that other programs tidy up.
-                    f"--tmpdir={self.root}",
-                    "--skip-name-resolve",
-                    "--character-set-server=utf8mb4",
-                    "--collation-server=utf8mb4_unicode_ci",
-                    "--innodb-flush-log-at-trx-commit=0",
-                    "--innodb-doublewrite=0",
-                    "--innodb-buffer-pool-size=128M",
-                    "--max-connections=100",
-                    *self._as_root,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.pidfile.write_text(f"{self._proc.pid}\n")
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self._proc.poll() is not None:
-                code, self._proc = self._proc.returncode, None
-                raise ServerError(f"mariadbd exited {code}\n{_log_tail(self.log)}")
-            with contextlib.suppress(OSError):
-                if self._accepting():
-                    break
-            if time.monotonic() > deadline:
-                raise ServerError(
-                    f"MariaDB not accepting connections after {START_TIMEOUT}s\n{_log_tail(self.log)}"
-                )
-            time.sleep(0.1)
+        self._spawn(
+            [
+                self.binaries["server"],
+                "--no-defaults",
+                f"--datadir={self.data}",
+                f"--socket={self.socket}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                "--skip-networking=0",
+                f"--pid-file={self.root / 'mariadbd.pid'}",
+                f"--log-error={self.log}",
+                # Its on-disk temporary tables (a multi-table UPDATE's, for one) in its own
+                # directory, not in a /tmp that other programs tidy up.
+                f"--tmpdir={self.root}",
+                "--skip-name-resolve",
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_unicode_ci",
+                "--innodb-flush-log-at-trx-commit=0",
+                "--innodb-doublewrite=0",
+                "--innodb-buffer-pool-size=128M",
+                "--max-connections=100",
+                *self._as_root,
+            ]
+        )
+        self._wait_until(self._accepting, "accepting connections")
         if first:
             self._provision()
 
     def stop(self) -> None:
         """Shut down (SIGTERM: InnoDB flushes and exits); SIGKILL after 60 s."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        _kill_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+        self._terminate(60)
 
     def restart(self) -> None:
         """Stop and start again: same data, same port, same user."""
@@ -554,53 +576,27 @@ class RedisServer(_Server):
     def start(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
-        if self._watchdog is None:
-            self._arm_watchdog()
-        with self.log.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [
-                    self.binary,
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--dir",
-                    str(self.root),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "no",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.pidfile.write_text(f"{self._proc.pid}\n")
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self._proc.poll() is not None:
-                code, self._proc = self._proc.returncode, None
-                raise ServerError(f"redis-server exited {code}\n{_log_tail(self.log)}")
-            with contextlib.suppress(OSError):
-                if self._pong():
-                    return
-            if time.monotonic() > deadline:
-                raise ServerError(f"Redis not answering after {START_TIMEOUT}s\n{_log_tail(self.log)}")
-            time.sleep(0.05)
+        self._spawn(
+            [
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.root),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ]
+        )
+        self._wait_until(self._pong, "answering", step=0.05)
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        _kill_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+        self._terminate(15)
 
 
 # Raft is the only persistent storage OpenBao ships; performance_multiplier = 1 makes the
@@ -680,45 +676,23 @@ class OpenBaoServer(_Server):
             status, raw = exc.code, exc.read()
         return status, (json.loads(raw) if raw.strip() else {})
 
-    def _wait(self, ready, what: str) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise ServerError(f"bao exited {self._proc.returncode}\n{_log_tail(self.log)}")
-            with contextlib.suppress(OSError):
-                if ready():
-                    return
-            time.sleep(0.1)
-        raise ServerError(f"OpenBao not {what} after {START_TIMEOUT}s\n{_log_tail(self.log)}")
-
     def start(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
-        if self._watchdog is None:
-            self._arm_watchdog()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
-        with self.log.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [self.binary, "server", f"-config={self.config}", "-log-level=warn"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        self.pidfile.write_text(f"{self._proc.pid}\n")
-        self._wait(lambda: self._request("GET", "sys/seal-status")[0] == 200, "listening")
+        self._spawn([self.binary, "server", f"-config={self.config}", "-log-level=warn"], env=env)
+        self._wait_until(lambda: self._request("GET", "sys/seal-status")[0] == 200, "listening")
         if not self._request("GET", "sys/seal-status")[1].get("initialized"):
             self._initialise()
         # 200 = initialised, unsealed and active.
-        self._wait(lambda: self._request("GET", "sys/health")[0] == 200, "unsealed")
+        self._wait_until(lambda: self._request("GET", "sys/health")[0] == 200, "unsealed")
 
     def _initialise(self) -> None:
         status, body = self._request("PUT", "sys/init", {"recovery_shares": 1, "recovery_threshold": 1})
         if status != 200:
             raise ServerError(f"bao init failed: {status} {body}")
         generated = body["root_token"]
-        self._wait(lambda: self._request("GET", "sys/health")[0] == 200, "unsealed")
+        self._wait_until(lambda: self._request("GET", "sys/health")[0] == 200, "unsealed")
         steps = [
             ("auth/token/create", {"id": self.token, "policies": ["root"], "no_parent": True}, generated),
             ("sys/mounts/transit", {"type": "transit"}, self.token),
@@ -730,16 +704,8 @@ class OpenBaoServer(_Server):
                 raise ServerError(f"bao {path} failed: {status} {body}")
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        _kill_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
-        finally:
+        proc = self._terminate(15)
+        if proc is not None:
             # The group may still hold children of bao after its leader exited.
             _kill_group(proc.pid, signal.SIGKILL)
 
