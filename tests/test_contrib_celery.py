@@ -12,13 +12,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -30,6 +26,7 @@ from keyrotation.models import ReencryptionChunk, ReencryptionRun
 from tests import servers
 from tests.helpers.db import copy_people, person_write_log
 from tests.helpers.shared_db import SharedDatabase, shared_database, wait_for
+from tests.helpers.worker_processes import WorkerProcess, worker_processes
 from tests.reliability_support import LOG, rotate, versions
 from tests.testapp.models import Person
 
@@ -74,70 +71,31 @@ def shared_db(tmp_path) -> SharedDatabase:
     return shared_database(tmp_path)
 
 
-@dataclass
-class Worker:
-    name: str
-    proc: subprocess.Popen
-    log: Path
-    killed: bool = field(default=False)
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool process (one process group)."""
-        self.killed = True
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(30)
-
-    def owns(self, pid: int) -> bool:
-        """Whether ``pid`` (a pool process) belongs to this worker."""
-        try:
-            return os.getpgid(pid) == self.proc.pid
-        except ProcessLookupError:
-            return False
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @pytest.fixture
 def start_workers(shared_db, celery_app, broker, tmp_path):
     """``start_workers(n, **env)``: n worker processes, each ready (answering a ping) on return."""
-    started: list[Worker] = []
+    with worker_processes(tmp_path) as spawn:
 
-    def start(n: int, **env: str) -> list[Worker]:
-        new = []
-        for _ in range(n):
-            name = f"kr-{uuid.uuid4().hex[:8]}@test"
-            log = tmp_path / f"{name}.log"
-            with log.open("wb") as out:
-                proc = subprocess.Popen(
-                    [
-                        *(sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker"),
-                        *("--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO"),
-                        *("--hostname", name, "--without-gossip", "--without-mingle"),
-                    ],
-                    env={**shared_db.env, **env},
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            new.append(Worker(name, proc, log))
-        started.extend(new)
-        waiting, deadline = {w.name for w in new}, time.monotonic() + 90
-        while waiting and time.monotonic() < deadline:
-            for reply in celery_app.control.ping(destination=sorted(waiting), timeout=1.0):
-                waiting -= set(reply)
-            for w in new:
-                assert w.proc.poll() is None, f"worker {w.name} exited:\n{w.text()}"
-        assert not waiting, f"workers not ready: {waiting}"
-        return new
+        def start(n: int, **env: str) -> list[WorkerProcess]:
+            new = []
+            for _ in range(n):
+                name = f"kr-{uuid.uuid4().hex[:8]}@test"
+                argv = [
+                    *(sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker"),
+                    *("--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO"),
+                    *("--hostname", name, "--without-gossip", "--without-mingle"),
+                ]
+                new.append(spawn(name, argv, {**shared_db.env, **env}))
+            waiting, deadline = {w.name for w in new}, time.monotonic() + 90
+            while waiting and time.monotonic() < deadline:
+                for reply in celery_app.control.ping(destination=sorted(waiting), timeout=1.0):
+                    waiting -= set(reply)
+                for w in new:
+                    assert w.proc.poll() is None, f"worker {w.name} exited:\n{w.text()}"
+            assert not waiting, f"workers not ready: {waiting}"
+            return new
 
-    yield start
-    for w in started:
-        w.kill()
+        yield start
 
 
 def results(app, ids: list[str], timeout: float = 120) -> list[dict]:

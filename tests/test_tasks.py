@@ -10,14 +10,9 @@ that same database. The 100,000-row trial runs on PostgreSQL only.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -28,6 +23,7 @@ from keyrotation import keyring
 from keyrotation.models import ReencryptionChunk, ReencryptionRun
 from tests.helpers.db import copy_people, person_write_log
 from tests.helpers.shared_db import SharedDatabase, shared_database, wait_for
+from tests.helpers.worker_processes import WorkerProcess, worker_processes
 from tests.reliability_support import LOG, rotate, versions
 from tests.testapp.models import Person
 
@@ -46,60 +42,28 @@ def shared_db(tmp_path) -> SharedDatabase:
     return shared_database(tmp_path)
 
 
-@dataclass
-class Worker:
-    worker_id: str
-    proc: subprocess.Popen
-    log: Path
-    killed: bool = field(default=False)
-
-    def kill(self) -> None:
-        """SIGKILL the worker (its own process group)."""
-        self.killed = True
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(30)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @pytest.fixture
 def start_workers(shared_db, tmp_path):
     """``start_workers(n, **env)``: n ``db_worker`` processes, each polling for tasks on return."""
-    started: list[Worker] = []
+    with worker_processes(tmp_path) as spawn:
 
-    def start(n: int, **env: str) -> list[Worker]:
-        new = []
-        for _ in range(n):
-            worker_id = f"kr-{uuid.uuid4().hex[:8]}"
-            log = tmp_path / f"{worker_id}.log"
-            with log.open("wb") as out:
-                proc = subprocess.Popen(
-                    [
-                        *(sys.executable, "-m", "django", "db_worker", "--worker-id", worker_id),
-                        *("--interval", "0.2", "--no-startup-delay", "--no-reload", "-v", "1"),
-                    ],
-                    env={**shared_db.env, **env},
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
+        def start(n: int, **env: str) -> list[WorkerProcess]:
+            new = []
+            for _ in range(n):
+                worker_id = f"kr-{uuid.uuid4().hex[:8]}"
+                argv = [
+                    *(sys.executable, "-m", "django", "db_worker", "--worker-id", worker_id),
+                    *("--interval", "0.2", "--no-startup-delay", "--no-reload", "-v", "1"),
+                ]
+                new.append(spawn(worker_id, argv, {**shared_db.env, **env}))
+            for w in new:
+                assert wait_for(
+                    lambda w=w: f"worker_id={w.name}" in w.text() or w.proc.poll() is not None, 60
                 )
-            new.append(Worker(worker_id, proc, log))
-        started.extend(new)
-        for w in new:
-            assert wait_for(
-                lambda w=w: f"worker_id={w.worker_id}" in w.text() or w.proc.poll() is not None, 60
-            )
-            assert w.proc.poll() is None, f"worker {w.worker_id} exited:\n{w.text()}"
-        return new
+                assert w.proc.poll() is None, f"worker {w.name} exited:\n{w.text()}"
+            return new
 
-    yield start
-    for w in started:
-        w.kill()
+        yield start
 
 
 def task_rows(db: SharedDatabase, ids: list[str]) -> list[dict]:
@@ -244,7 +208,7 @@ def test_three_workers_finish_100k_rows_when_one_is_killed_mid_run(keys, shared_
         assert wait_for(lambda: rows_done() >= BIG // 4, 120)
 
         victim = workers[0]
-        victim_task = tasks.get(worker_ids__contains=[victim.worker_id])
+        victim_task = tasks.get(worker_ids__contains=[victim.name])
         running = ReencryptionChunk.objects.filter(status="running")
         held = {int(c.worker.rpartition(":")[2]): c.pk for c in running}
         assert victim.proc.pid in held, (victim.proc.pid, held)
