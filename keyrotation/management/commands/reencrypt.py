@@ -6,7 +6,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import engine, reporting
+from ... import engine, reporting, schema_state
 from ...exceptions import KeyRotationError
 from ..options import positive_float, positive_int
 
@@ -112,6 +112,7 @@ class Command(BaseCommand):
     def _handle(self, o) -> int:
         if o["run"] is not None and not (o["pause"] or o["resume"] or o["abort"]):
             raise CommandError("--run names the run for --pause, --resume or --abort; give one of them")
+        schema_state.require_migrated()
         for flag, fn in (("pause", engine.pause), ("resume", engine.resume), ("abort", engine.abort)):
             if o[flag]:
                 run = fn(o["run"], actor=o["actor"])

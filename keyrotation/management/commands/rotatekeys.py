@@ -12,7 +12,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import crypto, lifecycle, policy, reporting, wrapping
+from ... import crypto, lifecycle, policy, reporting, schema_state, wrapping
 from ...exceptions import KeyRotationError
 from ...keyring import kek_backend
 from ..options import positive_int
@@ -143,10 +143,23 @@ class Command(BaseCommand):
             raise CommandError(f"{flag} needs --purpose encrypt or --purpose index")
         return opts["purpose"]
 
-    def _dispatch(self, opts):
-        ring, actor = opts["keyring"], opts["actor"]
+    def _check_flags(self, opts) -> None:
+        """Refuse a combination of flags that cannot work, before any database is read."""
         if opts["dry_run"] and not opts["if_due"]:
             raise CommandError("--dry-run goes with --if-due")
+        if opts["rotate_kek"] and not opts["rewrap"]:
+            raise CommandError("--rotate-kek goes with --rewrap")
+        for flag in ("rollback", "accept_state"):
+            if opts[flag]:
+                self._need_purpose(opts, "--" + flag.replace("_", "-"))
+        for flag in ("retire", "restore", "destroy"):
+            if opts[flag] is not None:
+                self._need_purpose(opts, f"--{flag}")
+
+    def _dispatch(self, opts):
+        ring, actor = opts["keyring"], opts["actor"]
+        self._check_flags(opts)
+        schema_state.require_migrated()
         if opts["list"]:
             keys = lifecycle.keys(ring, opts["purpose"])
             if ring and not keys:
@@ -203,8 +216,6 @@ class Command(BaseCommand):
                 "kek": report.kek_to,
                 "lines": [line],
             }
-        if opts["rotate_kek"]:
-            raise CommandError("--rotate-kek goes with --rewrap")
         if opts["if_due"]:
             return self._if_due(opts)
         rotated = [lifecycle.rotate(ring, p, actor=actor) for p in self._purposes(opts)]

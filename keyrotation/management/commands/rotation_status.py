@@ -6,7 +6,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import databases, engine, policy, reporting, wrapping
+from ... import databases, engine, policy, reporting, schema_state, wrapping
 from ...engine.db_errors import Step, safely
 from ...exceptions import KeyRotationError
 from ..options import positive_int
@@ -55,6 +55,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **o):
         try:
+            schema_state.require_migrated()
             data = engine.status(database=o["database"])
             keys = safely(Step("listing the data keys", (databases.keys_database(),)), wrapping.stored_keys)
             data["keys"] = [k.as_dict() for k in keys]
