@@ -82,13 +82,17 @@ def ensure_redis() -> None:
 
 
 def apt_install(packages: list[str], otherwise: str) -> None:
-    """``apt-get install -y PACKAGES``, with one ``apt-get update`` and a retry if that fails."""
+    """``apt-get install -y PACKAGES``; if that fails, ``dpkg --configure -a`` (an install cut
+    short earlier leaves dpkg refusing every other) and ``apt-get update``, then once more."""
     if not shutil.which("apt-get") or os.geteuid() != 0:
         print(f"cannot install {' '.join(packages)} here (needs root and apt-get); {otherwise}", flush=True)
         return
     install = ["apt-get", "install", "-y", "-q", *packages]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if run(install, env) != 0 and run(["apt-get", "update", "-q"], env) == 0:
+    if run(install, env) == 0:
+        return
+    run(["dpkg", "--configure", "-a"], env)
+    if run(["apt-get", "update", "-q"], env) == 0:
         run(install, env)
 
 
