@@ -672,6 +672,15 @@ def targets(ctx, runs: list[dict], reads: list[dict]) -> list[tuple[str, bool | 
             (f"{key}: `reencrypt` ≥ {db.naive_target:g}× the naive loop", r_naive >= db.naive_target, f"{r_naive:.1f}×"),
             (f"{key}: `reencrypt` ≥ 0.75× the raw-SQL loop", r_raw >= 0.75, f"{r_raw:.2f}×"),
         ]  # fmt: skip
+        if db.ceiling_target is not None:
+            r_ceiling = rate_ratio(rs, "engine", "ceiling")
+            out.append(
+                (
+                    f"{key}: `reencrypt` ≥ {db.ceiling_target:g}× the database ceiling",
+                    r_ceiling >= db.ceiling_target,
+                    f"{r_ceiling:.2f}×",
+                )
+            )
     for key in ctx.models:
         r = read_ratio(reads, key, "enc", "binary")
         out.append(

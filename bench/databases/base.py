@@ -71,6 +71,8 @@ class BenchDatabase(ABC):
     make_args: ClassVar[str] = ""
     #: The target of ``reencrypt`` over the naive ``save()`` loop (ratio of rates).
     naive_target: ClassVar[float]
+    #: The target of ``reencrypt`` over the database ceiling (same SQL, no crypto), if any.
+    ceiling_target: ClassVar[float | None] = None
     #: Columns of the re-encryption table after the rates, in order.
     metrics: ClassVar[tuple[Metric, ...]]
     #: Rows of the version-column index table after the rate.

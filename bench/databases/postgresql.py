@@ -22,7 +22,8 @@ HOT = Metric("hot_percent", "HOT updates", 0, " %")
 class PostgreSQL(BenchDatabase):
     name = "PostgreSQL"
     slug = "postgresql"
-    naive_target = 25.0
+    naive_target = 30.0
+    ceiling_target = 0.95
     metrics = (WAL, DB_CPU, CLIENT_CPU, HOT)
     index_metrics = (
         Metric("hot_percent", "HOT updates during re-encryption", 0, " %"),
