@@ -11,10 +11,12 @@ the buttons and the control endpoints take ``keyrotation.control_reencryptionrun
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.core.validators import MaxValueValidator
 from django.http import Http404, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
@@ -121,7 +123,7 @@ class StatusView(_AdminView):
             "chart": _chart(run),
             "can_control": request.user.has_perm(CONTROL_PERMISSION),
             "start": board.start,
-            "start_form": StartForm() if board.start.possible else None,
+            "start_form": StartForm(max_workers=board.start.max_workers) if board.start.possible else None,
             "buttons": _buttons(run.run.status if run else None),
             "refresh": REFRESH_SECONDS if run and run.run.status in ("running", "paused") else None,
             "json_url": reverse(f"{site.name}:keyrotation_status_json"),
@@ -167,14 +169,25 @@ class ControlView(_AdminView):
 
 
 class StartForm(forms.Form):
-    """The start button's options: how many jobs share the run, and an optional rate per job."""
+    """The start button's options: how many jobs share the run (up to ``max_workers``: 1 where the
+    database cannot share a run between jobs), and an optional rate per job."""
 
-    workers = forms.IntegerField(
-        min_value=1, max_value=16, initial=1, help_text="jobs sharing the run (1-16)"
-    )
+    workers = forms.IntegerField(min_value=1, initial=1)
     rate = forms.FloatField(
         required=False, min_value=0.001, help_text="rows per second per job; empty for no limit"
     )
+
+    def __init__(self, *args: Any, max_workers: int = dashboard.MAX_WORKERS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        workers = self.fields["workers"]
+        workers.max_value = max_workers
+        workers.validators.append(MaxValueValidator(max_workers))
+        workers.widget.attrs["max"] = max_workers
+        workers.help_text = (
+            f"jobs sharing the run (1-{max_workers})"
+            if max_workers > 1
+            else "one job: this database cannot share a run between jobs (no SKIP LOCKED)"
+        )
 
 
 def _start_error(exc: Exception, backend: str | None) -> str:
@@ -215,7 +228,7 @@ class StartView(_AdminView):
         if option.backend is None or option.problem is not None:
             messages.error(request, option.problem or NO_BACKEND)
             return back
-        form = StartForm(request.POST)
+        form = StartForm(request.POST, max_workers=option.max_workers)
         if not form.is_valid():
             errors = "; ".join(f"{name}: {' '.join(e)}" for name, e in form.errors.items())
             messages.error(request, f"Nothing was queued: {errors}")

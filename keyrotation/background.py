@@ -92,6 +92,8 @@ def start_reencryption(workers: int = 1, models: list[str] | None = None, **opti
         ConfigurationError: no backend is configured (``TASK_BACKEND`` is None) or it is not
             installed.
         TypeError, ValueError: an argument of the wrong type or value; nothing is enqueued.
+        KeyRotationError: ``workers`` above 1 on a database whose jobs cannot share a run
+            (SQLite; :func:`keyrotation.engine.single_worker_databases`); nothing is enqueued.
     """
     name = conf.task_backend()
     if name is None:

@@ -29,9 +29,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from django.db import connections
+
 from . import api, engine
 from .engine import RunFailed
 from .engine.retry import RetryPolicy, is_transient
+from .exceptions import KeyRotationError
 
 __all__ = ["JobResult", "check_arguments", "reencrypt", "rotate_if_due", "transient"]
 
@@ -149,6 +152,8 @@ def check_arguments(models: list[str] | None = None, **options: Any) -> dict[str
         TypeError: an unknown argument, or a value of another type.
         ValueError: ``fleet`` below 1, ``retries`` below 0, ``on_error`` not ``"stop"`` or
             ``"quarantine"``.
+        KeyRotationError: ``fleet`` above 1 where a database the run may touch cannot share a run
+            between jobs (SQLite: :func:`keyrotation.engine.single_worker_databases`).
     """
     unknown = set(options) - _OPTIONS
     if unknown:
@@ -177,6 +182,13 @@ def check_arguments(models: list[str] | None = None, **options: Any) -> dict[str
         raise ValueError("retries must be >= 0")
     if out["on_error"] not in ("stop", "quarantine"):
         raise ValueError(f"on_error must be 'stop' or 'quarantine', got {out['on_error']!r}")
+    if out["fleet"] > 1:
+        alone = engine.single_worker_databases(out.get("database"))
+        if alone:
+            raise KeyRotationError(
+                f"{out['fleet']} jobs cannot share a run on database {alone[0]!r}: "
+                f"{connections[alone[0]].vendor} has no row locks with SKIP LOCKED; start one job"
+            )
     return out
 
 

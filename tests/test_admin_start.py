@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.urls import reverse
 
 from keyrotation import keyring, lifecycle
@@ -22,6 +23,8 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls("tests.a
 STATUS = "admin:keyrotation_status"
 START = "admin:keyrotation_start"
 ROWS = 30
+# How many jobs the form offers: SQLite cannot share a run between jobs (no SKIP LOCKED).
+MAX_WORKERS = 1 if connection.vendor == "sqlite" else 16
 
 
 def task_backend(settings, value) -> None:
@@ -81,6 +84,7 @@ def test_without_a_backend_the_page_names_the_command_and_the_setting(operator, 
         "problem": None,
         "pending": True,
         "open_run": None,
+        "max_workers": MAX_WORKERS,
     }
     [(level, text)] = start(operator)
     assert level == "error" and "manage.py reencrypt" in text and "TASK_BACKEND" in text
@@ -101,6 +105,7 @@ def test_the_form_needs_the_control_permission_and_a_post_without_it_is_403(
         "problem": None,
         "pending": True,
         "open_run": None,
+        "max_workers": MAX_WORKERS,
     }
     assert viewer.post(reverse(START), {"workers": "1"}).status_code == 403
     assert operator.get(reverse(START)).status_code == 405
@@ -147,7 +152,10 @@ def test_an_open_run_refuses_a_second_start(settings, operator, pending):
     ("data", "error"),
     [
         ({"workers": "0"}, "workers: Ensure this value is greater than or equal to 1."),
-        ({"workers": "17"}, "workers: Ensure this value is less than or equal to 16."),
+        (
+            {"workers": str(MAX_WORKERS + 1)},
+            f"workers: Ensure this value is less than or equal to {MAX_WORKERS}.",
+        ),
         ({"workers": "two"}, "workers: Enter a whole number."),
         ({"workers": "1", "rate": "-5"}, "rate: Ensure this value is greater than or equal to 0.001."),
     ],
@@ -185,7 +193,7 @@ def test_a_broker_that_is_down_is_one_line_not_a_500(settings, operator, pending
     )
     down.set_current()
     try:
-        [(level, text)] = start(operator, workers="2")
+        [(level, text)] = start(operator, workers=str(MAX_WORKERS))
     finally:
         test_app.set_current()
     assert level == "error"
@@ -195,3 +203,13 @@ def test_a_broker_that_is_down_is_one_line_not_a_500(settings, operator, pending
     )
     assert "s3cret" not in text
     assert not ReencryptionRun.objects.exists()
+
+
+def test_the_form_offers_as_many_jobs_as_the_database_can_share_a_run_between(settings, operator, pending):
+    task_backend(settings, "django")
+    body = page(operator)
+    assert f'max="{MAX_WORKERS}"' in body
+    if MAX_WORKERS == 1:
+        assert "one job: this database cannot share a run between jobs (no SKIP LOCKED)" in body
+    else:
+        assert f"jobs sharing the run (1-{MAX_WORKERS})" in body

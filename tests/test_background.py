@@ -7,10 +7,14 @@ import re
 import sys
 
 import pytest
+from django.db import connection
 
 from keyrotation import background, conf
 from keyrotation.checks import check_settings
-from keyrotation.exceptions import ConfigurationError
+from keyrotation.exceptions import ConfigurationError, KeyRotationError
+
+# Jobs per run: SQLite cannot share a run between jobs (no SKIP LOCKED), the servers can.
+JOBS = 1 if connection.vendor == "sqlite" else 3
 
 
 def task_backend(settings, value) -> None:
@@ -68,22 +72,35 @@ def test_a_backend_that_is_not_installed_fails_the_check_and_the_start(
 
 
 @pytest.mark.django_db
+def test_several_jobs_on_a_database_that_cannot_share_a_run_are_refused_and_nothing_is_queued(settings):
+    from django_tasks_db.models import DBTaskResult
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL and MySQL/MariaDB let jobs share a run (SKIP LOCKED)")
+    task_backend(settings, "django")
+    with pytest.raises(KeyRotationError, match="3 jobs cannot share a run on database 'default'"):
+        background.start_reencryption(3, ["testapp.Person"])
+    assert not DBTaskResult.objects.exists()
+
+
+@pytest.mark.django_db
 def test_django_dispatch_enqueues_n_database_tasks(settings):
     from django_tasks_db.models import DBTaskResult
 
+    n = JOBS
     task_backend(settings, "django")
-    started = background.start_reencryption(3, ["testapp.Person"], batch_size=100, actor="admin:ann")
-    assert started.backend == "django" and len(started.task_ids) == 3
+    started = background.start_reencryption(n, ["testapp.Person"], batch_size=100, actor="admin:ann")
+    assert started.backend == "django" and len(started.task_ids) == n
     rows = DBTaskResult.objects.filter(id__in=started.task_ids)
     assert {row.task_path for row in rows} == {"keyrotation.tasks.reencrypt"}
     assert {row.status for row in rows} == {"READY"}
-    assert [row.args_kwargs for row in rows] == 3 * [
+    assert [row.args_kwargs for row in rows] == n * [
         {
             "args": [],
             "kwargs": {
                 "models": ["testapp.Person"],
                 "database": None,
-                "fleet": 3,
+                "fleet": n,
                 "batch_size": 100,
                 "rate": None,
                 "target_batch_ms": None,
@@ -108,6 +125,7 @@ def test_a_bad_argument_enqueues_nothing(settings):
 
 
 @pytest.mark.celery
+@pytest.mark.django_db
 def test_celery_dispatch_sends_n_messages(settings, redis_url):
     import redis
 
@@ -117,14 +135,14 @@ def test_celery_dispatch_sends_n_messages(settings, redis_url):
     client.flushdb()
     try:
         task_backend(settings, "celery")
-        started = background.start_reencryption(2, ["testapp.Person"], rate=100.0)
-        assert started.backend == "celery" and len(started.task_ids) == 2
+        started = background.start_reencryption(JOBS, ["testapp.Person"], rate=100.0)
+        assert started.backend == "celery" and len(started.task_ids) == JOBS
         messages = [json.loads(m) for m in client.lrange("celery", 0, -1)]
         assert sorted(m["headers"]["id"] for m in messages) == sorted(started.task_ids)
         assert {m["headers"]["task"] for m in messages} == {"keyrotation.reencrypt"}
         bodies = [json.loads(base64.b64decode(m["body"])) for m in messages]
         assert {(b[1]["fleet"], b[1]["rate"], tuple(b[1]["models"])) for b in bodies} == {
-            (2, 100.0, ("testapp.Person",))
+            (JOBS, 100.0, ("testapp.Person",))
         }
         assert app.main == "keyrotation_tests"
     finally:

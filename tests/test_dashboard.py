@@ -9,12 +9,16 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 import pytest
+from django.db import connection
 
 from keyrotation import dashboard, engine, keyring, lifecycle
 from keyrotation.engine import samples
 from keyrotation.models import DataKey, ReencryptionRun, ReencryptionSample
 from keyrotation.templatetags.keyrotation_status import ago
 from tests.testapp.models import Account, Person
+
+# How many jobs may share a run: SQLite has no SKIP LOCKED.
+MAX_WORKERS = 1 if connection.vendor == "sqlite" else dashboard.MAX_WORKERS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -203,6 +207,7 @@ def test_build_gives_keys_overall_run_rate_and_history(keys, settings, monkeypat
         "problem": None,
         "pending": False,
         "open_run": None,
+        "max_workers": MAX_WORKERS,
     }
     assert data["run"]["id"] == run.pk and data["run"]["outcome"] == "done" and data["run"]["rate"]
     assert {"at", "seconds", "rows", "rows_per_second"} == set(data["run"]["rate"][0])
@@ -233,9 +238,13 @@ def test_no_run_yet(keys):
 
 def test_start_option_follows_the_rows_the_run_and_the_backend(keys, settings, monkeypatch):
     Person.objects.bulk_create(Person(name=f"p{i}", email=f"p{i}@example.com") for i in range(5))
-    assert dashboard.build().start == dashboard.StartOption(None, None, pending=False, open_run=None)
+    assert dashboard.build().start == dashboard.StartOption(
+        None, None, pending=False, open_run=None, max_workers=MAX_WORKERS
+    )
     rotate()
-    assert dashboard.build().start == dashboard.StartOption(None, None, pending=True, open_run=None)
+    assert dashboard.build().start == dashboard.StartOption(
+        None, None, pending=True, open_run=None, max_workers=MAX_WORKERS
+    )
     settings.KEYROTATION = {**settings.KEYROTATION, "TASK_BACKEND": "django"}
     start = dashboard.build().start
     assert start.possible and start.offered and start.backend_label == "Django tasks"

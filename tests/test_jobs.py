@@ -138,7 +138,7 @@ def test_arguments_are_json_values_of_their_type(kwargs, error, says):
 
 
 def test_checked_arguments_survive_a_json_round_trip():
-    args = jobs.check_arguments(("testapp.Person",), fleet=3, rate=100, max_duration=60.5, actor="ops")
+    args = jobs.check_arguments(("testapp.Person",), fleet=1, rate=100, max_duration=60.5, actor="ops")
     assert json.loads(json.dumps(args)) == args
     assert args["models"] == ["testapp.Person"]
 
@@ -148,9 +148,23 @@ def test_a_fleet_needs_row_locks(keys):
         pytest.skip("SQLite has no SKIP LOCKED; the servers do")
     seed(10)
     rotate()
-    with pytest.raises(KeyRotationError, match="a fleet of 2 jobs needs row locks with SKIP LOCKED"):
+    with pytest.raises(KeyRotationError, match="2 jobs cannot share a run on database 'default'"):
         jobs.reencrypt(fleet=2)
     assert jobs.reencrypt(fleet=1).finished
+
+
+@pytest.mark.django_db
+def test_a_fleet_is_refused_before_anything_is_queued_where_jobs_cannot_share_a_run():
+    if connection.vendor == "sqlite":
+        with pytest.raises(
+            KeyRotationError,
+            match=r"^3 jobs cannot share a run on database 'default': sqlite has no row locks with SKIP "
+            r"LOCKED; start one job$",
+        ):
+            jobs.check_arguments(fleet=3)
+    else:
+        assert jobs.check_arguments(fleet=3)["fleet"] == 3
+    assert jobs.check_arguments(fleet=1)["fleet"] == 1
 
 
 @pytest.mark.server

@@ -30,13 +30,14 @@ from ..engine import plan
 from .columns import ColumnFigures, ModelFigures, Overall, Share, column_figures, fold, overall
 from .keys import KeyFigures, RetireGate, key_figures, retire_gate
 from .run import OUTCOMES, PastRun, RunFigures, duration_text, latest, past_runs
-from .start import BACKEND_NAMES, StartOption, start_option
+from .start import BACKEND_NAMES, MAX_WORKERS, StartOption, start_option
 
 __all__ = [
     "BACKEND_NAMES",
     "OUTCOMES",
     "ColumnFigures",
     "Dashboard",
+    "MAX_WORKERS",
     "KeyFigures",
     "ModelFigures",
     "Overall",

@@ -11,13 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .. import background
+from .. import background, engine
 from ..exceptions import ConfigurationError
 from .columns import Overall
 from .run import RunFigures
 
 # How the page names each backend in its messages.
 BACKEND_NAMES = {"celery": "Celery", "django": "Django tasks"}
+# The most jobs the start form offers, where the database lets jobs share a run.
+MAX_WORKERS = 16
 
 
 @dataclass(frozen=True)
@@ -27,12 +29,15 @@ class StartOption:
     problem: why the backend cannot be used (not installed, a bad setting); None when it can.
     pending: some rows are not on the active versions.
     open_run: the id of the open run, if one is open (a start would only join it).
+    max_workers: how many jobs may share the run: 1 where a database cannot share a table
+        between workers (SQLite: no ``SKIP LOCKED``), else ``MAX_WORKERS``.
     """
 
     backend: str | None
     problem: str | None
     pending: bool
     open_run: int | None
+    max_workers: int = MAX_WORKERS
 
     @property
     def backend_label(self) -> str | None:
@@ -55,6 +60,7 @@ class StartOption:
             "problem": self.problem,
             "pending": self.pending,
             "open_run": self.open_run,
+            "max_workers": self.max_workers,
         }
 
 
@@ -74,4 +80,5 @@ def start_option(overall: tuple[Overall, ...], run: RunFigures | None) -> StartO
         problem=problem,
         pending=any(o.on_active < o.rows for o in overall),
         open_run=run.run.pk if run is not None and run.is_open else None,
+        max_workers=1 if engine.single_worker_databases() else MAX_WORKERS,
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from django.db import Error, connections
 
-from .. import conf, databases, keyring, signals
+from .. import conf, databases, keyring, registry, signals
 from ..exceptions import EngineDatabaseError, KeyRotationError, RunFailed
 from ..models import ChunkStatus, QuarantinedValue, ReencryptionChunk, ReencryptionRun, RunStatus
 from . import dialects, runs
@@ -38,9 +38,24 @@ __all__ = [
     "pending",
     "reencrypt",
     "resume",
+    "single_worker_databases",
     "status",
     "verify",
 ]
+
+
+def single_worker_databases(database: str | None = None) -> tuple[str, ...]:
+    """The databases that may hold encrypted rows (as the routers say: no query is made) whose
+    engine cannot share a table between workers, having no ``SKIP LOCKED`` (SQLite): a run on
+    any of them takes one worker, or one queued job. ``database``: only that alias.
+
+    Example::
+
+        engine.single_worker_databases()  # ("default",) on SQLite, () on PostgreSQL
+    """
+    models = {column.model for column in registry.columns()}
+    aliases = databases.may_hold(models, only=database)
+    return tuple(alias for alias in aliases if not dialects.for_alias(alias).skip_locked)
 
 
 @dataclass
