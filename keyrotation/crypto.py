@@ -276,6 +276,11 @@ class Cipher:
         """The format-0x01 header of this version's tokens (the first ``HEADER_BYTES`` of each)."""
         return self._header
 
+    @property
+    def bound_header(self) -> bytes:
+        """The format-0x02 (row-bound) header of this version's tokens."""
+        return self._bound_header
+
     def encrypt(self, plaintext: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
         return self._header + nonce + self._aead.encrypt(nonce, plaintext, self._aad)

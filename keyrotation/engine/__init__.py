@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from django.db import Error, connections
 
-from .. import conf, databases, keyring, registry, signals
+from .. import conf, databases, keyring, signals
 from ..exceptions import EngineDatabaseError, KeyRotationError, RunFailed
 from ..models import ChunkStatus, QuarantinedValue, ReencryptionChunk, ReencryptionRun, RunStatus
 from . import dialects, runs
@@ -53,8 +53,7 @@ def single_worker_databases(database: str | None = None) -> tuple[str, ...]:
 
         engine.single_worker_databases()  # ("default",) on SQLite, () on PostgreSQL
     """
-    models = {column.model for column in registry.columns()}
-    aliases = databases.may_hold(models, only=database)
+    aliases = _plan.registered_databases(database)
     return tuple(alias for alias in aliases if not dialects.for_alias(alias).skip_locked)
 
 

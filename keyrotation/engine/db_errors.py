@@ -28,10 +28,10 @@ from typing import Any, TypeVar
 
 from django.db import Error
 
-from .. import databases, registry
+from .. import databases
 from ..exceptions import EngineDatabaseError
 from ..tracebacks import forget
-from .plan import ModelPlan
+from .plan import ModelPlan, registered_databases
 
 T = TypeVar("T")
 
@@ -132,6 +132,5 @@ def reading(action: str, database: str | None, fn: Callable[[], T]) -> T:
     Raises:
         KeyRotationError: ``database`` is not a configured alias.
     """
-    models = {c.model for c in registry.columns()}
-    aliases = dict.fromkeys([databases.keys_database(), *databases.may_hold(models, only=database)])
+    aliases = dict.fromkeys([databases.keys_database(), *registered_databases(database)])
     return safely(Step(action, tuple(aliases)), fn)

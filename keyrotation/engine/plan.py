@@ -229,6 +229,12 @@ def _index_input(f) -> Callable[[bytes], bytes]:
     return lambda plaintext: f.index_input(codecs.decode(base, plaintext))
 
 
+def registered_databases(database: str | None = None) -> tuple[str, ...]:
+    """The aliases that may hold rows of any model with a registered column, as the routers say
+    (:func:`keyrotation.databases.may_hold`: no query is made); ``database``: just that alias."""
+    return databases.may_hold({column.model for column in registry.columns()}, only=database)
+
+
 def census_rows(database: str | None = None) -> list[dict]:
     """Per registered column: rows per key version, the active version and percent on it, summed
     over every database that holds the column (``databases`` lists them). With ``database``: only

@@ -176,14 +176,12 @@ class EncryptedField(models.Field):
 
     def _reset_read_cache(self) -> None:
         # What reading derives from the model, the name and the keyring cache: the label, and the
-        # cipher of each key version seen, as {version: (cipher, expires_at, keyring generation)}
-        # (see keyring.decrypt_cipher). Reset whenever the field is bound to a class, so a copy
+        # cipher of each key version seen, by the header of its tokens (either format: the read
+        # path compares bytes, parses nothing), as {header: (cipher, expires_at, keyring
+        # generation)} (see keyring.decrypt_cipher). Reset whenever the field is bound to a class, so a copy
         # (abstract inheritance) never shares a parent's label or ciphers.
         self._label: str | None = None
-        self._ciphers: dict[int, tuple[crypto.Cipher, float, int]] = {}
-        # ... and for the read path, the same by the token header that names the version:
-        # {header bytes: (cipher.decrypt, expires_at, keyring generation)}.
-        self._openers: dict[bytes, tuple[Any, float, int]] = {}
+        self._ciphers: dict[bytes, tuple[crypto.Cipher, float, int]] = {}
         # With bind_to: the bound field, and its canonical encoder (codecs.encoder), found once.
         self._bound: models.Field | None = None
         self._encode_bound: Any = None
@@ -385,18 +383,16 @@ class EncryptedField(models.Field):
         reload, TTL), then AES-GCM and the base field's decoder.
         """
         token = sealed.token
-        entry = self._openers.get(token[:HEADER_BYTES])
+        entry = self._ciphers.get(token[:HEADER_BYTES])
         if entry is None or entry[2] != _KEYRINGS.generation or monotonic() >= entry[1]:
             if instance is not None:
                 pk = instance.pk
             version = sealed.version
             if version is None:  # the header does not parse
                 return self._open_uncached(sealed, pk)
-            cipher, expires_at, generation = self._cipher_entry(version, pk)
-            entry = (cipher.decrypt, expires_at, generation)
-            self._openers[cipher.header] = entry
+            entry = self._cipher_entry(version, pk)
         try:
-            data = entry[0](token)
+            data = entry[0].decrypt(token)
         except crypto.InvalidToken:
             pk = instance.pk if instance is not None else pk
             raise DecryptionError(label=self.label, pk=pk, version=sealed.version) from None
@@ -426,10 +422,10 @@ class EncryptedField(models.Field):
             raise DecryptionError("Malformed encrypted value", label=self.label, pk=pk)
         if bound_to is None:
             bound_to = self.binding(instance)
-        entry = self._ciphers.get(version)
+        token, data = sealed.token, None
+        entry = self._ciphers.get(token[:HEADER_BYTES])
         if entry is None or entry[2] != _KEYRINGS.generation or monotonic() >= entry[1]:
             entry = self._cipher_entry(version, pk)
-        token, data = sealed.token, None
         try:
             if token[0] == crypto.FORMAT_V2:
                 data = entry[0].decrypt_bound(token, bound_to)
@@ -450,7 +446,8 @@ class EncryptedField(models.Field):
         return value
 
     def _cipher_entry(self, version: int, pk: Any) -> tuple[crypto.Cipher, float, int]:
-        """Ask the keyring for the cipher of ``version`` and keep it (the slow path)."""
+        """Ask the keyring for the cipher of ``version`` and keep it, under the header of each
+        token format it opens (the slow path)."""
         name, label = self.keyring_name, self.label
         try:
             entry = keyring.decrypt_cipher(name, label, version)
@@ -458,7 +455,8 @@ class EncryptedField(models.Field):
             raise DecryptionError(
                 f"Cannot decrypt: {type(exc).__name__}", label=label, pk=pk, version=version
             ) from exc
-        self._ciphers[version] = entry
+        cipher = entry[0]
+        self._ciphers[cipher.header] = self._ciphers[cipher.bound_header] = entry
         return entry
 
     def _open_uncached(self, sealed: Sealed, pk: Any) -> Any:
